@@ -1,0 +1,31 @@
+"""`kdbench check <config>` and `kdbench resolve <config> <pair> <method> <seed>`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from kdbench.config import load_grid
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kdbench check", description="Validate a grid config.")
+    ap.add_argument("config", type=Path)
+    args = ap.parse_args(argv)
+    grid = load_grid(args.config)
+    print(f"{args.config}: ok — {len(grid.runs())} runs over pairs {grid.config['pairs']}, "
+          f"methods {grid.config['methods']}, seeds {grid.config['seeds']}")
+    return 0
+
+
+def resolve_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kdbench resolve", description="Print one run's resolved run.yaml.")
+    ap.add_argument("config", type=Path)
+    ap.add_argument("pair")
+    ap.add_argument("method")
+    ap.add_argument("seed", type=int)
+    args = ap.parse_args(argv)
+    print(yaml.safe_dump(load_grid(args.config).resolve_run(args.pair, args.method, args.seed), sort_keys=False))
+    return 0

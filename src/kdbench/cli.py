@@ -1,0 +1,47 @@
+"""The `kdbench` console script: one subcommand per workflow step, each usable by hand."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from kdbench.errors import KDBenchError
+
+COMMANDS = {
+    "data": ("kdbench.datagen", "generate the embedded instruction data (train/valid/five eval sets)"),
+    "tokenizer": ("kdbench.tokenizer", "train the local BPE tokenizer, saved in Hugging Face format"),
+    "init-model": ("kdbench.models", "write the initial teacher or student of a pair"),
+    "check": ("kdbench.check", "validate a grid config (schema, pairs, methods, hyper-parameters)"),
+    "resolve": ("kdbench.check", "print the resolved run.yaml of one grid cell"),
+    "train": ("kdbench.train", "train one resolved run: kdbench train results/runs/.../run.yaml"),
+    "evaluate": ("kdbench.evaluate", "generate and score one model on one eval set over decoding seeds"),
+    "aggregate": ("kdbench.aggregate", "build the results tables from evaluation results"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: kdbench <command> [options]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"kdbench: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    entry = getattr(module, "resolve_main" if name == "resolve" else "main")
+    try:
+        return entry(rest) or 0
+    except KDBenchError as exc:
+        print(f"kdbench {name}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Config validation and run resolution: everything that can be wrong with a grid fails here,
+before any job starts, with a message naming the file and the key.
+
+A grid config (config/*.yaml) names axes (pairs × methods × seeds, evaluated on sets). A method
+label is `base[+policy]`: `base` is a divergence plugin key or a `method_defs` label (or `sft`),
+`policy` a token-policy plugin key or a `policy_defs` label. `resolve_run` turns one grid cell into
+the fully resolved single-run config that `kdbench train` reads (results/runs/.../run.yaml).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from kdbench import registry
+from kdbench.errors import KDBenchError
+
+RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
+SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
+KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
+TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
+                     "schedule": "cosine", "grad_clip": 1.0, "log_every": 10}
+
+
+def load_yaml(path: Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise KDBenchError(f"{path}: file not found.")
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise KDBenchError(f"{path}: not valid YAML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise KDBenchError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from exc
+
+
+def schema_path(workdir: Path, name: str) -> Path:
+    return Path(workdir) / "workflows" / "schemas" / f"{name}.schema.yaml"
+
+
+def check_schema(data: Any, schema: dict, where: str) -> None:
+    """Validate `data` against a JSON schema; report the first error by its key path."""
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.path) or "(top level)"
+        message = err.message
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            message += f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        raise KDBenchError(f"{where}: key '{key}': {message}")
+
+
+def _fill_defaults(data: dict, schema: dict) -> dict:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in data and "default" in sub:
+            data[key] = copy.deepcopy(sub["default"])
+        if isinstance(data.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(data[key], sub)
+    return data
+
+
+def _coerce_cli(config: dict) -> dict:
+    """`snakemake --config seeds=[1,2]` arrives as strings; a single value arrives unlisted."""
+    for key in ("pairs", "methods", "sets", "seeds"):
+        if isinstance(config.get(key), (str, int)):
+            config[key] = [config[key]]
+    if isinstance(config.get("seeds"), list):
+        config["seeds"] = [int(s) if isinstance(s, str) and s.isdigit() else s for s in config["seeds"]]
+    return config
+
+
+class Grid:
+    """A validated grid config plus everything it refers to (pairs, plugins), checked up front."""
+
+    def __init__(self, config: dict, where: str, workdir: Path | None = None):
+        self.where, self.workdir = where, Path(workdir or Path.cwd())
+        config = _coerce_cli(copy.deepcopy(config))
+        schema = load_yaml(schema_path(workdir, "config"))
+        check_schema(config, schema, where)
+        self.config = _fill_defaults(config, schema)
+        self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
+        self.pairs = {name: self._load_pair(name) for name in self.config["pairs"]}
+        self.methods = {label: self._parse_label(label) for label in self.config["methods"]}
+        for label in self.config["methods"]:
+            if self.config["methods"].count(label) > 1:
+                raise KDBenchError(f"{where}: key 'methods': label '{label}' is listed twice.")
+
+    @property
+    def results(self) -> str:
+        return self.config["results"]
+
+    def pair_file(self, name: str) -> Path:
+        return self.workdir / "config" / "pairs" / f"{name}.yaml"
+
+    def _load_pair(self, name: str) -> dict:
+        path = self.pair_file(name)
+        if not path.is_file():
+            known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+            raise KDBenchError(f"{self.where}: key 'pairs': unknown pair '{name}' (no file {path}). "
+                               f"Known pairs: {', '.join(known)}.")
+        pair = load_yaml(path)
+        check_schema(pair, load_yaml(schema_path(self.workdir, "pair")), str(path))
+        for role in ("teacher", "student"):
+            spec = pair[role]
+            need = "config" if spec["init"] == "random" else "path"
+            if need not in spec:
+                raise KDBenchError(f"{path}: key '{role}.{need}' is required when {role}.init is {spec['init']}.")
+        ds = self.workdir / pair["training"]["deepspeed"]
+        if not ds.is_file():
+            raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
+        return pair
+
+    def _parse_label(self, label: str) -> dict:
+        """`base[+policy]` → the resolved method: divergence and policy with bound hyper-parameters."""
+        where = f"{self.where}: key 'methods', label '{label}'"
+        if label in RESERVED:
+            raise KDBenchError(f"{where}: '{label}' is reserved for the teacher's row, which every table has.")
+        base, _, policy_label = label.partition("+")
+        defs = {"sft": SFT, **self.config["method_defs"]}
+        if base in defs:
+            spec = defs[base]
+        elif base in self.plugins and self.plugins[base].kind == "divergence":
+            spec = {"divergence": base}
+        else:
+            known = sorted({"sft", *defs, *(k for k, m in self.plugins.items() if m.kind == "divergence")})
+            raise KDBenchError(f"{where}: unknown method '{base}'. Known: {', '.join(known)} "
+                               f"(divergence plugins in methods/ and labels in method_defs).")
+        method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
+                  "divergence": None, "policy": None}
+        if spec["divergence"]:
+            plugin = registry.lookup(self.plugins, spec["divergence"], "divergence", where)
+            method["divergence"] = _plugin_entry(plugin, plugin.bind(spec.get("hp"), where))
+        if policy_label:
+            if not spec["divergence"]:
+                raise KDBenchError(f"{where}: a token policy needs a distillation loss; '{base}' has none.")
+            pdef = self.config["policy_defs"].get(policy_label, {"policy": policy_label})
+            plugin = registry.lookup(self.plugins, pdef["policy"], "token_policy", where)
+            method["policy"] = _plugin_entry(plugin, plugin.bind(pdef.get("hp"), where))
+        return method
+
+    # --- the run table -------------------------------------------------------------------------
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """Every (pair, method label, seed) cell of the grid, teacher rows excluded."""
+        return [(p, m, s) for p in self.config["pairs"] for m in self.config["methods"] for s in self.config["seeds"]]
+
+    def teacher_seed(self, pair: str) -> int:
+        return self.pairs[pair]["teacher"].get("seed", 0)
+
+    def has_teacher_sft(self, pair: str) -> bool:
+        return "sft" in self.pairs[pair]["teacher"]
+
+    def resolve_run(self, pair: str, label: str, seed: int) -> dict:
+        """The fully resolved single-run config (what results/runs/{pair}/{label}/seed{seed}/run.yaml holds)."""
+        res, spec = self.results, self.pairs[pair]
+        training = {**TRAINING_DEFAULTS, **spec["training"]}
+        if label == "teacher":
+            training.update(spec["teacher"]["sft"])
+            method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policy": None}, \
+                f"{res}/models/{pair}/teacher-init", None
+        else:
+            method, start = self.methods[label], f"{res}/models/{pair}/student-init"
+            teacher = self.teacher_path(pair) if method["kd_ratio"] > 0 else None
+        ds_file = self.workdir / training["deepspeed"]
+        return {
+            "run": {"pair": pair, "method": label, "seed": seed, "dir": f"{res}/runs/{pair}/{label}/seed{seed}"},
+            "student": start,
+            "teacher": teacher,
+            "tokenizer": f"{res}/tokenizer",
+            "data": {"train": f"{res}/data/train.jsonl", "valid": f"{res}/data/valid.jsonl"},
+            "method": method,
+            "training": training,
+            "deepspeed": load_yaml(ds_file) if ds_file.suffix in {".yaml", ".yml"} else _load_json(ds_file),
+        }
+
+    def teacher_path(self, pair: str) -> str:
+        spec = self.pairs[pair]["teacher"]
+        if "sft" in spec:
+            return f"{self.results}/runs/{pair}/teacher/seed{self.teacher_seed(pair)}/model"
+        return f"{self.results}/models/{pair}/teacher-init"
+
+
+def _plugin_entry(plugin: registry.Method, hp: dict) -> dict:
+    return {"key": plugin.key, "path": str(plugin.path), "version": plugin.version, "hp": hp}
+
+
+def _load_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise KDBenchError(f"{path}: not valid JSON: {exc}") from exc
+
+
+def load_grid(path: Path, workdir: Path | None = None) -> Grid:
+    return Grid(load_yaml(path) or {}, str(path), workdir or Path.cwd())

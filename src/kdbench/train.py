@@ -1,0 +1,176 @@
+"""`kdbench train <run.yaml>`: one distillation (or SFT) run on the DeepSpeed engine.
+
+The loop reads top to bottom: load the resolved run, the models and the method; tokenise the data;
+hand the student, optimizer and schedule to `deepspeed.initialize` (accelerator `cpu` on a CPU
+machine, `cuda` on GPUs, same code); then per optimizer step: gather the micro-batches, count the
+step's response tokens globally, and for each micro-batch run the teacher without grad, the student
+with grad, `kdbench.losses.objective`, backward and the engine step; feed the step's KD loss to the
+token policy; log. Finally save the student in Hugging Face format with `provenance.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from kdbench import atomic, losses, provenance
+from kdbench.errors import KDBenchError
+from kdbench.registry import load_method_file
+from kdbench.sft_data import collate, encode_example
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kdbench train", description="Train one resolved run (run.yaml).")
+    ap.add_argument("run_yaml", type=Path)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = yaml.safe_load(args.run_yaml.read_text())
+    train(run)
+    return 0
+
+
+def train(run: dict) -> None:
+    out = Path(run["run"]["dir"])
+    tr = run["training"]
+    seed = run["run"]["seed"]
+    _single_process_env()
+    import deepspeed
+    from transformers import AutoTokenizer, get_scheduler
+
+    from kdbench.jsonl import read_jsonl
+    from kdbench.models import load_causal_lm
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    # Models, tokenizer, method.
+    tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
+    student = load_causal_lm(run["student"])
+    teacher = load_causal_lm(run["teacher"]).eval().requires_grad_(False) if run["teacher"] else None
+    method = run["method"]
+    divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
+    policy = None
+    if method["policy"]:
+        policy = load_method_file(method["policy"]["path"]).obj(total_steps=tr["steps"], **method["policy"]["hp"])
+
+    # Data: prompt-masked examples, reshuffled each epoch from a seeded generator.
+    examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
+    batches = _micro_batches(examples, tr["micro_batch_size"], tokenizer.pad_token_id, seed)
+
+    # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
+    optimizer = torch.optim.AdamW(student.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+    scheduler = get_scheduler(tr["schedule"], optimizer, num_warmup_steps=int(tr["warmup_ratio"] * tr["steps"]),
+                              num_training_steps=tr["steps"])
+    ds_config = {**run["deepspeed"], "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
+                 "gradient_accumulation_steps": tr["gradient_accumulation_steps"], "gradient_clipping": tr["grad_clip"]}
+    engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    world = engine.world_size
+    if teacher is not None:
+        teacher.to(engine.device)
+    vocab_size = len(tokenizer)
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = open(out / "metrics.jsonl", "w")
+    start = time.perf_counter()
+    tokens_seen = 0
+    for step in tqdm(range(tr["steps"]), desc=f"{run['run']['pair']}/{method['label']}/seed{seed}", mininterval=5):
+        micro = [next(batches) for _ in range(tr["gradient_accumulation_steps"])]
+        n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
+        kd_weighted, ce_sum, n_selected, temps = 0.0, 0.0, 0, []
+        for mb in micro:
+            mb = {k: v.to(engine.device) for k, v in mb.items()}
+            with torch.no_grad():
+                t_logits = teacher(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits \
+                    if teacher is not None else None
+            s_logits = engine(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+            parts = losses.objective(
+                s_logits, t_logits, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
+                n_global=n_global, world_size=world, divergence=divergence,
+                hparams=method["divergence"]["hp"] if divergence else None, policy=policy,
+                progress=step / tr["steps"])
+            engine.backward(parts.loss, scale_wrt_gas=False)
+            engine.step()
+            kd_weighted += parts.kd_mean * parts.n_tokens
+            ce_sum += parts.ce_sum
+            n_selected += parts.n_selected
+            if parts.temperature is not None:
+                temps.append(parts.temperature)
+        kd_loss = _all_reduce_sum(kd_weighted, engine.device) / n_global
+        ce = _all_reduce_sum(ce_sum, engine.device) / n_global
+        if policy is not None:
+            policy.observe(kd_loss)
+        tokens_seen += n_global
+        if step % tr["log_every"] == 0 or step == tr["steps"] - 1:
+            record = _metrics_record(step, engine, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
+                                     temps, tokens_seen / (time.perf_counter() - start))
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+    metrics.close()
+
+    # Save the student (HF format, safetensors) atomically: write beside, then rename.
+    if engine.global_rank == 0:
+        tmp = out / ".model.tmp"
+        engine.module.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, out / "model")
+        atomic.write_json(out / "provenance.json", provenance.collect(
+            Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
+            methods={k: {"key": v["key"], "version": v["version"]} for k, v in
+                     (("divergence", method["divergence"]), ("policy", method["policy"])) if v},
+            steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2)))
+
+
+def _metrics_record(step, engine, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
+    record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
+              "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": engine.get_lr()[0],
+              "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
+    if policy is not None and hasattr(policy, "ratio"):
+        record["latf_ratio"] = policy.ratio
+    if temps:
+        t = torch.cat(temps)
+        record.update(tau_mean=float(t.mean()), tau_min=float(t.min()), tau_max=float(t.max()))
+    return record
+
+
+def _micro_batches(examples, batch_size, pad_id, seed):
+    """An endless stream of micro-batches; a fresh seeded permutation each epoch."""
+    if not examples:
+        raise KDBenchError("the training set is empty.")
+    gen = torch.Generator().manual_seed(seed)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    while True:
+        order = torch.randperm(len(examples), generator=gen).tolist()[rank::world]
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+
+
+def _all_reduce_sum(value: float, device) -> float:
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor(float(value), device=device, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.item()
+
+
+def _single_process_env() -> None:
+    """Without a launcher, run as rank 0 of 1 (DeepSpeed otherwise tries MPI discovery)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

@@ -1,0 +1,63 @@
+# Config validation (before any job), the run table, and input functions.
+import sys
+
+from kdbench.config import Grid
+from kdbench.errors import KDBenchError
+
+try:
+    CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
+    GRID = Grid(config, CONFIG_SOURCE, workflow.basedir)
+except KDBenchError as exc:
+    sys.exit(f"kdbench: config error: {exc}")
+
+RES = GRID.results
+CFG = GRID.config
+ENV = "../envs/kdbench.yaml"
+TABLES = [f"{RES}/tables/main.md", f"{RES}/tables/main.csv"]
+
+
+wildcard_constraints:
+    pair=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method=r"[A-Za-z0-9][A-Za-z0-9_.+-]*",
+    seed=r"\d+",
+    set=r"[a-z0-9_]+",
+    role=r"teacher|student",
+
+
+def run_dir(w):
+    return f"{RES}/runs/{w.pair}/{w.method}/seed{w.seed}"
+
+
+def resolved_run(w):
+    return GRID.resolve_run(w.pair, w.method, int(w.seed))
+
+
+def train_inputs(w):
+    """What a run reads: its run.yaml, start weights, teacher, tokenizer, data and method files."""
+    run = resolved_run(w)
+    inputs = {
+        "run": f"{run_dir(w)}/run.yaml",
+        "student": run["student"],
+        "tokenizer": run["tokenizer"],
+        "data": run["data"]["train"],
+        "methods": [m["path"] for m in (run["method"]["divergence"], run["method"]["policy"]) if m],
+    }
+    if run["teacher"]:
+        inputs["teacher"] = run["teacher"]
+    return inputs
+
+
+def eval_model(w):
+    if w.method == "teacher":
+        return GRID.teacher_path(w.pair)
+    return f"{run_dir(w)}/model"
+
+
+def eval_results(w=None):
+    """Every evaluation result the tables need: the teacher row and each grid cell, on each set."""
+    cells = [(p, "teacher", GRID.teacher_seed(p)) for p in CFG["pairs"]] + GRID.runs()
+    return [
+        f"{RES}/evals/{p}/{m}/seed{s}/{name}.json"
+        for p, m, s in cells
+        for name in CFG["sets"]
+    ]

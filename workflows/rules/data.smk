@@ -1,0 +1,48 @@
+# The embedded default's inputs: generated instruction data, a local tokenizer, initial models.
+
+
+rule data:
+    output:
+        train=f"{RES}/data/train.jsonl",
+        valid=f"{RES}/data/valid.jsonl",
+        sets=expand(f"{RES}/data/eval/{{name}}.jsonl", name=CFG["sets"]),
+    params:
+        out=f"{RES}/data",
+        data=CFG["data"],
+    log:
+        f"{RES}/logs/data.log",
+    conda:
+        ENV
+    shell:
+        "kdbench data --out {params.out} --seed {params.data[seed]} --n-train {params.data[n_train]}"
+        " --n-valid {params.data[n_valid]} --n-eval {params.data[n_eval]} > {log} 2>&1"
+
+
+rule tokenizer:
+    input:
+        f"{RES}/data/train.jsonl",
+    output:
+        directory(f"{RES}/tokenizer"),
+    params:
+        vocab_size=CFG["tokenizer"]["vocab_size"],
+    log:
+        f"{RES}/logs/tokenizer.log",
+    conda:
+        ENV
+    shell:
+        "kdbench tokenizer --data {input} --vocab-size {params.vocab_size} --out {output} > {log} 2>&1"
+
+
+rule init_model:
+    input:
+        pair=lambda w: GRID.pair_file(w.pair),
+        tokenizer=f"{RES}/tokenizer",
+    output:
+        directory(f"{RES}/models/{{pair}}/{{role}}-init"),
+    log:
+        f"{RES}/logs/init_model/{{pair}}/{{role}}.log",
+    conda:
+        ENV
+    shell:
+        "kdbench init-model --pair {input.pair} --role {wildcards.role} --tokenizer {input.tokenizer}"
+        " --out {output} > {log} 2>&1"

@@ -1,0 +1,26 @@
+# One evaluation job per (run, set), looping over decoding seeds without reloading the model.
+
+
+rule evaluate:
+    input:
+        model=eval_model,
+        data=f"{RES}/data/eval/{{set}}.jsonl",
+    output:
+        result=f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.json",
+        predictions=f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.predictions.jsonl",
+    params:
+        seeds=" ".join(str(s) for s in CFG["evaluation"]["decoding_seeds"]),
+        ev=CFG["evaluation"],
+        greedy="--greedy" if CFG["evaluation"]["greedy"] else "",
+    log:
+        f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "kdbench evaluate --model {input.model} --data {input.data} --set {wildcards.set}"
+        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --seeds {params.seeds}"
+        " --max-new-tokens {params.ev[max_new_tokens]} --max-prompt-tokens {params.ev[max_prompt_tokens]}"
+        " --batch-size {params.ev[batch_size]} --no-repeat-ngram-size {params.ev[no_repeat_ngram_size]}"
+        " {params.greedy} --threads {threads} --out {output.result} --predictions {output.predictions}"
+        " > {log} 2>&1"
