@@ -78,7 +78,7 @@ def objective(
         s_logits, t_logits = s_logits.clamp_min(NEG_FLOOR), t_logits.clamp_min(NEG_FLOOR)
         kd_mean, n_selected, temps = _kd_mean(s_logits, t_logits, divergence, hparams or {}, policy, progress)
     loss = world_size / n_global * ((1 - kd_ratio) * ce_sum + kd_ratio * n_tokens * kd_mean)
-    return LossParts(loss, float(ce_sum), float(kd_mean), n_tokens, n_selected, temps)
+    return LossParts(loss, ce_sum.item(), kd_mean.item(), n_tokens, n_selected, temps)
 
 
 def _kd_mean(s_logits, t_logits, divergence, hparams, policy, progress):

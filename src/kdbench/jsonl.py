@@ -1,0 +1,108 @@
+"""Reading and writing instruction data in the MiniLLM processed jsonl format.
+
+One JSON object per line: ``{"instruction": str, "input": str, "output": str}``, where ``output`` may
+also be a non-empty list of reference strings (S-NI, UnNI: several references per example, scored by
+the max over them) and ``input`` may be missing (read as ``""``). Extra keys are kept untouched.
+
+Every malformed case fails with a `KDBenchError` that names the file and the 1-based line number.
+Writing goes through a temporary file in the destination folder and `os.replace`, so a reader never
+sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import KDBenchError
+
+_FORMAT_HINT = (
+    'each line must be one JSON object like {"instruction": "...", "input": "...", "output": "..."} '
+    '("output" may be a list of reference strings; "input" may be omitted)'
+)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read and check an instruction-data jsonl file; blank lines are skipped.
+
+    Returns the records in file order, each with ``input`` defaulted to ``""`` when absent.
+    Raises `KDBenchError` naming the file (and line) for: a missing or unreadable file, a file with no
+    records, bytes that are not UTF-8, a line that is not valid JSON or not an object, and a record
+    whose ``instruction``/``input``/``output`` is missing or has the wrong type.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise KDBenchError(
+            f"{path}: file not found; check the path, or generate the data with `kdbench data`."
+        ) from None
+    except OSError as exc:
+        raise KDBenchError(f"{path}: cannot be read ({exc.strerror}); check that it is a readable file.") from None
+
+    records: list[dict[str, Any]] = []
+    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
+        where = f"{path}, line {lineno}"
+        try:
+            line = line_bytes.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise KDBenchError(
+                f"{where}: byte {exc.start + 1} of the line is not valid UTF-8; re-save the file as UTF-8."
+            ) from None
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise KDBenchError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); {_FORMAT_HINT}.") from None
+        records.append(_check_record(record, where))
+
+    if not records:
+        raise KDBenchError(f"{path}: the file has no records; {_FORMAT_HINT}.")
+    return records
+
+
+def _check_record(record: Any, where: str) -> dict[str, Any]:
+    """Validate one decoded line and default its ``input``; `where` is "file, line N" for messages."""
+    if not isinstance(record, dict):
+        raise KDBenchError(f"{where}: expected a JSON object, found {type(record).__name__}; {_FORMAT_HINT}.")
+    for key in ("instruction", "output"):
+        if key not in record:
+            raise KDBenchError(f'{where}: the record has no "{key}" field; {_FORMAT_HINT}.')
+    if not isinstance(record["instruction"], str):
+        raise KDBenchError(f'{where}: "instruction" must be a string; {_FORMAT_HINT}.')
+    record.setdefault("input", "")
+    if not isinstance(record["input"], str):
+        raise KDBenchError(f'{where}: "input" must be a string; {_FORMAT_HINT}.')
+    output = record["output"]
+    is_refs = isinstance(output, list) and output and all(isinstance(ref, str) for ref in output)
+    if not (isinstance(output, str) or is_refs):
+        raise KDBenchError(f'{where}: "output" must be a string or a non-empty list of strings; {_FORMAT_HINT}.')
+    return record
+
+
+def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Mapping[str, Any]]) -> Path:
+    """Write `records` one JSON object per line (UTF-8, ``\\n`` endings) and return the path.
+
+    The text goes to a temporary file beside `path` that then replaces it atomically; parent folders
+    are created. The bytes depend only on the records and their key order.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(dict(record), ensure_ascii=False) + "\n" for record in records).encode("utf-8")
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600; give the usual data-file mode
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,99 @@
+"""A byte-level BPE tokenizer trained locally on instruction data and saved in Hugging Face format.
+
+The embedded default cannot download a tokenizer, so one is trained with the `tokenizers` library on
+the exact text the models see: each record's prompt (`kdbench.prompts.build_prompt`) followed by its
+output (every reference when ``output`` is a list). It is GPT-2 style: byte-level pre-tokenization
+and decoding, so ``decode(encode(text)) == text`` for any text (newlines included), with no bos
+added on encoding (the training code appends eos after each response itself).
+
+Special tokens: ``<|endoftext|>`` (id 0) is bos, eos and unk; ``<|pad|>`` (id 1) is a distinct pad
+token, so masking padding can never mask a real end of sequence. ``padding_side`` is saved as
+``"right"`` (training); batched generation sets ``tokenizer.padding_side = "left"`` and passes the
+attention mask. ``model_max_length`` is 1024. The result of ``save_pretrained`` loads offline with
+``transformers.AutoTokenizer.from_pretrained(out_dir)``. Training is deterministic: the same files
+and vocabulary size give identical ``tokenizer.json`` files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from kdbench.errors import KDBenchError
+from kdbench.jsonl import read_jsonl
+from kdbench.prompts import build_prompt
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOS_TOKEN, PAD_TOKEN)
+MODEL_MAX_LENGTH = 1024
+# Every byte gets a token, plus the special tokens; below that BPE cannot represent arbitrary text.
+MIN_VOCAB_SIZE = len(pre_tokenizers.ByteLevel.alphabet()) + len(SPECIAL_TOKENS)
+
+
+def corpus_texts(files: Sequence[Path]) -> Iterator[str]:
+    """Yield prompt + output for every record of `files`, once per reference when output is a list."""
+    for path in files:
+        for record in read_jsonl(path):
+            prompt = build_prompt(record["instruction"], record["input"])
+            outputs = record["output"] if isinstance(record["output"], list) else [record["output"]]
+            for output in outputs:
+                yield prompt + output
+
+
+def train_tokenizer(files: Sequence[Path], out_dir: Path, vocab_size: int = 1000) -> None:
+    """Train a byte-level BPE of at most `vocab_size` tokens on `files` and save it to `out_dir`."""
+    if not files:
+        raise KDBenchError("tokenizer: no training data given; pass one or more jsonl files with --data.")
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB_SIZE:
+        raise KDBenchError(
+            f"tokenizer: vocab_size={vocab_size!r} is too small; a byte-level BPE needs at least "
+            f"{MIN_VOCAB_SIZE} tokens (256 bytes + {len(SPECIAL_TOKENS)} special). Use e.g. 1000."
+        )
+    texts = list(corpus_texts([Path(f) for f in files]))
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=MODEL_MAX_LENGTH,
+        padding_side="right",
+    )
+    tokenizer.save_pretrained(str(out_dir))
+    # transformers 5 records its own class name (TokenizersBackend), which 4.x (the declared floor)
+    # cannot resolve; the 4.x name loads in both.
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kdbench tokenizer``: train the tokenizer on jsonl files and save it."""
+    parser = argparse.ArgumentParser(prog="kdbench tokenizer", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, nargs="+", type=Path, help="jsonl files to train on")
+    parser.add_argument("--vocab-size", type=int, default=1000, help="maximum vocabulary size (default 1000)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for the tokenizer files")
+    args = parser.parse_args(argv)
+    train_tokenizer(args.data, args.out, vocab_size=args.vocab_size)
+    print(f"tokenizer: {args.out}")
+    return 0
