@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from kdbench.atomic import write_text
 from kdbench.errors import KDBenchError
 
 _FORMAT_HINT = (
@@ -91,18 +91,5 @@ def write_jsonl_atomic(path: str | os.PathLike[str], records: Iterable[Mapping[s
     The text goes to a temporary file beside `path` that then replaces it atomically; parent folders
     are created. The bytes depend only on the records and their key order.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(dict(record), ensure_ascii=False) + "\n" for record in records).encode("utf-8")
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp creates 0600; give the usual data-file mode
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    data = "".join(json.dumps(dict(record), ensure_ascii=False) + "\n" for record in records)
+    return write_text(path, data)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -100,6 +101,7 @@ def load_method_file(path: Path) -> Method:
     if spec is None or spec.loader is None:
         raise KDBenchError(f"cannot import method file {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so tests and pickling can reach the plugin's helpers
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # a broken plugin must name itself, not crash the workflow anonymously

@@ -8,7 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from kdbench.datagen import ANIMALS, CATEGORIES, EVAL_SETS, FRUITS, NUMBER_WORDS, PEOPLE, generate, main
+from kdbench.datagen import (
+    ANIMALS,
+    CATEGORIES,
+    EVAL_SETS,
+    FRUITS,
+    NUMBER_WORDS,
+    PEOPLE,
+    generate,
+    main,
+)
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
 

@@ -1,0 +1,346 @@
+"""Evaluate a causal LM on an instruction set: generate responses, score ROUGE-L and exact match.
+
+The protocol is the MiniLLM / DistiLLM / AdaKD one (METHODS.md §5): the shared prompt template,
+prompts truncated to their last 256 tokens, sampling with top-k 0, top-p 1.0, temperature 1.0,
+256 new tokens, decoding seeds 10-50, ROUGE-L F-measure (rouge-score, Porter stemmer) maximised
+over an example's references, averaged over examples, ×100; exact match alongside.
+
+One model load serves every decoding seed. ``kdbench evaluate`` (:func:`main`) writes a result JSON
+(summary, protocol, provenance) and a per-sample predictions jsonl; ``kdbench aggregate`` turns
+the result JSONs into tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import string
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from rouge_score import rouge_scorer
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+import kdbench
+from kdbench.atomic import write_json
+from kdbench.errors import KDBenchError
+from kdbench.jsonl import read_jsonl, write_jsonl_atomic
+from kdbench.prompts import build_prompt
+
+PROTOCOL_VERSION = 1
+METRIC = "rougeL-F x100, porter stemmer, max over refs"
+DEFAULT_SEEDS = [10, 20, 30, 40, 50]
+# Generation settings of the paper protocol; ``evaluate_set``'s ``protocol`` overrides any of them.
+DEFAULT_PROTOCOL: dict[str, Any] = {
+    "max_new_tokens": 256,
+    "batch_size": 32,
+    "max_prompt_tokens": 256,
+    "do_sample": True,
+    "top_k": 0,
+    "top_p": 1.0,
+    "temperature": 1.0,
+    "no_repeat_ngram_size": 0,
+}
+
+_ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, references: list[str]) -> float:
+    """ROUGE-L F-measure ×100 of ``prediction``, the maximum over ``references`` (Porter stemming)."""
+    return 100.0 * max(_ROUGE.score(ref, prediction)["rougeL"].fmeasure for ref in references)
+
+
+def _normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, references: list[str]) -> float:
+    """100 if the SQuAD-normalised prediction equals any normalised reference, else 0."""
+    pred = _normalize_answer(prediction)
+    return 100.0 if any(pred == _normalize_answer(ref) for ref in references) else 0.0
+
+
+def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the tokenizer a pad token (its eos token) when it has none; batching needs one."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise KDBenchError(
+            f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an eos token; "
+            "batched generation needs one: set tokenizer.pad_token and save the tokenizer again"
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+
+
+def _eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int] | None:
+    """Every id that ends a response: the tokenizer's eos plus those of the model's generation config
+    (chat models list several); None when neither names one."""
+    configured = model.generation_config.eos_token_id
+    ids = set(configured if isinstance(configured, list) else [configured])
+    ids.add(tokenizer.eos_token_id)
+    return sorted(i for i in ids if i is not None) or None
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    *,
+    seed: int,
+    max_new_tokens: int,
+    batch_size: int,
+    max_prompt_tokens: int = 256,
+    do_sample: bool = True,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+) -> list[str]:
+    """Generate one response per prompt, in the order of ``prompts``.
+
+    Prompts longer than ``max_prompt_tokens`` lose their beginning (the response header at the end
+    must survive). Batches are left-padded with an attention mask and formed from prompts sorted by
+    length (longest first, so memory problems show in the first batch). ``torch.manual_seed(seed)``
+    is set once before the first batch, so a run is reproducible for a given seed, prompt set and
+    batch size. Generation stops at eos; only the new tokens are decoded, special tokens skipped,
+    whitespace stripped. Sets ``tokenizer.padding_side`` and ``truncation_side`` to ``"left"`` and
+    the pad token to eos when the tokenizer has none.
+    """
+    _ensure_pad_token(tokenizer)
+    tokenizer.padding_side = "left"
+    tokenizer.truncation_side = "left"
+    encoded = tokenizer(prompts, truncation=True, max_length=max_prompt_tokens)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+
+    # Every setting is passed explicitly so a model's own generation_config (often tuned sampling
+    # or a repetition penalty) cannot silently change the protocol.
+    sampling = {"top_k": top_k, "top_p": top_p, "temperature": temperature} if do_sample else {}
+    settings = dict(
+        do_sample=do_sample,
+        max_new_tokens=max_new_tokens,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        repetition_penalty=1.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=_eos_token_ids(model, tokenizer),
+        **sampling,
+    )
+
+    responses: list[str] = [""] * len(prompts)
+    model.eval()
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch_idx = order[start : start + batch_size]
+            batch = tokenizer.pad([{"input_ids": encoded[i]} for i in batch_idx], return_tensors="pt")
+            batch = batch.to(model.device)
+            output = model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings
+            )
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i, text in zip(batch_idx, texts):
+                responses[i] = text.strip()
+    return responses
+
+
+def _references(example: Any, where: str) -> list[str]:
+    """Validate one eval-set record and return its references (``output`` as a list).
+
+    A record is ``{"instruction": str, "input": str (optional), "output": str | list[str]}``;
+    ``where`` names the record in the error message.
+    """
+    if not isinstance(example, dict):
+        raise KDBenchError(f"{where}: expected a JSON object, got {type(example).__name__}")
+    if not isinstance(example.get("instruction"), str):
+        raise KDBenchError(f"{where}: 'instruction' must be a string (keys found: {sorted(example)})")
+    if not isinstance(example.get("input", ""), str):
+        raise KDBenchError(f"{where}: 'input' must be a string; use \"\" when the example has none")
+    output = example.get("output")
+    references = [output] if isinstance(output, str) else output
+    if not isinstance(references, list) or not references or not all(isinstance(r, str) for r in references):
+        raise KDBenchError(f"{where}: 'output' must be a string or a non-empty list of strings, got {output!r}")
+    return references
+
+
+def resolve_protocol(protocol: dict[str, Any]) -> dict[str, Any]:
+    """The paper defaults updated with ``protocol``; an unknown key is an error."""
+    unknown = sorted(set(protocol) - set(DEFAULT_PROTOCOL))
+    if unknown:
+        raise KDBenchError(f"unknown evaluation protocol settings {unknown}; known: {sorted(DEFAULT_PROTOCOL)}")
+    return {**DEFAULT_PROTOCOL, **protocol}
+
+
+def evaluate_set(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[dict],
+    *,
+    set_name: str,
+    seeds: list[int],
+    protocol: dict[str, Any],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score ``model`` on one eval set under every decoding seed, without reloading it.
+
+    Returns ``(summary, predictions)``. ``summary`` holds ``set``, ``n_examples``, the resolved
+    ``protocol`` (generation settings, ``metric``, ``protocol_version``), ``per_seed``
+    (``{"10": {"rougeL": .., "exact_match": ..}, ..}``, means over examples), ``rougeL_mean``,
+    ``rougeL_std`` (sample std over seeds, 0 for one seed) and ``exact_match_mean``.
+    ``predictions`` has one record per (seed, example): ``seed, idx, prompt, prediction,
+    references, rougeL, exact_match``.
+    """
+    if not examples:
+        raise KDBenchError(f"eval set {set_name!r} has no examples")
+    if not seeds:
+        raise KDBenchError("no decoding seeds given; the paper protocol uses 10 20 30 40 50")
+    settings = resolve_protocol(protocol)
+    references = [_references(ex, f"{set_name} example {i}") for i, ex in enumerate(examples)]
+    prompts = [build_prompt(ex["instruction"], ex.get("input", "")) for ex in examples]
+
+    per_seed: dict[str, dict[str, float]] = {}
+    predictions: list[dict[str, Any]] = []
+    for seed in seeds:
+        responses = generate(model, tokenizer, prompts, seed=seed, **settings)
+        rouge = [rouge_l(r, refs) for r, refs in zip(responses, references)]
+        em = [exact_match(r, refs) for r, refs in zip(responses, references)]
+        per_seed[str(seed)] = {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)}
+        for idx, prompt in enumerate(prompts):
+            predictions.append(
+                {
+                    "seed": seed,
+                    "idx": idx,
+                    "prompt": prompt,
+                    "prediction": responses[idx],
+                    "references": references[idx],
+                    "rougeL": rouge[idx],
+                    "exact_match": em[idx],
+                }
+            )
+
+    seed_rouge = [s["rougeL"] for s in per_seed.values()]
+    summary = {
+        "set": set_name,
+        "n_examples": len(examples),
+        "protocol": {**settings, "metric": METRIC, "protocol_version": PROTOCOL_VERSION},
+        "per_seed": per_seed,
+        "rougeL_mean": statistics.fmean(seed_rouge),
+        "rougeL_std": statistics.stdev(seed_rouge) if len(seed_rouge) > 1 else 0.0,
+        "exact_match_mean": statistics.fmean(s["exact_match"] for s in per_seed.values()),
+    }
+    return summary, predictions
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer ≥ ``minimum``."""
+
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdbench evaluate",
+        description="Generate responses on one eval set under several decoding seeds and score ROUGE-L / exact match.",
+    )
+    parser.add_argument(
+        "--model", type=Path, required=True, help="directory written by save_pretrained (model + tokenizer)"
+    )
+    parser.add_argument(
+        "--data", type=Path, required=True, help="eval set jsonl: {instruction, input, output} per line"
+    )
+    parser.add_argument("--set", required=True, dest="set_name", help="eval set name recorded in the result")
+    parser.add_argument("--run", default="", help="free-text label of the evaluated run, recorded in the result")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="decoding seeds (default: %(default)s)"
+    )
+    parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_new_tokens"])
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
+    parser.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"])
+    parser.add_argument(
+        "--no-repeat-ngram-size", type=_int_at_least(0), default=0, help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
+    )
+    parser.add_argument("--greedy", action="store_true", help="greedy decoding; only the first seed is run")
+    parser.add_argument("--limit", type=_int_at_least(1), help="evaluate only the first N examples")
+    parser.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
+    parser.add_argument("--out", type=Path, required=True, help="result JSON")
+    parser.add_argument("--predictions", type=Path, required=True, help="per-sample predictions jsonl")
+    return parser
+
+
+def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load tokenizer and model from a local directory, on the GPU when there is one."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise KDBenchError(
+            f"cannot load a model and tokenizer from {model_dir}: {err}\n"
+            "Expected a directory written by save_pretrained (config, weights and tokenizer files)."
+        ) from err
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kdbench evaluate``: evaluate one model on one eval set; raises KDBenchError for user errors."""
+    args = _parser().parse_args(argv)
+    if not args.model.is_dir():
+        raise KDBenchError(f"--model {args.model}: no such directory; pass a directory written by save_pretrained")
+    if not args.data.is_file():
+        raise KDBenchError(f"--data {args.data}: no such file; pass the eval set as a jsonl file")
+    examples = read_jsonl(args.data)[: args.limit]  # checks every record, naming file and line
+    seeds = args.seeds[:1] if args.greedy else args.seeds
+    protocol = {
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size,
+        "max_prompt_tokens": args.max_prompt_tokens,
+        "do_sample": not args.greedy,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+    }
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    start = time.perf_counter()
+    model, tokenizer = _load(args.model)
+    summary, predictions = evaluate_set(
+        model, tokenizer, examples, set_name=args.set_name, seeds=seeds, protocol=protocol
+    )
+    elapsed = time.perf_counter() - start
+    result = {
+        "run": args.run,
+        "model": str(args.model),
+        "data": str(args.data),
+        **summary,
+        "versions": {
+            "kdbench": kdbench.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
+        "device": str(model.device),
+        "elapsed_s": round(elapsed, 3),
+    }
+    write_jsonl_atomic(args.predictions, predictions)
+    write_json(args.out, result)
+    print(
+        f"{args.set_name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
+        f"{len(seeds)} seed(s), {len(examples)} examples, {elapsed:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
