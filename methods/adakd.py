@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from kdbench.losses import TokenPlan
 from kdbench.registry import token_policy
 
 
@@ -49,8 +50,8 @@ class AdaKD:
         self.steps_seen = 0
 
     @torch.no_grad()
-    def weigh(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor, progress: float):
-        """Per-token weights (1 = selected, 0 = dropped) and temperatures for N valid tokens."""
+    def plan(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor, progress: float) -> TokenPlan:
+        """Selection (weight 1 = kept, 0 = dropped) and one temperature per token for both models."""
         s = hellinger(student_logp, teacher_logp)
         n_sel = max(1, math.floor(s.numel() * self.ratio))
         selected = torch.topk(s, n_sel).indices
@@ -59,7 +60,7 @@ class AdaKD:
         median = s[selected].median().clamp_min(1e-12)
         s_hat = torch.tanh(torch.log(s.clamp_min(1e-12) / median))
         temperature = self.tau_base * torch.exp(-self.c * s_hat)
-        return weights, temperature
+        return TokenPlan.shared(weights, temperature)
 
     def observe(self, kd_loss: float) -> None:
         """Feed the step's global mean distillation loss; update the EMA, the reference and r."""

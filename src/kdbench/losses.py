@@ -4,8 +4,9 @@ applies temperatures and token weights, reduces, and mixes in cross-entropy.
 For one micro-batch, with the N valid (response) positions of the step counted globally (all
 micro-batches of the optimizer step, all ranks) as N_global:
 
-    KD_mb   = Σ_i w_i τ_i² D_i / Σ_i w_i          (D = the method's per-token divergence on
-                                                 softmax(z/τ_i); w, τ from the token policy, or 1)
+    KD_mb   = Σ_i w_i c_i D_i / Σ_i w_i          (D = the method's per-token divergence on softmax(z/τ_i);
+                                                w, τ and the scale c (usually τ²) from the token
+                                                policy's TokenPlan, or all 1)
     loss_mb = world/N_global · [ (1 − kd_ratio)·Σ_i CE_i + kd_ratio·n_mb·KD_mb ]
 
 Backpropagated without DeepSpeed's 1/gas scaling and averaged over ranks by DeepSpeed, this gives
@@ -23,6 +24,27 @@ import torch.nn.functional as F
 
 IGNORE = -100
 NEG_FLOOR = -1e30  # -inf vocabulary padding → a finite floor: exp() is still 0, but 0·(−inf) NaNs vanish
+
+
+@dataclass
+class TokenPlan:
+    """What a token policy decides for the N valid tokens of a micro-batch (all detached):
+    the KD term is Σ_i weight_i·scale_i·D(softmax(z_s/tau_student_i), softmax(z_t/tau_teacher_i)) / Σ_i weight_i."""
+
+    weight: torch.Tensor  # (N,) ≥ 0; 0 drops the token (LATF), soft values re-weight it (curricula)
+    tau_student: torch.Tensor  # (N,)
+    tau_teacher: torch.Tensor  # (N,)
+    scale: torch.Tensor  # (N,) usually τ² (Hinton's gradient-scale correction)
+
+    @classmethod
+    def shared(cls, weight: torch.Tensor, tau: torch.Tensor) -> "TokenPlan":
+        """One temperature per token for both models, weighted τ² (AdaKD's IDTS, fixed T, ...)."""
+        return cls(weight, tau, tau, tau**2)
+
+    @classmethod
+    def uniform(cls, n: int, device=None) -> "TokenPlan":
+        ones = torch.ones(n, device=device)
+        return cls.shared(ones, ones)
 
 
 @dataclass
@@ -83,14 +105,12 @@ def objective(
 
 def _kd_mean(s_logits, t_logits, divergence, hparams, policy, progress):
     if policy is None:
-        weights = torch.ones(s_logits.shape[0], device=s_logits.device)
-        temperature = torch.ones_like(weights)
+        plan = TokenPlan.uniform(s_logits.shape[0], s_logits.device)
     else:
         with torch.no_grad():
-            weights, temperature = policy.weigh(
-                F.log_softmax(s_logits.detach(), -1), F.log_softmax(t_logits, -1), progress)
-    sel = weights > 0
-    tau = temperature[sel].unsqueeze(-1)
-    values = divergence(F.log_softmax(s_logits[sel] / tau, -1), F.log_softmax(t_logits[sel] / tau, -1), **hparams)
-    kd_mean = (weights[sel] * tau.squeeze(-1) ** 2 * values).sum() / weights.sum()
-    return kd_mean, int(sel.sum()), tau.squeeze(-1).detach()
+            plan = policy.plan(F.log_softmax(s_logits.detach(), -1), F.log_softmax(t_logits, -1), progress)
+    sel = plan.weight > 0
+    tau_s, tau_t = plan.tau_student[sel].unsqueeze(-1), plan.tau_teacher[sel].unsqueeze(-1)
+    values = divergence(F.log_softmax(s_logits[sel] / tau_s, -1), F.log_softmax(t_logits[sel] / tau_t, -1), **hparams)
+    kd_mean = (plan.weight[sel] * plan.scale[sel] * values).sum() / plan.weight.sum()
+    return kd_mean, int(sel.sum()), tau_s.squeeze(-1)

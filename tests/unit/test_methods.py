@@ -98,26 +98,27 @@ def test_latf_selects_top_r_fraction_by_difficulty(plugins):
     t = torch.zeros(10, 5)
     s = torch.zeros(10, 5)
     s[:, 0] = torch.arange(10.0)  # token i drifts further from the teacher as i grows
-    weights, _ = policy.weigh(logp(s), logp(t), 0.0)
+    weights = policy.plan(logp(s), logp(t), 0.0).weight
     assert weights.tolist() == [0.0] * 7 + [1.0] * 3  # floor(10 · 0.3) = 3 hardest tokens
     policy.ratio = 0.01
-    assert policy.weigh(logp(s), logp(t), 0.0)[0].sum() == 1  # n_sel = max(1, ·)
+    assert policy.plan(logp(s), logp(t), 0.0).weight.sum() == 1  # n_sel = max(1, ·)
 
 
 def test_idts_temperatures_follow_the_formula_and_range(plugins):
     policy = make_adakd(plugins, c=0.5, tau_base=1.0)
     g = torch.Generator().manual_seed(2)
     s_logits, t_logits = torch.randn(64, 20, generator=g) * 3, torch.randn(64, 20, generator=g) * 3
-    weights, tau = policy.weigh(logp(s_logits), logp(t_logits), 0.0)
+    plan = policy.plan(logp(s_logits), logp(t_logits), 0.0)
+    tau = plan.tau_student
+    assert torch.equal(plan.tau_teacher, tau) and torch.allclose(plan.scale, tau**2)
     p, q = F.softmax(t_logits.double(), -1).numpy(), F.softmax(s_logits.double(), -1).numpy()
     s = hellinger_reference(p, q)
-    expected = np.exp(-0.5 * np.tanh(np.log(s / np.median(s))))
     # torch's median of an even count is the lower middle value, numpy's the mean of the two middles
     lower_median = np.sort(s)[(len(s) - 1) // 2]
     expected = np.exp(-0.5 * np.tanh(np.log(s / lower_median)))
     np.testing.assert_allclose(tau.double().numpy(), expected, rtol=1e-4)
     assert tau.min() >= math.exp(-0.5) - 1e-6 and tau.max() <= math.exp(0.5) + 1e-6
     assert tau[s.argmax()] == tau.min()  # the hardest token gets the lowest temperature
-    extreme = policy.weigh(logp(torch.tensor([[80.0, -80.0], [0.0, 0.0], [-80.0, 80.0]])),
-                           logp(torch.tensor([[-80.0, 80.0], [0.0, 0.0], [-80.0, 80.0]])), 0.0)[1]
+    extreme = policy.plan(logp(torch.tensor([[80.0, -80.0], [0.0, 0.0], [-80.0, 80.0]])),
+                           logp(torch.tensor([[-80.0, 80.0], [0.0, 0.0], [-80.0, 80.0]])), 0.0).tau_student
     assert extreme.min() >= math.exp(-0.5) - 1e-6 and extreme.max() <= math.exp(0.5) + 1e-6
