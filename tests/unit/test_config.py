@@ -1,0 +1,88 @@
+"""Grid configs fail before any job, with a message naming the file, the key and the fix."""
+
+import copy
+
+import pytest
+import yaml
+
+from kdbench.config import Grid, load_grid
+from kdbench.errors import KDBenchError
+
+PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
+
+
+@pytest.fixture
+def tiny(repo):
+    return yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
+
+
+def grid(cfg, repo):
+    return Grid(cfg, "test.yaml", repo)
+
+
+def test_the_default_grid_is_valid(repo):
+    g = load_grid(repo / "config" / "tiny.yaml", repo)
+    assert g.runs() == [(PAIR, m, 1) for m in ("sft", "fkl", "fkl+adakd")]
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda c: c.update(methds=["fkl"]), r"key '\(top level\)': Additional properties are not allowed \('methds'"),
+    (lambda c: c["evaluation"].update(max_new_token=8), "key 'evaluation'.*max_new_token"),
+    (lambda c: c.update(methods=["fkl", "fkk"]), "label 'fkk': unknown method 'fkk'. Known: .*fkl.*sft"),
+    (lambda c: c.update(methods=["fkl+adakdd"]), "unknown token policy 'adakdd'. Known: adakd"),
+    (lambda c: c.update(methods=["sft+adakd"]), "a token policy needs a distillation loss"),
+    (lambda c: c.update(methods=["fkl", "fkl"]), "label 'fkl' is listed twice"),
+    (lambda c: c.update(methods=["../fkl"]), "key 'methods.0': '../fkl' does not match"),
+    (lambda c: c.update(methods=["fkl;rm"]), "key 'methods.0'"),
+    (lambda c: c.update(methods=["teacher"]), "reserved for the teacher"),
+    (lambda c: c.update(pairs=["nope_from_nowhere"]), "unknown pair 'nope_from_nowhere'.*Known pairs: gpt2-tiny"),
+    (lambda c: c.update(seeds=["one"]), "key 'seeds.0': 'one' is not of type 'integer'"),
+    (lambda c: c.update(sets=["dolly", "mmlu"]), "key 'sets.1'"),
+    (lambda c: c["evaluation"].update(max_new_tokens=-3), "key 'evaluation.max_new_tokens': -3 is less than"),
+    (lambda c: c.update(method_defs={"skl05": {"divergence": "fkl", "hp": {"alpha": 0.5}}}, methods=["skl05"]),
+     r"unknown hyper-parameter\(s\) alpha for divergence 'fkl'"),
+    (lambda c: c.update(policy_defs={"a2": {"policy": "adakd", "hp": {"gamma": 1}}}, methods=["fkl+a2"]),
+     r"unknown hyper-parameter\(s\) gamma for token_policy 'adakd'.*accepts: beta, eps"),
+])
+def test_bad_configs_name_the_problem(tiny, repo, edit, needle):
+    cfg = copy.deepcopy(tiny)
+    edit(cfg)
+    with pytest.raises(KDBenchError, match=needle) as err:
+        grid(cfg, repo)
+    assert str(err.value).startswith("test.yaml")
+
+
+def test_bad_pair_file_names_its_file(tiny, repo, tmp_path):
+    import shutil
+
+    for name in ("config", "methods", "workflows"):
+        shutil.copytree(repo / name, tmp_path / name)
+    pair = tmp_path / "config" / "pairs" / f"{PAIR}.yaml"
+    spec = yaml.safe_load(pair.read_text())
+    spec["training"]["lr"] = -0.1
+    pair.write_text(yaml.safe_dump(spec))
+    with pytest.raises(KDBenchError, match=rf"{PAIR}.yaml: key 'training.lr': -0.1 is less than or equal to"):
+        Grid(tiny, "test.yaml", tmp_path)
+    pair.write_text("family: gpt2\nteacher: [unclosed\n")
+    with pytest.raises(KDBenchError, match=f"{PAIR}.yaml: not valid YAML"):
+        Grid(tiny, "test.yaml", tmp_path)
+
+
+def test_cli_overrides_arrive_as_strings(tiny, repo):
+    cfg = {**tiny, "seeds": ["1", "2"], "methods": "fkl"}
+    assert grid(cfg, repo).runs() == [(PAIR, "fkl", 1), (PAIR, "fkl", 2)]
+
+
+def test_resolved_runs(tiny, repo):
+    g = grid({**tiny, "policy_defs": {"adakd-c1": {"policy": "adakd", "hp": {"c": 1.0}}},
+              "methods": ["sft", "fkl+adakd", "fkl+adakd-c1"]}, repo)
+    sft = g.resolve_run(PAIR, "sft", 1)
+    assert sft["teacher"] is None and sft["method"]["kd_ratio"] == 0.0 and sft["method"]["divergence"] is None
+    assert sft["run"]["dir"] == f"results/runs/{PAIR}/sft/seed1"
+    run = g.resolve_run(PAIR, "fkl+adakd-c1", 3)
+    assert run["teacher"] == f"results/runs/{PAIR}/teacher/seed0/model"
+    assert run["method"]["divergence"]["key"] == "fkl" and run["method"]["kd_ratio"] == 1.0
+    assert run["method"]["policy"]["hp"]["c"] == 1.0 and run["method"]["policy"]["hp"]["beta"] == 0.99
+    teacher = g.resolve_run(PAIR, "teacher", 0)
+    assert teacher["student"] == f"results/models/{PAIR}/teacher-init"
+    assert teacher["training"]["steps"] == g.pairs[PAIR]["teacher"]["sft"]["steps"]
