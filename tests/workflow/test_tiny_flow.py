@@ -1,0 +1,70 @@
+"""The whole default flow on a smaller grid: data → tokenizer → teacher SFT → sft/fkl/fkl+adakd →
+evaluation → the main table, through the real Snakefile and the `kdbench` console script."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import run_cli, workflow_copy
+
+pytestmark = pytest.mark.workflow
+PAIR = "gpt2-micro-s_from_gpt2-micro-t"
+SETS = ["dolly", "selfinst", "vicuna", "sni", "unni"]
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    root = workflow_copy(tmp_path_factory.mktemp("flow"))
+    pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
+    pair["teacher"]["sft"]["steps"] = 60
+    pair["training"].update(steps=30, micro_batch_size=8, log_every=5)
+    (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
+    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text())
+    cfg["pairs"] = [PAIR]
+    cfg["data"].update(n_train=400, n_eval=6)
+    cfg["evaluation"].update(decoding_seeds=[10, 20], max_new_tokens=12)
+    (root / "smoke.yaml").write_text(yaml.safe_dump(cfg))
+    first = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=root, timeout=1200)
+    assert first.returncode == 0, first.stderr[-4000:]
+    return root
+
+
+def test_table_has_every_method_and_set_filled(flow):
+    table = (flow / "results/tables/main.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["teacher", "sft", "fkl", "fkl+adakd"]
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[2:-1]]
+        assert len(cells) == 6 and all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", c) for c in cells), row
+    csv = pd.read_csv(flow / "results/tables/main.csv")
+    assert set(csv["set"]) == {*SETS, "Avg"} and (csv.loc[csv["set"] != "Avg", "n"] == 2).all()
+
+
+def test_each_run_trained_and_recorded_provenance(flow):
+    for method in ("sft", "fkl", "fkl+adakd"):
+        run = flow / f"results/runs/{PAIR}/{method}/seed1"
+        metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert metrics[-1]["loss"] < 0.8 * metrics[0]["loss"], method
+        assert metrics[-1]["tokens_per_s"] > 0
+        prov = json.loads((run / "provenance.json").read_text())
+        assert prov["run"]["method"] == method and prov["packages"]["deepspeed"]
+        assert (run / "model" / "model.safetensors").is_file()
+    adakd = [json.loads(line) for line in (flow / f"results/runs/{PAIR}/fkl+adakd/seed1/metrics.jsonl").open()]
+    assert all("latf_ratio" in m and 0.607 <= m["tau_min"] <= m["tau_max"] <= 1.649 for m in adakd)
+    resolved = yaml.safe_load((flow / f"results/runs/{PAIR}/fkl+adakd/seed1/run.yaml").read_text())
+    assert resolved["method"]["policy"]["key"] == "adakd"
+
+
+def test_second_invocation_has_nothing_to_do(flow):
+    again = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=flow)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_bad_config_fails_before_any_job(flow):
+    bad = run_cli("snakemake", "-n", "--configfile", "smoke.yaml", "--config", "methods=[fkl,fkk]", cwd=flow)
+    assert bad.returncode != 0
+    assert "unknown method 'fkk'. Known:" in bad.stderr + bad.stdout
+    assert "Traceback" not in bad.stderr + bad.stdout
