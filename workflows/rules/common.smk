@@ -1,4 +1,5 @@
 # Config validation (before any job), the run table, and input functions.
+import os
 import sys
 
 from kdbench.config import Grid

@@ -7,7 +7,7 @@ rule data:
         valid=f"{RES}/data/valid.jsonl",
         sets=expand(f"{RES}/data/eval/{{name}}.jsonl", name=CFG["sets"]),
     params:
-        out=f"{RES}/data",
+        out=lambda w, output: os.path.dirname(output.train),
         data=CFG["data"],
     log:
         f"{RES}/logs/data.log",
