@@ -1,0 +1,24 @@
+"""A new method is one file: dropped into methods/, it appears in the grid with no other edit."""
+
+import shutil
+
+import pytest
+
+from tests.conftest import run_cli, workflow_copy
+
+pytestmark = pytest.mark.workflow
+
+
+def test_a_new_method_file_joins_the_dry_run(tmp_path):
+    root = workflow_copy(tmp_path)
+    shutil.copy(root / "methods/_template.py", root / "methods/halfkl.py")
+    text = (root / "methods/halfkl.py").read_text().replace("def my_divergence(", "def halfkl(")
+    (root / "methods/halfkl.py").write_text(text)
+    dry = run_cli("snakemake", "-n", "--config", "methods=[fkl,halfkl,halfkl+adakd]", cwd=root)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    out = dry.stdout + dry.stderr
+    for label in ("halfkl", "halfkl+adakd"):
+        assert f"method={label}, seed=1" in out
+    bad = run_cli("snakemake", "-n", "--config", "methods=[halfkl]",
+                  "method_defs={halfkl: {divergence: halfkl, hp: {alpah: 0.1}}}", cwd=root)
+    assert bad.returncode != 0 and "unknown hyper-parameter(s) alpah" in bad.stdout + bad.stderr
