@@ -1,4 +1,5 @@
-"""AdaKD: token-adaptive knowledge distillation (LATF token focusing + IDTS per-token temperature)."""
+"""AdaKD: token-adaptive knowledge distillation with swappable difficulty indicator, kept-ratio
+schedule and temperature rule (defaults: Hellinger + LATF + IDTS, the full method)."""
 
 import math
 
@@ -7,6 +8,10 @@ import torch
 from kdbench.losses import TokenPlan
 from kdbench.registry import token_policy
 
+PAD_BELOW = -1e29  # the harness floors -inf vocabulary padding at -1e30; log-probs below this are padding
+
+
+# --- difficulty indicators: (student_logp (N,V), teacher_logp (N,V)[, labels]) -> (N,), larger = harder ---
 
 def hellinger(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
     """Per-token Hellinger distance `(1/√2)·sqrt(Σ_v (√p − √q)²)` in [0, 1] (untempered, no grad)."""
@@ -14,57 +19,311 @@ def hellinger(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.T
     return (diff.pow(2).sum(-1) / 2).sqrt()
 
 
+def forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(p ‖ q) = Σ_v p (log p − log q) ≥ 0 (p = teacher, q = student)."""
+    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).clamp_min(0)
+
+
+def reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(q ‖ p) = Σ_v q (log q − log p) ≥ 0."""
+    return forward_kl(teacher_logp, student_logp)
+
+
+def js_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
+    """Per-token JS divergence, m = (1−λ)p + λq, λ·KL(q‖m) + (1−λ)·KL(p‖m), in [0, log 2] for λ = 0.5.
+
+    log m is computed exactly with logaddexp (no 1e-8 clamp is needed: m ≥ max((1−λ)p, λq))."""
+    log_m = torch.logaddexp(teacher_logp + math.log(1 - lam), student_logp + math.log(lam))
+    kl_q = (student_logp.exp() * (student_logp - log_m)).sum(-1)
+    kl_p = (teacher_logp.exp() * (teacher_logp - log_m)).sum(-1)
+    return (lam * kl_q + (1 - lam) * kl_p).clamp_min(0)
+
+
+def label_cross_entropy(student_logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy of the student against the ground-truth token: −log q(y_i) ≥ 0."""
+    return -student_logp.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+
+
+def topk_miss_rate(student_logp: torch.Tensor, teacher_logp: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """Fraction of the teacher's top-k tokens that are NOT among the student's top-k, in {0, 1/k, …, 1}.
+
+    k is capped at the vocabulary size; ties inside a top-k are broken by torch.topk."""
+    k = min(k, teacher_logp.shape[-1])
+    t_top = teacher_logp.topk(k, dim=-1).indices
+    s_top = student_logp.topk(k, dim=-1).indices
+    shared = (t_top.unsqueeze(-1) == s_top.unsqueeze(-2)).any(-1).sum(-1)
+    return 1.0 - shared.to(teacher_logp.dtype) / k
+
+
+def logit_std(logp: torch.Tensor) -> torch.Tensor:
+    """Per-token standard deviation of the logits over the real vocabulary, clamped ≥ 1e-6.
+
+    log_softmax shifts each row by a constant, so the std of the log-probs equals the std of the
+    logits. Entries below -1e29 (the harness's -1e30 padding floor, or -inf) are excluded. Population
+    std (divide by the count), as a z-score uses."""
+    real = logp > PAD_BELOW
+    x = torch.where(real, logp, torch.zeros_like(logp))
+    n = real.sum(-1).clamp_min(1).to(logp.dtype)
+    mean = x.sum(-1, keepdim=True) / n.unsqueeze(-1)
+    var = torch.where(real, (x - mean).pow(2), torch.zeros_like(x)).sum(-1) / n
+    return var.sqrt().clamp_min(1e-6)
+
+
+# --- ratio schedules and the CTKD-style temperature curriculum: functions of progress t ∈ [0, 1] ---
+
+def scheduled_ratio(schedule: str, t: float, *, r_fixed: float, r0: float, r1: float) -> float:
+    """Kept ratio r(t) of a non-adaptive schedule ("fixed", "linear", "cosine")."""
+    t = min(1.0, max(0.0, float(t)))
+    if schedule == "fixed":
+        return r_fixed
+    if schedule == "linear":
+        return r0 + (r1 - r0) * t
+    if schedule == "cosine":
+        return r1 + (r0 - r1) * (1 + math.cos(math.pi * t)) / 2
+    raise ValueError(f"scheduled_ratio: schedule {schedule!r} is not a fixed-form schedule")
+
+
+def ctkd_temperature(t: float, *, tau_min: float, tau_max: float) -> float:
+    """The curriculum stand-in for CTKD: τ(t) = τ_min + (τ_max − τ_min)·(1 − cos(π t))/2."""
+    t = min(1.0, max(0.0, float(t)))
+    return tau_min + (tau_max - tau_min) * (1 - math.cos(math.pi * t)) / 2
+
+
+INDICATORS = ("hellinger", "fkl", "rkl", "ce", "js", "nmt_topk")
+SCHEDULES = ("latf", "fixed", "linear", "cosine")
+TEMPERATURES = ("idts", "fixed", "ctkd", "logit_std")
+
+
+def _number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"AdaKD: {name} = {value!r} must be a finite number.")
+    return float(value)
+
+
+def _check_choice(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"AdaKD: {name} = {value!r} is not one of: {', '.join(allowed)}.")
+
+
+def _check_unit(name, value):  # [0, 1)
+    if not 0 <= _number(name, value) < 1:
+        raise ValueError(f"AdaKD: {name} = {value!r} is outside its range [0, 1).")
+
+
+def _check_ratio(name, value):  # (0, 1]
+    if not 0 < _number(name, value) <= 1:
+        raise ValueError(f"AdaKD: {name} = {value!r} is outside its range (0, 1] (a kept fraction of tokens).")
+
+
+def _check_tau(name, value):  # (0, ∞)
+    if not _number(name, value) > 0:
+        raise ValueError(f"AdaKD: {name} = {value!r} must be a temperature > 0.")
+
+
 @token_policy
 class AdaKD:
-    """AdaKD, "LLM-Oriented Token-Adaptive Knowledge Distillation" (AAAI 2026, arXiv 2510.11615).
+    """AdaKD, "LLM-Oriented Token-Adaptive Knowledge Distillation" (AAAI 2026, arXiv 2510.11615),
+    as a token policy with three swappable parts; the defaults are the full method
+    (indicator "hellinger", schedule "latf", temperature "idts").
 
-    Composes with any base divergence D. Per response token i of a micro-batch:
+    Composes with any base divergence D. Per micro-batch the harness passes the untempered fp32
+    log-probs of the N valid (response) tokens, p = teacher, q = student, and training progress
+    t = step/total ∈ [0, 1]. The policy returns a TokenPlan: weight 1 for the kept tokens, 0 for the
+    others, and per-token temperatures/scale; the harness computes
+        L = mean_{i∈selected} scale_i·D(softmax(z_s,i/τ_s,i), softmax(z_t,i/τ_t,i)),
+    with τ_s = τ_t = τ_i and scale = τ_i² except under "logit_std".
 
-    Difficulty (Hellinger, untempered, no grad):  s_i = (1/√2)·sqrt(Σ_v (√p_v − √q_v)²) ∈ [0, 1].
+    1. indicator: token difficulty s_i (untempered, no grad; larger = harder, minimal when q = p
+       except "ce", which does not look at the teacher). Drives the selection and IDTS.
+       - "hellinger" (default; METHODS.md §2): s = (1/√2)·sqrt(Σ_v (√p − √q)²) ∈ [0, 1].
+       - "fkl": KL(p‖q) = Σ_v p (log p − log q) ∈ [0, ∞)   (Table 3 "FKD").
+       - "rkl": KL(q‖p) = Σ_v q (log q − log p) ∈ [0, ∞)   (Table 3 "RKD").
+       - "ce": cross-entropy vs the ground truth, −log q(y_i) ∈ [0, ∞) (Table 3). Needs the target ids:
+         token_stats(..., labels=(N,) long tensor, the label of each row); a ValueError if labels is None.
+       - "js": Jensen–Shannon, m = ½p + ½q, ½KL(q‖m) + ½KL(p‖m) ∈ [0, log 2] (λ = 0.5 fixed).
+       - "nmt_topk": Table 3's "NMT-KD top-k rank score", k = `topk_k` (default 5, integer ≥ 1).
+         Our definition: the fraction of the teacher's top-k tokens that are NOT among the student's
+         top-k, s = 1 − |top_k(p) ∩ top_k(q)| / k ∈ {0, 1/k, …, 1}. Assumption: the paper's formula
+         is not in our sources; we assume it scores rank agreement on the teacher's top-k, the view
+         of the teacher distribution used in the NMT KD literature (e.g. Zhang et al., ACL 2023, on
+         the teacher's top-ranked tokens). The score is discrete, so ties are frequent; torch.topk
+         breaks them, and the IDTS median of an all-zero selection is clamped at 1e-12.
 
-    LATF (which tokens): keep the top-r fraction of valid tokens by s_i over the flattened
-    micro-batch, n_sel = max(1, floor(n_valid·r)). State: EMA of the distillation loss
-    L̄_t = β·L̄_{t−1} + (1−β)·L_t (initialised with the first value), ratio r (starts at 1),
-    reference L_ref. The first `warmup` fraction of total steps keeps r = 1 and ends with
-    L_ref = L̄. After warm-up, each step: L̄ < L_ref(1−ε) → r ← max(r_min, r(1−δ));
-    L̄ > L_ref(1+ε) → r ← min(1, r(1+δ)); after any change L_ref ← L̄.
+    2. schedule: the kept ratio r; the top max(1, floor(N·r)) tokens by s_i are kept, over all N
+       valid tokens of the micro-batch (flattened, not per sequence). r is `self.ratio` (logged as
+       `latf_ratio`).
+       - "latf" (default; LATF, METHODS.md §2): EMA of the step's global mean distillation loss
+         L̄_t = β·L̄_{t−1} + (1−β)·L_t (initialised with the first value), ratio r (starts at 1),
+         reference L_ref. The first floor(`warmup`·total_steps) steps keep r = 1 and end with
+         L_ref = L̄. After warm-up, each step: L̄ < L_ref(1−ε) → r ← max(r_min, r(1−δ));
+         L̄ > L_ref(1+ε) → r ← min(1, r(1+δ)); after any change L_ref ← L̄.
+         Knobs: beta β = 0.99, eps ε = 0.05, delta δ = 0.05, warmup = 0.05 (each in [0, 1));
+         r_min = 0.1 in (0, 1].
+       - "fixed": r = `r_fixed` (default 1.0, in (0, 1]); r_fixed 1.0 keeps every token.
+       - "linear": r(t) = r0 + (r1 − r0)·t; `r0` = 1.0, `r1` = 0.75, each in (0, 1].
+       - "cosine": r(t) = r1 + (r0 − r1)·(1 + cos(π t))/2 (r0 at t = 0, r1 at t = 1).
+       Non-latf schedules set r from the progress t passed to plan() (t clamped to [0, 1]); observe()
+       then only keeps the EMA of the loss (for logging/inspection) and the step count, never r/ref.
 
-    IDTS (what temperature): ŝ_i = tanh(log(s_i / median_{selected}(s))),
-    τ_i = τ_base·exp(−c·ŝ_i) ∈ [τ_base·e^{−c}, τ_base·e^{c}], detached: hard tokens get a low τ.
+    3. temperature: the per-token temperature rule (detached).
+       - "idts" (default; IDTS, METHODS.md §2): ŝ_i = tanh(log(s_i / median_{selected} s)),
+         τ_i = τ_base·exp(−c·ŝ_i) ∈ [τ_base·e^{−|c|}, τ_base·e^{|c|}]; c > 0: hard tokens get a low τ,
+         easy ones a high τ. `tau_base` = 1.0 (> 0), `c` = 0.5 (any finite real; c < 0 is the
+         Table 5 "inverse direction" ablation, hard tokens get a HIGH τ: c = −0.5).
+         s and the median are clamped at 1e-12 before the log.
+       - "fixed": τ_i = `tau_fixed` for every token (default 1.0, > 0), scale τ².
+       - "ctkd": a deterministic stand-in for CTKD (Li et al., "Curriculum Temperature for Knowledge
+         Distillation", AAAI 2023). CTKD LEARNS one global τ adversarially: a gradient-reversal
+         layer makes τ maximise the KD loss while the student minimises it, with the reversal
+         strength λ raised easy → hard by a cosine schedule λ(t) = λ_min + (λ_max − λ_min)·(1 − cos πt)/2.
+         That needs a trainable parameter and a min-max update that the token-policy interface
+         (no grad, no optimizer) does not carry, so the adversarial learned temperature is NOT
+         implemented. Instead τ follows CTKD's cosine curriculum shape directly:
+             τ(t) = τ_min + (τ_max − τ_min)·(1 − cos(π t))/2,  same τ for every token, scale τ².
+         τ rises from `tau_min` (= 1.0, plain KD, CTKD's initial τ) to `tau_max` (= 2.0) because
+         with the τ² correction the distillation loss τ²·D grows with τ in the usual regime (it
+         tends to logit matching as τ → ∞), so the loss-maximising adversary pushes τ up, harder
+         as λ grows. τ_max = 2.0 is our choice for LLM vocabularies (CTKD's image setting lets τ
+         range over [1, 21]); both > 0, and τ_max < τ_min gives a falling curriculum.
+       - "logit_std": logit standardisation (Sun et al., "Logit Standardization in Knowledge
+         Distillation", CVPR 2024; the reference table's "NormKD / logit standardisation" row):
+         each model's logits are z-scored per token, then softmax with base temperature τ_base.
+         Mean shifts cancel in softmax, so this is τ_student,i = std(z_s,i)·τ_base,
+         τ_teacher,i = std(z_t,i)·τ_base, scale = τ_base² (`tau_base`, default 1.0).
+         std is the population std over the vocabulary of the log-probs (= that of the logits, as
+         log_softmax is a per-row shift), ignoring entries < −1e29 (vocabulary padding), clamped
+         ≥ 1e-6. (A torch.std-based implementation would use Bessel's correction; the factor
+         √(V/(V−1)) is negligible at LLM vocabulary sizes.)
 
-    Loss (applied by the harness): L = mean_{i∈selected} τ_i²·D(p^{τ_i}, q^{τ_i}).
+    Interface: token_stats(student_logp, teacher_logp, labels) -> per-token statistics of a chunk
+    (labels = the (N,) ground-truth token ids, read only by indicator "ce"); plan(stats, progress)
+    -> TokenPlan over all N valid tokens of the micro-batch; observe(kd_loss) once per optimizer
+    step; `self.ratio` = r.
 
-    Defaults: beta 0.99, eps 0.05, delta 0.05, warmup 0.05, r_min 0.1, tau_base 1.0, c 0.5.
-    Ranges: beta, eps, delta, warmup in [0, 1); r_min in (0, 1]; tau_base > 0; c ≥ 0 (a negative c
-    is the paper's "inverse direction" ablation: hard tokens get a high τ).
+    State for resume (state_dict/load_state_dict): ema, ratio, ref, steps_seen (everything that
+    changes across steps; the other parts are functions of t).
+
+    Invalid hyper-parameters raise ValueError naming the parameter, its value and the allowed
+    values: indicator/schedule/temperature outside the lists above; r_min, r_fixed, r0, r1 outside
+    (0, 1]; tau_base, tau_fixed, tau_min, tau_max ≤ 0; beta, eps, delta, warmup outside [0, 1);
+    c not finite; topk_k not an integer ≥ 1.
+
+    The AdaKD paper's ablations (Qwen2 RKL base; METHODS.md §2) as hyper-parameters, everything not
+    named at its default:
+    - Table 2: base = no policy; "+IDTS only" = schedule "fixed", r_fixed 1.0; "+LATF only" =
+      temperature "fixed", tau_fixed 1.0; "AdaKD (full)" = defaults.
+    - Table 3 (indicator, with LATF + IDTS): FKD = indicator "fkl"; RKD = "rkl"; cross-entropy vs
+      ground truth = "ce" (harness passes labels); JS = "js"; NMT-KD top-k (k = 5) = "nmt_topk",
+      topk_k 5; Hellinger = defaults.
+    - Table 4 (ratio, with Hellinger + IDTS): LATF = defaults; fixed r = 1.0 = schedule "fixed",
+      r_fixed 1.0 (= Table 2 "+IDTS"); fixed r = 0.75 = schedule "fixed", r_fixed 0.75;
+      linear 1.0→0.75 = schedule "linear", r0 1.0, r1 0.75; cosine 1.0→0.75 = schedule "cosine",
+      r0 1.0, r1 0.75; cosine 1.0→0.5 = schedule "cosine", r0 1.0, r1 0.5.
+    - Table 5 (temperature, with Hellinger + LATF): T = 1.0 = temperature "fixed", tau_fixed 1.0
+      (= Table 2 "+LATF"); IDTS c = 0.5 = defaults; inverse direction (hard → high T) = c −0.5;
+      T = 0.8 / 1.2 / e^{−0.5} = temperature "fixed", tau_fixed 0.8 / 1.2 / 0.6065306597126334;
+      CTKD = temperature "ctkd" (tau_min 1.0, tau_max 2.0); logit standardisation = temperature
+      "logit_std" (tau_base 1.0).
     """
 
     def __init__(self, *, total_steps: int, beta: float = 0.99, eps: float = 0.05, delta: float = 0.05,
-                 warmup: float = 0.05, r_min: float = 0.1, tau_base: float = 1.0, c: float = 0.5):
+                 warmup: float = 0.05, r_min: float = 0.1, tau_base: float = 1.0, c: float = 0.5,
+                 indicator: str = "hellinger", schedule: str = "latf", temperature: str = "idts",
+                 r_fixed: float = 1.0, r0: float = 1.0, r1: float = 0.75, tau_fixed: float = 1.0,
+                 tau_min: float = 1.0, tau_max: float = 2.0, topk_k: int = 5):
+        _check_choice("indicator", indicator, INDICATORS)
+        _check_choice("schedule", schedule, SCHEDULES)
+        _check_choice("temperature", temperature, TEMPERATURES)
+        for name, value in (("beta", beta), ("eps", eps), ("delta", delta), ("warmup", warmup)):
+            _check_unit(name, value)
+        for name, value in (("r_min", r_min), ("r_fixed", r_fixed), ("r0", r0), ("r1", r1)):
+            _check_ratio(name, value)
+        for name, value in (("tau_base", tau_base), ("tau_fixed", tau_fixed), ("tau_min", tau_min),
+                            ("tau_max", tau_max)):
+            _check_tau(name, value)
+        _number("c", c)
+        if isinstance(topk_k, bool) or not isinstance(topk_k, int) or topk_k < 1:
+            raise ValueError(f"AdaKD: topk_k = {topk_k!r} must be an integer ≥ 1.")
+        self.indicator, self.schedule, self.temperature = indicator, schedule, temperature
         self.beta, self.eps, self.delta, self.r_min = beta, eps, delta, r_min
-        self.tau_base, self.c = tau_base, c
+        self.r_fixed, self.r0, self.r1 = r_fixed, r0, r1
+        self.tau_base, self.c, self.tau_fixed, self.tau_min, self.tau_max = tau_base, c, tau_fixed, tau_min, tau_max
+        self.topk_k = topk_k
         self.warmup_steps = math.floor(warmup * total_steps)
         self.ema: float | None = None
-        self.ratio = 1.0
+        self.ratio = 1.0 if schedule == "latf" else self._scheduled(0.0)
         self.ref: float | None = None
         self.steps_seen = 0
 
+    def _scheduled(self, progress: float) -> float:
+        return scheduled_ratio(self.schedule, progress, r_fixed=self.r_fixed, r0=self.r0, r1=self.r1)
+
+    def difficulty(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor,
+                   labels: torch.Tensor | None = None) -> torch.Tensor:
+        """s_i of the configured indicator, (N,), larger = harder."""
+        if self.indicator == "hellinger":
+            return hellinger(student_logp, teacher_logp)
+        if self.indicator == "fkl":
+            return forward_kl(student_logp, teacher_logp)
+        if self.indicator == "rkl":
+            return reverse_kl(student_logp, teacher_logp)
+        if self.indicator == "js":
+            return js_divergence(student_logp, teacher_logp, 0.5)
+        if self.indicator == "nmt_topk":
+            return topk_miss_rate(student_logp, teacher_logp, self.topk_k)
+        if labels is None:
+            raise ValueError("AdaKD: indicator 'ce' needs the ground-truth token of each row: call "
+                             "token_stats(student_logp, teacher_logp, labels=<(N,) target ids>).")
+        n, vocab = student_logp.shape
+        if labels.shape != (n,):
+            raise ValueError(f"AdaKD: labels has shape {tuple(labels.shape)}; indicator 'ce' needs ({n},), "
+                             "one target id per row of the log-probs.")
+        if n and (int(labels.min()) < 0 or int(labels.max()) >= vocab):
+            raise ValueError(f"AdaKD: labels must be token ids in [0, {vocab}) (valid positions only, "
+                             f"no -100); got range [{int(labels.min())}, {int(labels.max())}].")
+        return label_cross_entropy(student_logp, labels)
+
     @torch.no_grad()
-    def plan(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor, progress: float) -> TokenPlan:
-        """Selection (weight 1 = kept, 0 = dropped) and one temperature per token for both models."""
-        s = hellinger(student_logp, teacher_logp)
+    def token_stats(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor,
+                    labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-token statistics of one chunk of tokens (the harness concatenates the chunks)."""
+        stats = {"difficulty": self.difficulty(student_logp, teacher_logp, labels).float()}
+        if self.temperature == "logit_std":
+            stats["std_student"] = logit_std(student_logp).float()
+            stats["std_teacher"] = logit_std(teacher_logp).float()
+        return stats
+
+    @torch.no_grad()
+    def plan(self, stats: dict[str, torch.Tensor], progress: float) -> TokenPlan:
+        """Selection (weight 1 = kept, 0 = dropped) and per-token temperatures for both models,
+        over all N valid tokens of the micro-batch."""
+        s = stats["difficulty"]
+        if self.schedule != "latf":
+            self.ratio = self._scheduled(progress)
         n_sel = max(1, math.floor(s.numel() * self.ratio))
         selected = torch.topk(s, n_sel).indices
         weights = torch.zeros_like(s)
         weights[selected] = 1.0
-        median = s[selected].median().clamp_min(1e-12)
-        s_hat = torch.tanh(torch.log(s.clamp_min(1e-12) / median))
-        temperature = self.tau_base * torch.exp(-self.c * s_hat)
-        return TokenPlan.shared(weights, temperature)
+        if self.temperature == "idts":
+            median = s[selected].median().clamp_min(1e-12)
+            s_hat = torch.tanh(torch.log(s.clamp_min(1e-12) / median))
+            return TokenPlan.shared(weights, self.tau_base * torch.exp(-self.c * s_hat))
+        if self.temperature == "fixed":
+            return TokenPlan.shared(weights, torch.full_like(s, self.tau_fixed))
+        if self.temperature == "ctkd":
+            tau = ctkd_temperature(progress, tau_min=self.tau_min, tau_max=self.tau_max)
+            return TokenPlan.shared(weights, torch.full_like(s, tau))
+        return TokenPlan(weights, stats["std_student"] * self.tau_base, stats["std_teacher"] * self.tau_base,
+                         torch.full_like(s, self.tau_base**2))
 
     def observe(self, kd_loss: float) -> None:
-        """Feed the step's global mean distillation loss; update the EMA, the reference and r."""
+        """Feed the step's global mean distillation loss; update the EMA and, under LATF, L_ref and r."""
         self.ema = kd_loss if self.ema is None else self.beta * self.ema + (1 - self.beta) * kd_loss
+        if self.schedule == "latf":
+            self._latf_update()
+        self.steps_seen += 1
+
+    def _latf_update(self) -> None:
         if self.steps_seen < self.warmup_steps:
             if self.steps_seen == self.warmup_steps - 1:
                 self.ref = self.ema
@@ -78,7 +337,6 @@ class AdaKD:
                 ratio = min(1.0, ratio * (1 + self.delta))
             if ratio != self.ratio:
                 self.ratio, self.ref = ratio, self.ema
-        self.steps_seen += 1
 
     def state_dict(self) -> dict:
         return {"ema": self.ema, "ratio": self.ratio, "ref": self.ref, "steps_seen": self.steps_seen}

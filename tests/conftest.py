@@ -26,6 +26,11 @@ def plugins():
     return discover(REPO / "methods")
 
 
+def plan_of(policy, student_logp, teacher_logp, progress, labels=None):
+    """A token policy's plan for one chunk of tokens, as the harness asks for it."""
+    return policy.plan(policy.token_stats(student_logp, teacher_logp, labels), progress)
+
+
 def workflow_copy(dest: Path) -> Path:
     """The workflow as a fresh clone has it (tracked and new files; no results), under `dest`."""
     for name in ("Snakefile", "workflows", "config", "methods", "evaluation"):

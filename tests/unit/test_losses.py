@@ -83,8 +83,11 @@ def test_micro_batches_reduce_by_the_global_token_count(plugins):
 class KeepEven:
     """A scripted policy: keeps even-indexed tokens with temperature 2."""
 
-    def plan(self, student_logp, teacher_logp, progress):
-        n = student_logp.shape[0]
+    def token_stats(self, student_logp, teacher_logp, labels):
+        return {"n": torch.ones(student_logp.shape[0])}
+
+    def plan(self, stats, progress):
+        n = stats["n"].numel()
         weight = (torch.arange(n) % 2 == 0).float()
         return TokenPlan.shared(weight, torch.full((n,), 2.0))
 
@@ -100,3 +103,38 @@ def test_policy_weights_temperatures_and_tau_squared(plugins):
     per_token = (p * (p.log() - logq)).sum(-1) * 4
     assert parts.n_selected == (n + 1) // 2
     assert torch.allclose(torch.tensor(parts.kd_mean, dtype=torch.float64), per_token[::2].mean(), rtol=1e-5)
+
+
+def test_chunked_hidden_state_path_equals_full_logits(plugins):
+    """Loss and gradients from hidden states + heads, 5 tokens at a time with recomputation,
+    equal those from the full logits, with and without a token policy."""
+    g = torch.Generator().manual_seed(6)
+    hs, ht = torch.randn(B, T, 16, generator=g), torch.randn(B, T, 24, generator=g)
+    head_s, head_t = torch.nn.Linear(16, V + 4, bias=False), torch.nn.Linear(24, V, bias=False)
+    _, _, labels = batch(6)
+    n = count_valid(labels)
+    for policy in (None, plugins["adakd"].obj(total_steps=10)):
+        if policy is not None:
+            policy.ratio = 0.6
+        results = []
+        for chunk in (None, 5):
+            head_s.zero_grad()
+            h = hs.clone().requires_grad_()
+            kw = dict(vocab_size=V, kd_ratio=0.7, n_global=n, divergence=plugins["fkl"].obj, policy=policy)
+            if chunk is None:
+                parts = objective(head_s(h), head_t(ht).detach(), labels, **kw)
+            else:
+                parts = objective(h, ht, labels, student_head=head_s, teacher_head=head_t, chunk_size=chunk, **kw)
+            parts.loss.backward()
+            results.append((parts.loss.detach(), h.grad.clone(), head_s.weight.grad.clone(), parts.n_selected))
+        (l1, g1, w1, n1), (l2, g2, w2, n2) = results
+        assert n1 == n2 and torch.allclose(l1, l2, rtol=1e-5)
+        assert torch.allclose(g1, g2, atol=1e-6) and torch.allclose(w1, w2, atol=1e-6)
+
+
+def test_adakd_with_everything_switched_off_is_the_base_method(plugins):
+    s, t, labels = batch(7)
+    n = count_valid(labels)
+    off = plugins["adakd"].obj(total_steps=10, schedule="fixed", r_fixed=1.0, temperature="fixed", tau_fixed=1.0)
+    kw = dict(vocab_size=V, kd_ratio=1.0, n_global=n, divergence=plugins["rkl"].obj)
+    assert torch.allclose(objective(s, t, labels, policy=off, **kw).loss, objective(s, t, labels, **kw).loss)

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import plan_of
+
 
 def logp(x):
     return F.log_softmax(x.float(), -1)
@@ -98,17 +100,17 @@ def test_latf_selects_top_r_fraction_by_difficulty(plugins):
     t = torch.zeros(10, 5)
     s = torch.zeros(10, 5)
     s[:, 0] = torch.arange(10.0)  # token i drifts further from the teacher as i grows
-    weights = policy.plan(logp(s), logp(t), 0.0).weight
+    weights = plan_of(policy, logp(s), logp(t), 0.0).weight
     assert weights.tolist() == [0.0] * 7 + [1.0] * 3  # floor(10 · 0.3) = 3 hardest tokens
     policy.ratio = 0.01
-    assert policy.plan(logp(s), logp(t), 0.0).weight.sum() == 1  # n_sel = max(1, ·)
+    assert plan_of(policy, logp(s), logp(t), 0.0).weight.sum() == 1  # n_sel = max(1, ·)
 
 
 def test_idts_temperatures_follow_the_formula_and_range(plugins):
     policy = make_adakd(plugins, c=0.5, tau_base=1.0)
     g = torch.Generator().manual_seed(2)
     s_logits, t_logits = torch.randn(64, 20, generator=g) * 3, torch.randn(64, 20, generator=g) * 3
-    plan = policy.plan(logp(s_logits), logp(t_logits), 0.0)
+    plan = plan_of(policy, logp(s_logits), logp(t_logits), 0.0)
     tau = plan.tau_student
     assert torch.equal(plan.tau_teacher, tau) and torch.allclose(plan.scale, tau**2)
     p, q = F.softmax(t_logits.double(), -1).numpy(), F.softmax(s_logits.double(), -1).numpy()
@@ -119,6 +121,6 @@ def test_idts_temperatures_follow_the_formula_and_range(plugins):
     np.testing.assert_allclose(tau.double().numpy(), expected, rtol=1e-4)
     assert tau.min() >= math.exp(-0.5) - 1e-6 and tau.max() <= math.exp(0.5) + 1e-6
     assert tau[s.argmax()] == tau.min()  # the hardest token gets the lowest temperature
-    extreme = policy.plan(logp(torch.tensor([[80.0, -80.0], [0.0, 0.0], [-80.0, 80.0]])),
+    extreme = plan_of(policy, logp(torch.tensor([[80.0, -80.0], [0.0, 0.0], [-80.0, 80.0]])),
                            logp(torch.tensor([[-80.0, 80.0], [0.0, 0.0], [-80.0, 80.0]])), 0.0).tau_student
     assert extreme.min() >= math.exp(-0.5) - 1e-6 and extreme.max() <= math.exp(0.5) + 1e-6
