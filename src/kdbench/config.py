@@ -23,7 +23,8 @@ RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or i
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
 KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
-                     "schedule": "cosine", "grad_clip": 1.0, "log_every": 10}
+                     "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
+                     "loss_chunk_size": 1024}
 
 
 def load_yaml(path: Path) -> Any:
@@ -140,7 +141,12 @@ class Grid:
                 raise KDBenchError(f"{where}: a token policy needs a distillation loss; '{base}' has none.")
             pdef = self.config["policy_defs"].get(policy_label, {"policy": policy_label})
             plugin = registry.lookup(self.plugins, pdef["policy"], "token_policy", where)
-            method["policy"] = _plugin_entry(plugin, plugin.bind(pdef.get("hp"), where))
+            hp = plugin.bind(pdef.get("hp"), where)
+            try:  # the policy's own range checks, now rather than when its job starts
+                plugin.obj(total_steps=1, **hp)
+            except (ValueError, TypeError) as exc:
+                raise KDBenchError(f"{where}: {exc}") from exc
+            method["policy"] = _plugin_entry(plugin, hp)
         return method
 
     # --- the run table -------------------------------------------------------------------------

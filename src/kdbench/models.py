@@ -37,6 +37,22 @@ def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
     return AutoModelForCausalLM.from_config(cfg)
 
 
+class LastHidden(torch.nn.Module):
+    """A causal LM without its output head: forward returns the final hidden states (B, T, D).
+    `kdbench.losses` applies `head` chunk by chunk, so full (tokens × vocab) logits never exist."""
+
+    def __init__(self, lm):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.lm.get_output_embeddings()
+
+
 def load_causal_lm(path: str, revision: str | None = None, dtype: torch.dtype | None = None):
     """Load a causal LM from a local directory (or a hub id where a hub is reachable); no remote code."""
     from transformers import AutoModelForCausalLM

@@ -50,15 +50,15 @@ def train(run: dict) -> None:
     from transformers import AutoTokenizer, get_scheduler
 
     from kdbench.jsonl import read_jsonl
-    from kdbench.models import load_causal_lm
+    from kdbench.models import LastHidden, load_causal_lm
 
     random.seed(seed)
     torch.manual_seed(seed)
 
     # Models, tokenizer, method.
     tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
-    student = load_causal_lm(run["student"])
-    teacher = load_causal_lm(run["teacher"]).eval().requires_grad_(False) if run["teacher"] else None
+    student = LastHidden(load_causal_lm(run["student"]))
+    teacher = LastHidden(load_causal_lm(run["teacher"])).eval().requires_grad_(False) if run["teacher"] else None
     method = run["method"]
     divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
     policy = None
@@ -92,14 +92,14 @@ def train(run: dict) -> None:
         for mb in micro:
             mb = {k: v.to(engine.device) for k, v in mb.items()}
             with torch.no_grad():
-                t_logits = teacher(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits \
-                    if teacher is not None else None
-            s_logits = engine(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits
+                t_hidden = teacher(mb["input_ids"], mb["attention_mask"]) if teacher is not None else None
+            s_hidden = engine(mb["input_ids"], mb["attention_mask"])
             parts = losses.objective(
-                s_logits, t_logits, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
+                s_hidden, t_hidden, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
                 n_global=n_global, world_size=world, divergence=divergence,
                 hparams=method["divergence"]["hp"] if divergence else None, policy=policy,
-                progress=step / tr["steps"])
+                progress=step / tr["steps"], student_head=engine.module.head,
+                teacher_head=teacher.head if teacher is not None else None, chunk_size=tr["loss_chunk_size"])
             engine.backward(parts.loss, scale_wrt_gas=False)
             engine.step()
             kd_weighted += parts.kd_mean * parts.n_tokens
@@ -122,7 +122,7 @@ def train(run: dict) -> None:
     # Save the student (HF format, safetensors) atomically: write beside, then rename.
     if engine.global_rank == 0:
         tmp = out / ".model.tmp"
-        engine.module.save_pretrained(tmp)
+        engine.module.lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, out / "model")
         atomic.write_json(out / "provenance.json", provenance.collect(

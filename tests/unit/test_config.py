@@ -43,6 +43,8 @@ def test_the_default_grid_is_valid(repo):
      r"unknown hyper-parameter\(s\) alpha for divergence 'fkl'"),
     (lambda c: c.update(policy_defs={"a2": {"policy": "adakd", "hp": {"gamma": 1}}}, methods=["fkl+a2"]),
      r"unknown hyper-parameter\(s\) gamma for token_policy 'adakd'.*accepts: beta, eps"),
+    (lambda c: c.update(policy_defs={"a2": {"policy": "adakd", "hp": {"r_min": 1.5}}}, methods=["fkl+a2"]),
+     r"label 'fkl\+a2': AdaKD: r_min = 1.5 is outside its range"),
 ])
 def test_bad_configs_name_the_problem(tiny, repo, edit, needle):
     cfg = copy.deepcopy(tiny)
