@@ -117,37 +117,48 @@ class Grid:
         return pair
 
     def _parse_label(self, label: str) -> dict:
-        """`base[+policy]` → the resolved method: divergence and policy with bound hyper-parameters."""
+        """`base[+policy]` → the resolved method: divergence and policies with bound hyper-parameters.
+
+        `base` is `sft`, a `method_defs` label, a divergence plugin, or a token-policy plugin (which
+        then runs over its declared `base_divergence`, e.g. `egad` = fkl under the EGAD policy)."""
         where = f"{self.where}: key 'methods', label '{label}'"
         if label in RESERVED:
             raise KDBenchError(f"{where}: '{label}' is reserved for the teacher's row, which every table has.")
-        base, _, policy_label = label.partition("+")
+        base, _, suffix = label.partition("+")
         defs = {"sft": SFT, **self.config["method_defs"]}
+        plugin = self.plugins.get(base)
         if base in defs:
             spec = defs[base]
-        elif base in self.plugins and self.plugins[base].kind == "divergence":
+        elif plugin is not None and plugin.kind == "divergence":
             spec = {"divergence": base}
+        elif plugin is not None:
+            spec = {"divergence": getattr(plugin.obj, "base_divergence", "fkl"), "policy": base}
         else:
-            known = sorted({"sft", *defs, *(k for k, m in self.plugins.items() if m.kind == "divergence")})
+            known = sorted({"sft", *defs, *self.plugins})
             raise KDBenchError(f"{where}: unknown method '{base}'. Known: {', '.join(known)} "
-                               f"(divergence plugins in methods/ and labels in method_defs).")
+                               f"(plugins in methods/ and labels in method_defs).")
         method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
-                  "divergence": None, "policy": None}
+                  "divergence": None, "policies": []}
         if spec["divergence"]:
-            plugin = registry.lookup(self.plugins, spec["divergence"], "divergence", where)
-            method["divergence"] = _plugin_entry(plugin, plugin.bind(spec.get("hp"), where))
-        if policy_label:
+            div = registry.lookup(self.plugins, spec["divergence"], "divergence", where)
+            method["divergence"] = _plugin_entry(div, div.bind(spec.get("hp"), where))
+        for policy_label in [p for p in (spec.get("policy"), suffix) if p]:
             if not spec["divergence"]:
                 raise KDBenchError(f"{where}: a token policy needs a distillation loss; '{base}' has none.")
-            pdef = self.config["policy_defs"].get(policy_label, {"policy": policy_label})
-            plugin = registry.lookup(self.plugins, pdef["policy"], "token_policy", where)
-            hp = plugin.bind(pdef.get("hp"), where)
-            try:  # the policy's own range checks, now rather than when its job starts
-                plugin.obj(total_steps=1, **hp)
-            except (ValueError, TypeError) as exc:
-                raise KDBenchError(f"{where}: {exc}") from exc
-            method["policy"] = _plugin_entry(plugin, hp)
+            method["policies"].append(self._policy_entry(policy_label, where))
+        if method["policies"] and method["kd_ratio"] == 0:
+            raise KDBenchError(f"{where}: kd_ratio is 0, so its token policy would have nothing to act on.")
         return method
+
+    def _policy_entry(self, policy_label: str, where: str) -> dict:
+        pdef = self.config["policy_defs"].get(policy_label, {"policy": policy_label})
+        plugin = registry.lookup(self.plugins, pdef["policy"], "token_policy", where)
+        hp = plugin.bind(pdef.get("hp"), where)
+        try:  # the policy's own range checks, now rather than when its job starts
+            plugin.instantiate(hp, total_steps=1, student_dim=1, teacher_dim=1)
+        except (ValueError, TypeError) as exc:
+            raise KDBenchError(f"{where}: {exc}") from exc
+        return _plugin_entry(plugin, hp)
 
     # --- the run table -------------------------------------------------------------------------
 
@@ -167,7 +178,7 @@ class Grid:
         training = {**TRAINING_DEFAULTS, **spec["training"]}
         if label == "teacher":
             training.update(spec["teacher"]["sft"])
-            method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policy": None}, \
+            method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policies": []}, \
                 f"{res}/models/{pair}/teacher-init", None
         else:
             method, start = self.methods[label], f"{res}/models/{pair}/student-init"

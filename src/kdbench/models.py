@@ -41,9 +41,10 @@ class LastHidden(torch.nn.Module):
     """A causal LM without its output head: forward returns the final hidden states (B, T, D).
     `kdbench.losses` applies `head` chunk by chunk, so full (tokens × vocab) logits never exist."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, extras: list[torch.nn.Module] = ()):
         super().__init__()
         self.lm = lm
+        self.extras = torch.nn.ModuleList(extras)  # token-policy modules trained with the student (EGAD's W)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -51,6 +52,10 @@ class LastHidden(torch.nn.Module):
     @property
     def head(self) -> torch.nn.Module:
         return self.lm.get_output_embeddings()
+
+    @property
+    def hidden_size(self) -> int:
+        return self.head.weight.shape[1]
 
 
 def load_causal_lm(path: str, revision: str | None = None, dtype: torch.dtype | None = None):

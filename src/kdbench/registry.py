@@ -79,9 +79,16 @@ class Method:
             )
         return {**self.defaults, **hp}
 
+    def instantiate(self, hp: dict[str, Any], **harness: Any) -> Any:
+        """A token policy built with its hyper-parameters and the harness arguments it declares."""
+        accepted = inspect.signature(self.obj.__init__).parameters
+        return self.obj(**{k: v for k, v in harness.items() if k in accepted}, **hp)
 
-# Arguments the harness supplies itself; everything keyword-only after them is a hyper-parameter.
-_HARNESS_ARGS = {"student_logp", "teacher_logp", "self", "total_steps"}
+
+# Arguments the harness supplies itself (a policy declares the ones it needs); the other keyword
+# arguments are hyper-parameters.
+HARNESS_ARGS = {"total_steps", "student_dim", "teacher_dim"}
+_NOT_HPARAMS = {"student_logp", "teacher_logp", "self", *HARNESS_ARGS}
 
 
 def _hp_parameters(method: Method) -> dict[str, inspect.Parameter]:
@@ -89,7 +96,7 @@ def _hp_parameters(method: Method) -> dict[str, inspect.Parameter]:
     return {
         name: p
         for name, p in inspect.signature(target).parameters.items()
-        if name not in _HARNESS_ARGS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        if name not in _NOT_HPARAMS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
     }
 
 

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance
 from kdbench.errors import KDBenchError
+from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 
@@ -57,13 +59,16 @@ def train(run: dict) -> None:
 
     # Models, tokenizer, method.
     tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
-    student = LastHidden(load_causal_lm(run["student"]))
+    student_lm = load_causal_lm(run["student"])
     teacher = LastHidden(load_causal_lm(run["teacher"])).eval().requires_grad_(False) if run["teacher"] else None
     method = run["method"]
     divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
     policy = None
-    if method["policy"]:
-        policy = load_method_file(method["policy"]["path"]).obj(total_steps=tr["steps"], **method["policy"]["hp"])
+    if method["policies"]:
+        dims = {"student_dim": LastHidden(student_lm).hidden_size, "teacher_dim": teacher.hidden_size}
+        policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr["steps"], **dims)
+                           for p in method["policies"]])
+    student = LastHidden(student_lm, extras=policy.modules() if policy else [])
 
     # Data: prompt-masked examples, reshuffled each epoch from a seeded generator.
     examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
@@ -124,11 +129,12 @@ def train(run: dict) -> None:
         tmp = out / ".model.tmp"
         engine.module.lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if len(engine.module.extras):
+            save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")
         os.replace(tmp, out / "model")
         atomic.write_json(out / "provenance.json", provenance.collect(
             Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
-            methods={k: {"key": v["key"], "version": v["version"]} for k, v in
-                     (("divergence", method["divergence"]), ("policy", method["policy"])) if v},
+            methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
             steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2)))
 
 
@@ -136,7 +142,7 @@ def _metrics_record(step, engine, kd_ratio, ce, kd_loss, n_tokens, n_selected, p
     record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
               "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": engine.get_lr()[0],
               "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
-    if policy is not None and hasattr(policy, "ratio"):
+    if policy is not None and policy.ratio is not None:
         record["latf_ratio"] = policy.ratio
     if temps:
         t = torch.cat(temps)

@@ -84,7 +84,11 @@ def test_resolved_runs(tiny, repo):
     run = g.resolve_run(PAIR, "fkl+adakd-c1", 3)
     assert run["teacher"] == f"results/runs/{PAIR}/teacher/seed0/model"
     assert run["method"]["divergence"]["key"] == "fkl" and run["method"]["kd_ratio"] == 1.0
-    assert run["method"]["policy"]["hp"]["c"] == 1.0 and run["method"]["policy"]["hp"]["beta"] == 0.99
+    [policy] = run["method"]["policies"]
+    assert policy["hp"]["c"] == 1.0 and policy["hp"]["beta"] == 0.99
+    egad = grid({**tiny, "methods": ["egad+adakd"]}, repo).resolve_run(PAIR, "egad+adakd", 1)["method"]
+    assert egad["divergence"]["key"] == "fkl"  # a policy used as the base runs over its base_divergence
+    assert [p["key"] for p in egad["policies"]] == ["egad", "adakd"]
     teacher = g.resolve_run(PAIR, "teacher", 0)
     assert teacher["student"] == f"results/models/{PAIR}/teacher-init"
     assert teacher["training"]["steps"] == g.pairs[PAIR]["teacher"]["sft"]["steps"]

@@ -55,7 +55,7 @@ def test_each_run_trained_and_recorded_provenance(flow):
     adakd = [json.loads(line) for line in (flow / f"results/runs/{PAIR}/fkl+adakd/seed1/metrics.jsonl").open()]
     assert all("latf_ratio" in m and 0.607 <= m["tau_min"] <= m["tau_max"] <= 1.649 for m in adakd)
     resolved = yaml.safe_load((flow / f"results/runs/{PAIR}/fkl+adakd/seed1/run.yaml").read_text())
-    assert resolved["method"]["policy"]["key"] == "adakd"
+    assert [p["key"] for p in resolved["method"]["policies"]] == ["adakd"]
 
 
 def test_second_invocation_has_nothing_to_do(flow):

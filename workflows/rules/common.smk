@@ -41,7 +41,7 @@ def train_inputs(w):
         "student": run["student"],
         "tokenizer": run["tokenizer"],
         "data": run["data"]["train"],
-        "methods": [m["path"] for m in (run["method"]["divergence"], run["method"]["policy"]) if m],
+        "methods": [m["path"] for m in (run["method"]["divergence"], *run["method"]["policies"]) if m],
     }
     if run["teacher"]:
         inputs["teacher"] = run["teacher"]
