@@ -50,6 +50,11 @@ class Composed:
         """Policies with trainable parameters (EGAD's projection): trained and saved with the student."""
         return [p for p in self.policies if isinstance(p, torch.nn.Module)]
 
+    def load_state_dicts(self, states: list[dict]) -> None:
+        for p, state in zip(self.policies, states, strict=True):
+            if not isinstance(p, torch.nn.Module):
+                p.load_state_dict(state)
+
     def state_dicts(self) -> list[dict]:
         """Non-tensor state for resume (AdaKD's EMA, ratio, reference); tensor state lives in modules()."""
         return [{} if isinstance(p, torch.nn.Module) else p.state_dict() for p in self.policies]

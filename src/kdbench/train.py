@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
+import signal
 import socket
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance
+from kdbench.checkpoints import Checkpoints
 from kdbench.errors import KDBenchError
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
@@ -70,9 +74,8 @@ def train(run: dict) -> None:
                            for p in method["policies"]])
     student = LastHidden(student_lm, extras=policy.modules() if policy else [])
 
-    # Data: prompt-masked examples, reshuffled each epoch from a seeded generator.
+    # Data: prompt-masked examples (the stream of micro-batches is created below, at the resume point).
     examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
-    batches = _micro_batches(examples, tr["micro_batch_size"], tokenizer.pad_token_id, seed)
 
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
     optimizer = torch.optim.AdamW(student.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
@@ -86,11 +89,25 @@ def train(run: dict) -> None:
         teacher.to(engine.device)
     vocab_size = len(tokenizer)
 
+    # Resume from the newest good checkpoint of this exact run config, if any.
     out.mkdir(parents=True, exist_ok=True)
-    metrics = open(out / "metrics.jsonl", "w")
-    start = time.perf_counter()
-    tokens_seen = 0
-    for step in tqdm(range(tr["steps"]), desc=f"{run['run']['pair']}/{method['label']}/seed{seed}", mininterval=5):
+    checkpoints = Checkpoints(out, run, keep=tr["keep_checkpoints"])
+    state = checkpoints.resume(engine) or {"step": 0, "micro_batches": 0, "tokens_seen": 0}
+    if state["step"]:
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        if policy is not None:
+            policy.load_state_dicts(state["policies"])
+        print(f"kdbench: resuming {out} at step {state['step']}", file=sys.stderr)
+    batches = _micro_batches(examples, tr["micro_batch_size"], tokenizer.pad_token_id, seed, start=state["micro_batches"])
+    metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
+    fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", -1))  # fault-injection tests only
+
+    start, tokens_seen, tokens_here = time.perf_counter(), state["tokens_seen"], 0
+    for step in tqdm(range(state["step"], tr["steps"]), desc=f"{run['run']['pair']}/{method['label']}/seed{seed}",
+                     initial=state["step"], total=tr["steps"], mininterval=5):
+        if step == fault_step:
+            os.kill(os.getpid(), signal.SIGKILL)
         micro = [next(batches) for _ in range(tr["gradient_accumulation_steps"])]
         n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
         kd_weighted, ce_sum, n_selected, temps = 0.0, 0.0, 0, []
@@ -114,14 +131,24 @@ def train(run: dict) -> None:
                 temps.append(parts.temperature)
         kd_loss = _all_reduce_sum(kd_weighted, engine.device) / n_global
         ce = _all_reduce_sum(ce_sum, engine.device) / n_global
+        if not math.isfinite(kd_loss) or not math.isfinite(ce):
+            last = checkpoints.complete()
+            raise KDBenchError(f"run {out}: the loss became {ce if not math.isfinite(ce) else kd_loss} at step "
+                               f"{step}; last good checkpoint: {last[-1] if last else 'none'}. Lower the "
+                               "learning rate or check the data, then rerun (it resumes from that checkpoint).")
         if policy is not None:
             policy.observe(kd_loss)
-        tokens_seen += n_global
+        tokens_seen, tokens_here = tokens_seen + n_global, tokens_here + n_global
         if step % tr["log_every"] == 0 or step == tr["steps"] - 1:
             record = _metrics_record(step, engine, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
-                                     temps, tokens_seen / (time.perf_counter() - start))
+                                     temps, tokens_here / (time.perf_counter() - start))
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
+        if tr["checkpoint_every"] and (step + 1) % tr["checkpoint_every"] == 0 and step + 1 < tr["steps"]:
+            checkpoints.save(engine, step + 1, {
+                "step": step + 1, "micro_batches": (step + 1) * tr["gradient_accumulation_steps"],
+                "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
     metrics.close()
 
     # Save the student (HF format, safetensors) atomically: write beside, then rename.
@@ -150,16 +177,30 @@ def _metrics_record(step, engine, kd_ratio, ce, kd_loss, n_tokens, n_selected, p
     return record
 
 
-def _micro_batches(examples, batch_size, pad_id, seed):
-    """An endless stream of micro-batches; a fresh seeded permutation each epoch."""
-    if not examples:
-        raise KDBenchError("the training set is empty.")
-    gen = torch.Generator().manual_seed(seed)
+def _micro_batches(examples, batch_size, pad_id, seed, start=0):
+    """The endless stream of micro-batches from position `start`: epoch e is a fresh permutation
+    seeded by (seed, e), so the stream can be resumed at any position exactly."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    per_epoch = len(examples) // world // batch_size
+    if per_epoch == 0:
+        raise KDBenchError(f"the training set has {len(examples)} examples, fewer than one micro-batch of "
+                           f"{batch_size} per rank × {world} ranks.")
+    epoch, first = divmod(start, per_epoch)
     while True:
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(examples), generator=gen).tolist()[rank::world]
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([examples[j] for j in order[i:i + batch_size]], pad_id)
+        for i in range(first, per_epoch):
+            yield collate([examples[j] for j in order[i * batch_size:(i + 1) * batch_size]], pad_id)
+        epoch, first = epoch + 1, 0
+
+
+def _open_metrics(path: Path, keep_before: int):
+    """metrics.jsonl for appending, without records from steps a resumed run will redo."""
+    kept = []
+    if keep_before and path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < keep_before]
+    atomic.write_text(path, "".join(line + "\n" for line in kept))
+    return open(path, "a")
 
 
 def _all_reduce_sum(value: float, device) -> float:

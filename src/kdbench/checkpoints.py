@@ -1,0 +1,64 @@
+"""Periodic checkpoints and exact resume of a training run.
+
+A checkpoint is DeepSpeed's own (`engine.save_checkpoint`: model, optimizer and LR-scheduler states,
+sharded as ZeRO requires) plus kdbench's client state (next step, data position, token-policy
+state, RNG states), under `<run dir>/checkpoints/<fingerprint>/step<N>/`. The fingerprint hashes the
+resolved run config, so a changed config never resumes from an old run's checkpoint. A checkpoint
+counts only once its `kdbench_complete.json` marker exists (written last); a truncated or corrupted
+one is reported and skipped in favour of the previous good one. Every file is verified to load with
+`torch.load(weights_only=True)` before DeepSpeed (which unpickles) is allowed to read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from kdbench import atomic
+
+MARKER = "kdbench_complete.json"
+
+
+def fingerprint(run: dict) -> str:
+    """What identifies a run's training trajectory: its resolved config (paths included)."""
+    return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Checkpoints:
+    def __init__(self, run_dir: Path, run: dict, keep: int):
+        self.root = Path(run_dir) / "checkpoints" / fingerprint(run)
+        self.keep = keep
+
+    def complete(self) -> list[Path]:
+        """Finished checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("step*") if (p / MARKER).is_file())
+
+    def save(self, engine, step: int, client_state: dict) -> None:
+        tag = f"step{step:08d}"
+        engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
+        if engine.global_rank == 0:
+            atomic.write_json(self.root / tag / MARKER, {"step": step})
+            for old in self.complete()[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def resume(self, engine) -> dict | None:
+        """Load the newest good checkpoint into the engine; its client state, or None to start fresh."""
+        for ckpt in reversed(self.complete()):
+            try:
+                for f in ckpt.glob("*.pt"):
+                    torch.load(f, map_location="cpu", weights_only=True)
+                _, client = engine.load_checkpoint(str(self.root), tag=ckpt.name)
+                if client is None:
+                    raise RuntimeError("DeepSpeed found no checkpoint there")
+                return client
+            except Exception as exc:  # a damaged checkpoint must not end the run: fall back
+                print(f"kdbench: checkpoint {ckpt} is unreadable ({type(exc).__name__}: {exc}); "
+                      "trying the previous one.", file=sys.stderr)
+        return None
