@@ -1,10 +1,16 @@
-"""Turn evaluation result JSONs into paper tables: mean ± std of ROUGE-L per method and eval set.
+"""Turn evaluation result JSONs into paper tables: mean ± std of ROUGE-L per method and eval set,
+the published numbers beside ours, paired-bootstrap significance and the paper's claims.
 
 Result files live at ``.../evals/{pair}/{method}/seed{train_seed}/{set}.json`` (written by
 ``kdbench evaluate``); pair, method and training seed come from the path, decoding seeds and
 scores from the file. A table cell pools every (training seed × decoding seed) score of its
 method and set; the Avg column first averages the sets within each (training seed, decoding
 seed) and then takes mean ± std of those averages. Std is the sample std (ddof=1), 0 for one score.
+
+Published numbers (``evaluation/reference/*.csv``) are matched to our run labels through
+``evaluation/reference/labels.yaml`` (:func:`load_labels`). Significance uses the per-example
+scores of the ``{set}.predictions.jsonl`` beside each result: a paired bootstrap over examples
+(:func:`paired_bootstrap`), pairing by (training seed, decoding seed, example idx).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ import argparse
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from kdbench.atomic import write_text
 from kdbench.errors import KDBenchError
@@ -174,22 +182,570 @@ def table_header(df: pd.DataFrame, methods: list[str], sets: list[str]) -> str:
     )
 
 
+def _latex_escape(text: str) -> str:
+    """``text`` as LaTeX source: special characters escaped, the few symbols we print as math."""
+    special = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    symbols = {"±": r"$\pm$", "Δ": r"$\Delta$", "×": r"$\times$", "≤": r"$\le$", "≥": r"$\ge$",
+               "–": "--", "−": "$-$", "→": r"$\to$", "≈": r"$\approx$"}
+    return "".join(special.get(ch, symbols.get(ch, ch)) for ch in str(text))
+
+
+def to_latex(table: pd.DataFrame, caption: str, label: str = "tab:kdbench") -> str:
+    """A display table (strings) as a booktabs LaTeX table; every cell, header and the caption escaped."""
+    escaped = table.map(_latex_escape)
+    escaped.columns = [_latex_escape(c) for c in table.columns]
+    escaped.index = pd.Index([_latex_escape(i) for i in table.index])
+    escaped.columns.name = _latex_escape(table.index.name or "")  # one header row: "method & dolly & ..."
+    return escaped.to_latex(escape=False, caption=_latex_escape(caption), label=label,
+                            column_format="l" + "r" * len(table.columns))
+
+
+# --- published numbers beside ours -------------------------------------------------------------------
+
+REFERENCE_COLUMNS = ["table", "family", "teacher", "student", "method", "adakd", "variant", "dataset", "rouge_l", "std"]
+DEFAULT_LABELS = Path("evaluation/reference/labels.yaml")
+
+
+def _family_key(name: Any) -> str:
+    """``"GPT-2"``, ``"gpt2"`` and ``"GPT2"`` compare equal."""
+    return re.sub(r"[^0-9a-z]", "", str(name).lower())
+
+
+def read_reference(reference_csvs: Iterable[Path]) -> pd.DataFrame:
+    """Every row of the published-number CSVs, with the columns of ``REFERENCE_COLUMNS``. A CSV may
+    leave out ``family`` (taken from ``student`` without its size, e.g. ``GPT-2 (120M)`` → ``GPT-2``),
+    ``adakd`` (False), ``variant`` ("") and ``std`` (NaN)."""
+    frames = []
+    for path in map(Path, reference_csvs):
+        try:
+            frame = pd.read_csv(path, dtype={"variant": str}, keep_default_na=False, na_values={"std": [""]})
+        except FileNotFoundError as err:
+            raise KDBenchError(f"{path}: no such published-numbers CSV (see evaluation/reference/)") from err
+        missing = {"table", "method", "dataset", "rouge_l"} - set(frame.columns)
+        if missing:
+            raise KDBenchError(f"{path}: a published-numbers CSV needs the columns {sorted(missing)}")
+        if "family" not in frame.columns:
+            source = frame["student"] if "student" in frame.columns else pd.Series("", index=frame.index)
+            frame["family"] = source.astype(str).str.replace(r"\s*\(.*\)\s*$", "", regex=True)
+        frame["adakd"] = frame["adakd"].map(_as_bool) if "adakd" in frame.columns else False
+        for column, default in (("teacher", ""), ("student", ""), ("variant", ""), ("std", np.nan)):
+            if column not in frame.columns:
+                frame[column] = default
+        frame["rouge_l"] = pd.to_numeric(frame["rouge_l"], errors="raise")
+        frame["std"] = pd.to_numeric(frame["std"], errors="coerce")
+        frames.append(frame[REFERENCE_COLUMNS])
+    if not frames:
+        raise KDBenchError("no published-numbers CSV given; pass --reference evaluation/reference/*.csv")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in {"true", "1", "yes"}:
+        return True
+    if text in {"false", "0", "no", ""}:
+        return False
+    raise KDBenchError(f"published numbers: adakd = {value!r} is not true/false")
+
+
+def published(reference_csvs: Iterable[Path], table: str, family: str) -> pd.DataFrame:
+    """The published rows of one paper table for one model family (``family`` compared without case
+    or punctuation: ``qwen2`` finds ``Qwen2``), columns ``REFERENCE_COLUMNS``; unknown table or
+    family raise, naming the ones that exist."""
+    ref = read_reference(reference_csvs)
+    tables = sorted(ref["table"].unique())
+    if table not in tables:
+        raise KDBenchError(f"published table {table!r} is not in the reference CSVs; they hold {tables}")
+    rows = ref[ref["table"] == table]
+    families = sorted(rows["family"].unique())
+    mine = rows[rows["family"].map(_family_key) == _family_key(family)]
+    if mine.empty:
+        raise KDBenchError(f"published {table} has no family {family!r}; it has {families}")
+    return mine.reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class PaperLabel:
+    """Where a run label of ours appears in the published tables (one entry of labels.yaml)."""
+
+    method: str
+    adakd: bool
+    variant: str | dict[str, str] | None = None
+
+    def variant_for(self, table: str) -> tuple[bool, str | None]:
+        """``(applies, variant)``: a mapping that does not name ``table`` does not apply there."""
+        if isinstance(self.variant, dict):
+            return (table in self.variant, self.variant.get(table))
+        return True, self.variant
+
+
+def load_labels(path: Path) -> dict[str, PaperLabel]:
+    """Read labels.yaml (``labels: {<our label>: {method, adakd, variant?}}``); bad entries raise."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise KDBenchError(f"{path}: no such labels file; see evaluation/reference/labels.yaml") from err
+    except yaml.YAMLError as err:
+        raise KDBenchError(f"{path}: not valid YAML ({err})") from err
+    entries = data.get("labels") if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        raise KDBenchError(f"{path}: expected a top-level 'labels:' mapping of run label → {{method, adakd}}")
+    labels = {}
+    for label, entry in entries.items():
+        where = f"{path}: labels.{label}"
+        if not isinstance(entry, dict) or not {"method", "adakd"} <= set(entry):
+            raise KDBenchError(f"{where} must be a mapping with 'method' and 'adakd' (and optional 'variant')")
+        unknown = set(entry) - {"method", "adakd", "variant"}
+        if unknown:
+            raise KDBenchError(f"{where}: unknown keys {sorted(unknown)}; allowed: method, adakd, variant")
+        if not isinstance(entry["adakd"], bool):
+            raise KDBenchError(f"{where}.adakd = {entry['adakd']!r} must be true or false")
+        variant = entry.get("variant")
+        if variant is not None and not isinstance(variant, (str, dict)):
+            raise KDBenchError(f"{where}.variant must be a string or a {{table: variant}} mapping")
+        if isinstance(variant, dict):
+            variant = {str(k): "" if v is None else str(v) for k, v in variant.items()}
+        labels[str(label)] = PaperLabel(str(entry["method"]), entry["adakd"], variant)
+    return labels
+
+
+PUBLISHED_COLUMNS = ["method", "set", "published", "published_std", "paper_method", "paper_adakd", "paper_variant"]
+
+
+def match_published(pub: pd.DataFrame, labels: dict[str, PaperLabel], methods: list[str]) -> pd.DataFrame:
+    """The published number of each of our ``methods`` per set, from the rows of one table (see
+    :func:`published`); columns ``PUBLISHED_COLUMNS``. Methods without a label or a row are absent."""
+    found = []
+    tables = pub["table"].unique()
+    for method in methods:
+        label = labels.get(method)
+        if label is None:
+            continue
+        for table in tables:
+            applies, variant = label.variant_for(table)
+            if not applies:
+                continue
+            rows = pub[(pub["table"] == table) & (pub["method"] == label.method) & (pub["adakd"] == label.adakd)]
+            if variant is not None:
+                rows = rows[rows["variant"] == variant]
+            for dataset, group in rows.groupby("dataset", sort=False):
+                if len(group) > 1:
+                    raise KDBenchError(
+                        f"label {method!r} matches several published rows of {table} {dataset} (variants "
+                        f"{sorted(group['variant'])}); give it a 'variant' in the labels file"
+                    )
+                row = group.iloc[0]
+                found.append([method, dataset, row["rouge_l"], row["std"], row["method"], row["adakd"], row["variant"]])
+    return pd.DataFrame(found, columns=PUBLISHED_COLUMNS).drop_duplicates(["method", "set"])
+
+
+def beside_stats(df: pd.DataFrame, methods: list[str], sets: list[str], matched: pd.DataFrame) -> pd.DataFrame:
+    """:func:`cell_stats` with ``published``, ``published_std`` and ``delta`` (ours − published) and the
+    paper row each method was matched to. The published Avg is the mean over ``sets`` when every set
+    has a published number (the paper prints no Avg)."""
+    stats = cell_stats(df, methods, sets)
+    avg = (
+        matched[matched["set"].isin(sets)]
+        .groupby("method")
+        .agg(published=("published", "mean"), n_sets=("set", "nunique"), paper_method=("paper_method", "first"),
+             paper_adakd=("paper_adakd", "first"), paper_variant=("paper_variant", "first"))
+        .reset_index()
+    )
+    avg = avg[avg["n_sets"] == len(sets)].drop(columns="n_sets").assign(set=AVG, published_std=np.nan)
+    both = pd.concat([matched, avg[PUBLISHED_COLUMNS]], ignore_index=True)
+    out = stats.merge(both, on=["method", "set"], how="left")
+    out["delta"] = out["mean"] - out["published"]
+    return out[["method", "set", "mean", "std", "n", "published", "published_std", "delta",
+                "paper_method", "paper_adakd", "paper_variant"]]
+
+
+def beside_table(stats: pd.DataFrame, methods: list[str], sets: list[str]) -> pd.DataFrame:
+    """Display table from :func:`beside_stats`: cells ``"31.20 ± 0.95 (29.52, +1.68)"`` = ours
+    (published, Δ = ours − published); ours only when nothing is published; ``"–"`` when ours is missing."""
+
+    def cell(row: Any) -> str:
+        if not row.n:
+            return MISSING if pd.isna(row.published) else f"{MISSING} ({row.published:.2f})"
+        ours = f"{row.mean:.2f} ± {row.std:.2f}"
+        return ours if pd.isna(row.published) else f"{ours} ({row.published:.2f}, {row.delta:+.2f})"
+
+    cells = {(row.method, row.set): cell(row) for row in stats.itertuples()}
+    return pd.DataFrame(
+        [[cells[method, column] for column in [*sets, AVG]] for method in methods],
+        index=pd.Index(methods, name="method"),
+        columns=[*sets, AVG],
+    )
+
+
+def beside_header(table: str, family: str, reference_csvs: Iterable[Path]) -> str:
+    names = ", ".join(Path(p).name for p in reference_csvs)
+    return (
+        f"Cells: ours (published, Δ = ours − published); published = {table} of {names}, family {family}; "
+        f"published Avg = mean of the published sets shown; no parenthesis = nothing published for that row."
+    )
+
+
+# --- paired bootstrap --------------------------------------------------------------------------------
+
+BOOTSTRAP_N = 10_000
+_CHUNK = 2_000_000  # resample indices drawn at a time (bounds memory for large sets)
+
+
+def _bootstrap_means(diffs: list[np.ndarray], n: int, seed: int) -> np.ndarray:
+    """``n`` bootstrap replicates of the mean over strata of each stratum's mean difference; the
+    examples of each stratum are resampled with replacement, independently per stratum."""
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n)
+    for d in diffs:
+        size = len(d)
+        step = max(1, _CHUNK // size)
+        for start in range(0, n, step):
+            stop = min(n, start + step)
+            total[start:stop] += d[rng.integers(0, size, size=(stop - start, size))].mean(axis=1)
+    return total / len(diffs)
+
+
+def _bootstrap_summary(diffs: list[np.ndarray], n: int, seed: int) -> dict[str, Any]:
+    if n < 1:
+        raise KDBenchError(f"bootstrap resamples must be ≥ 1, got {n}")
+    if not diffs or any(len(d) == 0 for d in diffs):
+        raise KDBenchError("paired bootstrap needs at least one example in every set")
+    boot = _bootstrap_means(diffs, n, seed)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {
+        "diff": float(np.mean([d.mean() for d in diffs])),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "p_value": float(np.mean(boot <= 0)),
+        "n_examples": int(sum(len(d) for d in diffs)),
+        "n_resamples": int(n),
+    }
+
+
+def _per_example(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim not in (1, 2):
+        raise KDBenchError(f"paired scores need equal 1-D or 2-D shapes, got {a.shape} and {b.shape}")
+    d = a - b
+    return d if d.ndim == 1 else d.mean(axis=1)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP_N, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap of mean(a − b) over examples.
+
+    ``a[i]`` and ``b[i]`` are the scores of example i under two systems (2-D: examples × runs, e.g.
+    decoding seeds; each example's difference is first averaged over its runs, so the resampling
+    unit is the example). Examples are resampled with replacement ``n`` times (numpy
+    ``default_rng(seed)``). Returns ``diff`` (observed mean difference), ``ci_low``/``ci_high``
+    (95 % percentile interval), ``p_value`` (fraction of resamples whose mean difference is ≤ 0,
+    i.e. one-sided against "a better than b"), ``n_examples`` and ``n_resamples``."""
+    return _bootstrap_summary([_per_example(a, b)], n, seed)
+
+
+def stratified_bootstrap(
+    pairs: list[tuple[np.ndarray, np.ndarray]], n: int = BOOTSTRAP_N, seed: int = 0
+) -> dict[str, Any]:
+    """:func:`paired_bootstrap` of the average over sets: examples resampled within each set, the
+    per-set mean differences averaged with equal weight (as the tables' Avg column)."""
+    return _bootstrap_summary([_per_example(a, b) for a, b in pairs], n, seed)
+
+
+PREDICTION_COLUMNS = ["pair", "method", "train_seed", "set", "decoding_seed", "idx", "rougeL", "protocol"]
+
+
+def _predictions_path(result: Path) -> Path:
+    return result.with_name(f"{result.stem}.predictions.jsonl")
+
+
+def load_predictions(result_files: Iterable[Path], methods: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-example scores from the ``{set}.predictions.jsonl`` beside each result JSON (only of
+    ``methods`` when given), one row per (pair, method, train_seed, set, decoding_seed, idx). Their
+    per-seed means must equal the result file's scores (a stale predictions file raises)."""
+    wanted = None if methods is None else set(methods)
+    frames = []
+    for result in map(Path, result_files):
+        if wanted is not None and (len(result.parts) < 3 or result.parts[-3] not in wanted):
+            continue
+        summary = pd.DataFrame(_read_result(result))
+        path = _predictions_path(result)
+        records = []
+        try:
+            with path.open(encoding="utf-8") as fh:
+                for line_no, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                        records.append((int(rec["seed"]), int(rec["idx"]), float(rec["rougeL"])))
+                    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+                        raise KDBenchError(
+                            f"{path}:{line_no}: not a prediction record with seed, idx, rougeL ({err}); "
+                            "re-run kdbench evaluate"
+                        ) from err
+        except FileNotFoundError as err:
+            raise KDBenchError(
+                f"{path}: no per-example predictions beside {result.name}; significance needs the "
+                "predictions file kdbench evaluate writes next to each result"
+            ) from err
+        frame = pd.DataFrame(records, columns=["decoding_seed", "idx", "rougeL"])
+        means = frame.groupby("decoding_seed")["rougeL"].mean()
+        expected = summary.set_index("decoding_seed")["rougeL"]
+        if set(means.index) != set(expected.index) or not np.allclose(
+            means.reindex(expected.index).to_numpy(), expected.to_numpy(), rtol=0, atol=1e-6
+        ):
+            raise KDBenchError(f"{path}: its per-seed means differ from {result.name}; re-run kdbench evaluate")
+        if frame.duplicated(["decoding_seed", "idx"]).any():
+            raise KDBenchError(f"{path}: an (seed, idx) pair appears twice; re-run kdbench evaluate")
+        for column in ("pair", "method", "train_seed", "set", "protocol"):
+            frame[column] = summary[column].iloc[0]
+        frames.append(frame[PREDICTION_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _paired_matrix(pred: pd.DataFrame, a: str, b: str, set_name: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """Scores of ``a`` and ``b`` on ``set_name`` paired by (train seed, decoding seed, idx), as
+    examples × runs matrices (an example's runs are the seed pairs both have); ``(.., .., n_runs)``."""
+    key = ["train_seed", "decoding_seed", "idx"]
+    rows = pred[pred["set"] == set_name]
+    mine, base = rows[rows["method"] == a], rows[rows["method"] == b]
+    if mine.empty or base.empty:
+        return np.empty((0, 0)), np.empty((0, 0)), 0
+    protocols = set(mine["protocol"]) | set(base["protocol"])
+    if len(protocols) > 1:
+        raise KDBenchError(f"{a} and {b} on {set_name} were decoded under different protocols: {sorted(protocols)}")
+    both = mine[key + ["rougeL"]].merge(base[key + ["rougeL"]], on=key, suffixes=("_a", "_b"))
+    if both.empty:
+        return np.empty((0, 0)), np.empty((0, 0)), 0
+    runs = both.groupby(["train_seed", "decoding_seed"])["idx"].apply(frozenset)
+    shared = frozenset.intersection(*runs)  # examples every shared run scored
+    both = both[both["idx"].isin(shared)]
+    wide_a = both.pivot(index="idx", columns=["train_seed", "decoding_seed"], values="rougeL_a")
+    wide_b = both.pivot(index="idx", columns=["train_seed", "decoding_seed"], values="rougeL_b")
+    return wide_a.to_numpy(), wide_b[wide_a.columns].to_numpy(), wide_a.shape[1]
+
+
+def compare(pred: pd.DataFrame, a: str, b: str, sets: list[str], n: int = BOOTSTRAP_N, seed: int = 0,
+            *, per_set: bool = True) -> list[dict[str, Any]]:
+    """Paired bootstrap of ``a − b`` on each set and on their average (``Avg``: stratified over the
+    sets where both were measured); a set without paired scores gives a row with n_examples 0.
+    ``per_set=False`` returns the Avg row only."""
+    out, measured = [], []
+    for set_name in sets:
+        mat_a, mat_b, n_runs = _paired_matrix(pred, a, b, set_name)
+        row = {"method": a, "base": b, "set": set_name, "sets": set_name, "n_runs": n_runs}
+        if n_runs:
+            if per_set:
+                row |= paired_bootstrap(mat_a, mat_b, n=n, seed=seed)
+            measured.append((set_name, mat_a, mat_b))
+        else:
+            row |= {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_examples": 0}
+        out.append(row)
+    avg = {"method": a, "base": b, "set": AVG, "sets": " ".join(s for s, _, _ in measured),
+           "n_runs": min((m.shape[1] for _, m, _ in measured), default=0)}
+    if measured:
+        avg |= stratified_bootstrap([(ma, mb) for _, ma, mb in measured], n=n, seed=seed)
+    else:
+        avg |= {"diff": np.nan, "ci_low": np.nan, "ci_high": np.nan, "p_value": np.nan, "n_examples": 0}
+    return [*out, avg] if per_set else [avg]
+
+
+SIGNIFICANCE_COLUMNS = ["method", "base", "set", "sets", "n_runs", "n_examples", "diff", "ci_low", "ci_high",
+                        "p_value", "n_resamples"]
+
+
+def default_comparisons(methods: Iterable[str]) -> list[tuple[str, str]]:
+    """Every ``base+policy`` label with its ``base`` among ``methods``, e.g. (fkl+adakd, fkl)."""
+    methods = list(methods)
+    return [(m, m.split("+", 1)[0]) for m in methods if "+" in m and m.split("+", 1)[0] in methods]
+
+
+def significance_stats(pred: pd.DataFrame, comparisons: list[tuple[str, str]], sets: list[str],
+                       n: int = BOOTSTRAP_N, seed: int = 0) -> pd.DataFrame:
+    """Long table ``SIGNIFICANCE_COLUMNS``: one row per comparison × (sets + Avg)."""
+    rows = [row for a, b in comparisons for row in compare(pred, a, b, sets, n=n, seed=seed)]
+    return pd.DataFrame(rows).reindex(columns=SIGNIFICANCE_COLUMNS)
+
+
+def _ci_cell(row: Any) -> str:
+    if not row.n_examples:
+        return MISSING
+    p = "p < 0.001" if row.p_value < 0.001 else f"p = {row.p_value:.3f}"
+    return f"{row.diff:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}] {p}"
+
+
+def significance_table(stats: pd.DataFrame, sets: list[str]) -> pd.DataFrame:
+    """Display table: one row per comparison ``"a − b"``, cells ``"+1.23 [+0.45, +2.01] p = 0.003"``."""
+    names = list(dict.fromkeys(f"{r.method} − {r.base}" for r in stats.itertuples()))
+    cells = {(f"{r.method} − {r.base}", r.set): _ci_cell(r) for r in stats.itertuples()}
+    return pd.DataFrame(
+        [[cells.get((name, s), MISSING) for s in [*sets, AVG]] for name in names],
+        index=pd.Index(names, name="comparison"),
+        columns=[*sets, AVG],
+    )
+
+
+def bootstrap_header(n: int, seed: int) -> str:
+    return (
+        f"Paired bootstrap over examples: ROUGE-L F ×100 difference (a − b) per example, averaged over the "
+        f"(training seed, decoding seed) runs both share; examples resampled with replacement {n:,} times "
+        f"(numpy seed {seed}) within each set, Avg = the set means averaged with equal weight (resampled "
+        f"within every set). Cells: mean difference [95% percentile CI] and one-sided p = fraction of "
+        f"resamples with difference ≤ 0; no multiple-comparison correction; – = not measured."
+    )
+
+
+# --- the paper's claims ------------------------------------------------------------------------------
+
+DEFAULT_CLAIM_BASES = ["fkl", "rkl", "abkd", "gkd", "distillm"]
+DEFAULT_INDICATORS = ["rkl+adakd-ind-fkl", "rkl+adakd-ind-rkl", "rkl+adakd-ind-ce", "rkl+adakd-ind-js",
+                      "rkl+adakd-ind-nmt-top5"]
+CLAIM_COLUMNS = ["claim", "comparison", "sets", "diff", "ci_low", "ci_high", "p_value", "verdict"]
+SUPPORTED, NOT_SUPPORTED, NOT_MEASURED = "supported", "not supported", "not measured"
+
+
+def _claim_row(pred: pd.DataFrame, claim: str, a: str, b: str, sets: list[str], n: int, seed: int) -> dict[str, Any]:
+    """``a`` is claimed better than ``b`` on average over ``sets``: supported when the 95% CI of the
+    Avg difference lies above 0; not measured when either run (or every paired set) is missing."""
+    row = {"claim": claim, "comparison": f"{a} − {b}", "sets": "", "diff": np.nan, "ci_low": np.nan,
+           "ci_high": np.nan, "p_value": np.nan, "verdict": NOT_MEASURED}
+    methods = set(pred["method"])
+    if a not in methods or b not in methods:
+        return row
+    avg = compare(pred, a, b, sets, n=n, seed=seed, per_set=False)[-1]
+    if not avg["n_examples"]:
+        return row
+    row |= {k: avg[k] for k in ("sets", "diff", "ci_low", "ci_high", "p_value")}
+    row["verdict"] = SUPPORTED if avg["ci_low"] > 0 else NOT_SUPPORTED
+    return row
+
+
+def _overall(claim: str, rows: list[dict[str, Any]], what: str) -> dict[str, Any]:
+    """All-of verdict: not supported if any measured comparison is not; supported only when all are
+    measured and supported; otherwise not measured."""
+    verdicts = [r["verdict"] for r in rows]
+    measured = [v for v in verdicts if v != NOT_MEASURED]
+    if NOT_SUPPORTED in measured:
+        verdict = NOT_SUPPORTED
+    elif measured and len(measured) == len(verdicts):
+        verdict = SUPPORTED
+    else:
+        verdict = NOT_MEASURED
+    return {"claim": claim, "comparison": f"{len(measured)} of {len(rows)} {what} measured, "
+            f"{measured.count(SUPPORTED)} supported", "sets": "", "diff": np.nan, "ci_low": np.nan,
+            "ci_high": np.nan, "p_value": np.nan, "verdict": verdict}
+
+
+def claims_stats(
+    pred: pd.DataFrame,
+    sets: list[str],
+    *,
+    bases: list[str] = DEFAULT_CLAIM_BASES,
+    adakd: str = "adakd",
+    full: str = "rkl+adakd",
+    idts_only: str = "rkl+adakd-idts-only",
+    latf_only: str = "rkl+adakd-latf-only",
+    inverse: str = "rkl+adakd-t-inverse",
+    indicators: list[str] = DEFAULT_INDICATORS,
+    n: int = BOOTSTRAP_N,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """The AdaKD paper's claims, each measured by a paired bootstrap of the Avg over ``sets``
+    (columns ``CLAIM_COLUMNS``): (a) ``{base}+{adakd}`` beats ``base`` for each base (plus an all-of
+    row); (b) ``idts_only`` beats ``latf_only``; (c) ``full`` beats ``inverse`` (the inverse
+    temperature direction hurts); (d) ``full`` (Hellinger) beats each of ``indicators`` (plus an
+    all-of row). Runs that are missing give ``not measured``."""
+    rows = []
+    per_base = [
+        _claim_row(pred, f"(a) AdaKD improves {base}", f"{base}+{adakd}", base, sets, n, seed) for base in bases
+    ]
+    rows += [*per_base, _overall("(a) AdaKD improves every base", per_base, "bases")]
+    rows.append(_claim_row(pred, "(b) IDTS helps more than LATF alone", idts_only, latf_only, sets, n, seed))
+    rows.append(_claim_row(pred, "(c) the inverse temperature direction hurts", full, inverse, sets, n, seed))
+    per_ind = [_claim_row(pred, f"(d) Hellinger beats {ind}", full, ind, sets, n, seed) for ind in indicators]
+    rows += [*per_ind, _overall("(d) Hellinger is the best indicator", per_ind, "indicators")]
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def claims_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """Display table: claim, comparison, sets, ``Δ [95% CI]``, p, verdict."""
+
+    def diff(row: Any) -> str:
+        return "" if pd.isna(row.diff) else f"{row.diff:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}]"
+
+    def p(row: Any) -> str:
+        return "" if pd.isna(row.p_value) else ("< 0.001" if row.p_value < 0.001 else f"{row.p_value:.3f}")
+
+    return pd.DataFrame(
+        {"comparison": stats["comparison"].to_numpy(), "sets": stats["sets"].to_numpy(),
+         "Δ Avg [95% CI]": [diff(r) for r in stats.itertuples()], "p": [p(r) for r in stats.itertuples()],
+         "verdict": stats["verdict"].to_numpy()},
+        index=pd.Index(stats["claim"].to_numpy(), name="claim"),
+    )
+
+
+def claims_header(n: int, seed: int) -> str:
+    return (
+        "The AdaKD paper's claims, measured: a claim 'a beats b' is supported when the 95% CI of the "
+        "Avg difference (a − b) lies above 0, not supported otherwise, not measured when a run is missing. "
+        + bootstrap_header(n, seed)
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kdbench aggregate", description="Tabulate eval results: ROUGE-L mean ± std per method and set."
+        prog="kdbench aggregate",
+        description="Tabulate eval results: ROUGE-L mean ± std per method and set, optionally beside the "
+        "published numbers, with paired-bootstrap significance and the paper's claims.",
     )
     parser.add_argument("--results", type=Path, nargs="+", required=True, help="result JSONs of kdbench evaluate")
     parser.add_argument("--methods", nargs="+", help="table rows, in order (default: every method found, sorted)")
     parser.add_argument("--sets", nargs="+", help="table columns, in order (default: every set found, sorted)")
     parser.add_argument("--pair", help="keep only this pair (needed when the results hold several)")
     parser.add_argument("--out-md", type=Path, required=True, help="markdown table")
-    parser.add_argument("--out-csv", type=Path, required=True, help="long CSV: method, set, mean, std, n")
+    parser.add_argument("--out-csv", type=Path, required=True,
+                        help="long CSV: method, set, mean, std, n (+ published, published_std, delta, paper_method, "
+                        "paper_adakd, paper_variant with --reference)")
+    parser.add_argument("--out-tex", type=Path, help="the markdown table as a LaTeX (booktabs) table")
+    ref = parser.add_argument_group("published numbers beside ours")
+    ref.add_argument("--reference", type=Path, nargs="+",
+                     help="published-number CSVs (evaluation/reference/*.csv); cells become 'ours (published, Δ)'")
+    ref.add_argument("--labels", type=Path, default=DEFAULT_LABELS,
+                     help=f"our run label → paper method mapping (default {DEFAULT_LABELS})")
+    ref.add_argument("--reference-table", default="table1", help="the published table to compare with (default table1)")
+    ref.add_argument("--family",
+                     help="the published model family, e.g. Qwen2, OpenLLaMA2, gpt2 (needed with --reference)")
+    sig = parser.add_argument_group("paired bootstrap (needs the predictions jsonl beside each result)")
+    sig.add_argument("--significance-md", type=Path, help="markdown: every 'X+policy' row vs its base 'X' row, per set")
+    sig.add_argument("--significance-csv", type=Path, help="long CSV of the same comparisons")
+    sig.add_argument("--claims-md", type=Path, help="markdown: the paper's claims with measured verdicts")
+    sig.add_argument("--claims-csv", type=Path, help="CSV of the same claims")
+    sig.add_argument("--bootstrap-n", type=int, default=BOOTSTRAP_N, help=f"resamples (default {BOOTSTRAP_N})")
+    sig.add_argument("--bootstrap-seed", type=int, default=0, help="numpy seed of the resampling (default 0)")
+    sig.add_argument("--claim-sets", nargs="+", help="sets the claims average over (default: --sets)")
+    sig.add_argument("--claim-bases", nargs="+", default=DEFAULT_CLAIM_BASES,
+                     help=f"claim (a) bases X, each compared as X+adakd vs X (default {' '.join(DEFAULT_CLAIM_BASES)})")
+    sig.add_argument("--claim-full", default="rkl+adakd", help="full AdaKD run of claims (c), (d) (default rkl+adakd)")
+    sig.add_argument("--claim-idts-only", default="rkl+adakd-idts-only", help="claim (b) IDTS-only run")
+    sig.add_argument("--claim-latf-only", default="rkl+adakd-latf-only", help="claim (b) LATF-only run")
+    sig.add_argument("--claim-inverse", default="rkl+adakd-t-inverse", help="claim (c) inverse-temperature run")
+    sig.add_argument("--claim-indicators", nargs="+", default=DEFAULT_INDICATORS,
+                     help="claim (d) runs with another difficulty indicator than Hellinger")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kdbench aggregate``: write the markdown table and the numeric CSV; raises KDBenchError for user errors."""
+    """``kdbench aggregate``: write the markdown table and the numeric CSV (and, when asked, the LaTeX
+    table, the published numbers beside ours, the significance and claims tables); raises
+    KDBenchError for user errors."""
     args = _parser().parse_args(argv)
+    if args.bootstrap_n < 1:
+        raise KDBenchError(f"--bootstrap-n must be ≥ 1, got {args.bootstrap_n}")
     df = collect(args.results)
     if args.pair is not None:
         if args.pair not in set(df["pair"]):
@@ -197,7 +753,52 @@ def main(argv: list[str] | None = None) -> int:
         df = df[df["pair"] == args.pair]
     methods = args.methods or sorted(df["method"].unique())
     sets = args.sets or sorted(df["set"].unique())
-    table = main_table(df, methods, sets)
-    write_text(args.out_md, f"{table_header(df, methods, sets)}\n\n{table.to_markdown()}\n")
-    write_text(args.out_csv, cell_stats(df, methods, sets).to_csv(index=False))
+    header = table_header(df, methods, sets)
+    if args.reference:
+        if not args.family:
+            raise KDBenchError("--reference needs --family (the published model family, e.g. Qwen2 or gpt2)")
+        pub = published(args.reference, args.reference_table, args.family)
+        stats = beside_stats(df, methods, sets, match_published(pub, load_labels(args.labels), methods))
+        table = beside_table(stats, methods, sets)
+        header = f"{header} {beside_header(args.reference_table, args.family, args.reference)}"
+    else:
+        stats = cell_stats(df, methods, sets)
+        table = main_table(df, methods, sets)
+    write_text(args.out_md, f"{header}\n\n{table.to_markdown()}\n")
+    write_text(args.out_csv, stats.to_csv(index=False))
+    if args.out_tex:
+        write_text(args.out_tex, to_latex(table, header, label=f"tab:{args.out_tex.stem}"))
+
+    if args.significance_md or args.significance_csv or args.claims_md or args.claims_csv:
+        pairs = sorted(df["pair"].unique())
+        if len(pairs) > 1:
+            raise KDBenchError(f"results of several pairs {pairs} would be compared; select one with --pair")
+        pair_results = [p for p in args.results if len(Path(p).parts) >= 4 and Path(p).parts[-4] == pairs[0]]
+        boot = {"n": args.bootstrap_n, "seed": args.bootstrap_seed}
+    if args.significance_md or args.significance_csv:
+        comparisons = default_comparisons(methods)
+        needed = {m for pair in comparisons for m in pair}
+        sig = significance_stats(load_predictions(pair_results, needed), comparisons, sets, **boot)
+        if args.significance_md:
+            body = (
+                significance_table(sig, sets).to_markdown(disable_numparse=True)
+                if comparisons
+                else "(no 'X+policy' row with its base 'X' row among --methods)"
+            )
+            write_text(args.significance_md, f"{pairs[0]}: {bootstrap_header(**boot)}\n\n{body}\n")
+        if args.significance_csv:
+            write_text(args.significance_csv, sig.to_csv(index=False))
+    if args.claims_md or args.claims_csv:
+        claim_runs = {args.claim_full, args.claim_idts_only, args.claim_latf_only, args.claim_inverse,
+                      *args.claim_indicators, *args.claim_bases, *(f"{b}+adakd" for b in args.claim_bases)}
+        claims = claims_stats(
+            load_predictions(pair_results, claim_runs), args.claim_sets or sets, bases=args.claim_bases,
+            full=args.claim_full, idts_only=args.claim_idts_only, latf_only=args.claim_latf_only,
+            inverse=args.claim_inverse, indicators=args.claim_indicators, **boot,
+        )
+        if args.claims_md:
+            body = claims_table(claims).to_markdown(disable_numparse=True)
+            write_text(args.claims_md, f"{pairs[0]}: {claims_header(**boot)}\n\n{body}\n")
+        if args.claims_csv:
+            write_text(args.claims_csv, claims.to_csv(index=False))
     return 0

@@ -24,7 +24,8 @@ SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
 KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
-                     "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2}
+                     "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
+                     "sample_max_new_tokens": 256}
 
 
 def load_yaml(path: Path) -> Any:
@@ -86,7 +87,9 @@ class Grid:
         self.config = _fill_defaults(config, schema)
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
         self.pairs = {name: self._load_pair(name) for name in self.config["pairs"]}
-        self.methods = {label: self._parse_label(label) for label in self.config["methods"]}
+        self.methods: dict[str, dict] = {}
+        for label in self.config["methods"]:
+            self.method(label)
         for label in self.config["methods"]:
             if self.config["methods"].count(label) > 1:
                 raise KDBenchError(f"{where}: key 'methods': label '{label}' is listed twice.")
@@ -116,6 +119,12 @@ class Grid:
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
         return pair
 
+    def method(self, label: str) -> dict:
+        """The resolved method of a label (cached); labels outside the grid (e.g. `init_from`) too."""
+        if label not in self.methods:
+            self.methods[label] = self._parse_label(label)
+        return self.methods[label]
+
     def _parse_label(self, label: str) -> dict:
         """`base[+policy]` → the resolved method: divergence and policies with bound hyper-parameters.
 
@@ -138,7 +147,13 @@ class Grid:
             raise KDBenchError(f"{where}: unknown method '{base}'. Known: {', '.join(known)} "
                                f"(plugins in methods/ and labels in method_defs).")
         method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
-                  "divergence": None, "policies": []}
+                  "divergence": None, "policies": [], "source": spec.get("source", "off_policy"),
+                  "source_hp": spec.get("source_hp", {}), "init_from": spec.get("init_from")}
+        if method["init_from"] is not None:
+            self.method(method["init_from"])  # must itself be a valid label
+        if method["source"] != "off_policy" and not spec["divergence"]:
+            raise KDBenchError(f"{where}: data source '{method['source']}' needs a distillation loss.")
+        _check_source_hp(method["source"], method["source_hp"], where)
         if spec["divergence"]:
             div = registry.lookup(self.plugins, spec["divergence"], "divergence", where)
             method["divergence"] = _plugin_entry(div, div.bind(spec.get("hp"), where))
@@ -178,10 +193,13 @@ class Grid:
         training = {**TRAINING_DEFAULTS, **spec["training"]}
         if label == "teacher":
             training.update(spec["teacher"]["sft"])
-            method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policies": []}, \
+            method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policies": [],
+                                      "source": "off_policy", "source_hp": {}, "init_from": None}, \
                 f"{res}/models/{pair}/teacher-init", None
         else:
-            method, start = self.methods[label], f"{res}/models/{pair}/student-init"
+            method = self.method(label)
+            start = f"{res}/runs/{pair}/{method['init_from']}/seed{seed}/model" if method["init_from"] \
+                else f"{res}/models/{pair}/student-init"
             teacher = self.teacher_path(pair) if method["kd_ratio"] > 0 else None
         ds_file = self.workdir / training["deepspeed"]
         return {
@@ -200,6 +218,22 @@ class Grid:
         if "sft" in spec:
             return f"{self.results}/runs/{pair}/teacher/seed{self.teacher_seed(pair)}/model"
         return f"{self.results}/models/{pair}/teacher-init"
+
+
+def _check_source_hp(source: str, hp: dict, where: str) -> None:
+    """Bind a data source's hyper-parameters to its constructor, as for plugins."""
+    import inspect
+
+    from kdbench.sources import SOURCES
+
+    if source not in SOURCES:
+        raise KDBenchError(f"{where}: unknown data source '{source}'. Known: {', '.join(SOURCES)}.")
+    params = [n for n in inspect.signature(SOURCES[source].__init__).parameters
+              if n not in {"self", "stream", "sampler", "total_steps", "batch_size"}]
+    unknown = sorted(set(hp) - set(params))
+    if unknown:
+        raise KDBenchError(f"{where}: unknown source_hp {', '.join(unknown)} for data source '{source}'. "
+                           f"It accepts: {', '.join(params) or 'none'}.")
 
 
 def _plugin_entry(plugin: registry.Method, hp: dict) -> dict:

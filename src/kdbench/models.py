@@ -1,8 +1,15 @@
-"""Model construction and loading with the standard Hugging Face API.
+"""Model construction, loading, LoRA and saving with the standard Hugging Face API (transformers, peft).
 
 A model spec in a pair file is either `{init: random, config: {...}}` (a tiny random-init model of a
 real family, built from its transformers config: the embedded default and the tests) or
-`{init: pretrained, path: <hub id or local dir>, revision: <pinned>}` (the paper pairs).
+`{init: pretrained, path: <hub id or local dir>, revision: <pinned>}` (the paper pairs). Hub models
+are only ever read by `kdbench init-model`, a workflow job, which writes them to a local directory
+(safetensors, with their own tokenizer); every other job reads those directories. Nothing here runs
+while Snakemake builds its DAG except `check_pair_vocab`, which reads local files only.
+
+A spec with `lora: {r, alpha, dropout, target_modules}` trains peft LoRA adapters instead of every
+weight (`apply_lora`); `save_student` then writes the model with the adapters merged, so evaluation
+loads a plain model directory, and the adapters on their own under `adapter/`.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ import yaml
 from kdbench.errors import KDBenchError
 
 FAMILIES = {"gpt2": "gpt2", "qwen2": "qwen2", "llama": "llama"}  # pair family → transformers model_type
+# Pair-file dtype names; "auto" keeps the dtype the checkpoint was stored in (init-model's copy).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "auto": "auto"}
 
 
 def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
@@ -37,9 +46,17 @@ def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
     return AutoModelForCausalLM.from_config(cfg)
 
 
+def hf_model(lm):
+    """The Hugging Face model itself: `lm`, or the model inside a peft wrapper."""
+    from peft import PeftModel
+
+    return lm.get_base_model() if isinstance(lm, PeftModel) else lm
+
+
 class LastHidden(torch.nn.Module):
     """A causal LM without its output head: forward returns the final hidden states (B, T, D).
-    `kdbench.losses` applies `head` chunk by chunk, so full (tokens × vocab) logits never exist."""
+    `kdbench.losses` applies `head` chunk by chunk, so full (tokens × vocab) logits never exist.
+    `lm` is a transformers causal LM or a peft LoRA model around one."""
 
     def __init__(self, lm, extras: list[torch.nn.Module] = ()):
         super().__init__()
@@ -47,7 +64,8 @@ class LastHidden(torch.nn.Module):
         self.extras = torch.nn.ModuleList(extras)  # token-policy modules trained with the student (EGAD's W)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        body = hf_model(self.lm).base_model  # the transformer without its head (LoRA layers sit inside it)
+        return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     @property
     def head(self) -> torch.nn.Module:
@@ -58,18 +76,115 @@ class LastHidden(torch.nn.Module):
         return self.head.weight.shape[1]
 
 
-def load_causal_lm(path: str, revision: str | None = None, dtype: torch.dtype | None = None):
-    """Load a causal LM from a local directory (or a hub id where a hub is reachable); no remote code."""
+def load_causal_lm(path: str, revision: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
+                   allow_bin: bool = False):
+    """Load a causal LM from a local directory (or a hub id where a hub is reachable).
+
+    `dtype` is a pair-file name (bf16, fp16, fp32) or "auto" for the stored dtype. A model to be
+    trained is loaded in fp32 (DeepSpeed's bf16 mode keeps fp32 master weights and casts the model
+    itself); a frozen teacher in its pair's `teacher.dtype`. Weights are read from safetensors only,
+    unless `allow_bin` (init-model's copy of a hub checkpoint that ships only PyTorch .bin files,
+    such as OpenLLaMA v2; transformers reads those with `weights_only` unpickling)."""
     from transformers import AutoModelForCausalLM
 
+    if dtype not in DTYPES:
+        raise KDBenchError(f"model '{path}': unknown dtype '{dtype}'; use one of {', '.join(DTYPES)}.")
     local = Path(path)
     if not local.exists() and (path.startswith((".", "/")) or "results/" in path):
         raise KDBenchError(f"model directory {path} does not exist; was the rule that writes it run?")
     try:
         return AutoModelForCausalLM.from_pretrained(
-            path, revision=revision, dtype=dtype, trust_remote_code=False, use_safetensors=True)
+            path, revision=revision, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_bin else True)
     except OSError as exc:
         raise KDBenchError(f"cannot load model '{path}': {exc}") from exc
+
+
+def apply_lora(model, spec: dict[str, Any]):
+    """Wrap `model` with peft LoRA adapters as `spec` ({r, alpha, dropout, target_modules}) says.
+
+    Adapters are injected into `model` in place and only they require grad; every base weight is
+    frozen. Returns `(lora_model, n_trainable)`: the `peft.PeftModel` and its trainable parameter
+    count."""
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers.pytorch_utils import Conv1D
+
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=spec["r"], lora_alpha=spec["alpha"],
+                        lora_dropout=spec["dropout"], target_modules=list(spec["target_modules"]))
+    try:
+        lora = get_peft_model(model, config)
+    except ValueError as exc:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, (torch.nn.Linear, Conv1D))})
+        raise KDBenchError(f"LoRA target_modules {spec['target_modules']}: {exc}. This "
+                           f"{type(model).__name__} has these linear layers: {', '.join(linear)}.") from exc
+    return lora, sum(p.numel() for p in lora.parameters() if p.requires_grad)
+
+
+def enable_gradient_checkpointing(lm) -> None:
+    """Recompute each layer's activations in backward instead of keeping them (non-reentrant
+    checkpointing, which also passes gradients to LoRA adapters behind frozen embeddings)."""
+    hf_model(lm).gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def save_student(model, out_dir: Path) -> None:
+    """Save a trained model in Hugging Face format (safetensors) to `out_dir`.
+
+    A LoRA model is saved twice: its adapters alone under `out_dir/adapter/` (peft format, loadable
+    with `PeftModel.from_pretrained` over the start weights), then the model with the adapters merged
+    into its weights, so `out_dir` loads as a plain model. Merging happens in place: afterwards
+    `model` no longer holds separate adapters, so save it last."""
+    from peft import PeftModel
+
+    out_dir = Path(out_dir)
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir / "adapter")
+        model = model.merge_and_unload()
+    model.save_pretrained(out_dir)
+
+
+def check_vocab(teacher_tokenizer, student_tokenizer, teacher_rows: int, student_rows: int, where: str) -> int:
+    """Check that teacher and student share one vocabulary; return its size (the highest id + 1).
+
+    Token-level distillation compares the two distributions id by id, so the tokenizers must map
+    every token to the same id. The models' output layers may have more rows than that (padding:
+    Qwen2-7B has 152,064, Qwen2-1.5B 151,936, over one 151,646-token tokenizer); the loss compares
+    over the shared real vocabulary, the first `size` rows. Raises KDBenchError naming both
+    vocabulary sizes and `where` (the pair file) when the tokenizers differ."""
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        token = min(set(teacher_vocab.items()) ^ set(student_vocab.items()), key=lambda item: item[1])[0]
+        raise KDBenchError(
+            f"{where}: the teacher and student tokenizers differ: the teacher's vocabulary has "
+            f"{len(teacher_vocab):,} tokens, the student's {len(student_vocab):,} (token {token!r} is id "
+            f"{teacher_vocab.get(token)} for the teacher, {student_vocab.get(token)} for the student). "
+            "Token-level distillation compares distributions token by token, so a pair needs one shared "
+            "tokenizer: pick a teacher and a student of the same family.")
+    size = max(teacher_vocab.values()) + 1
+    for role, rows in (("teacher", teacher_rows), ("student", student_rows)):
+        if rows < size:
+            raise KDBenchError(f"{where}: the {role}'s output layer has {rows:,} rows, fewer than the "
+                               f"{size:,} ids of its tokenizer; the model and tokenizer do not belong together.")
+    return size
+
+
+def check_pair_vocab(pair: dict[str, Any], where: str) -> int | None:
+    """The vocabulary check at config time, for a pair whose teacher and student are both local
+    directories: reads tokenizer and config files only (no weights, no network). Returns the shared
+    vocabulary size, or None when the check has to wait: a hub id is read only by its init-model job
+    (the training job checks it then), and random-init models get the generated tokenizer."""
+    specs = [pair["teacher"], pair["student"]]
+    if not all(spec["init"] == "pretrained" and Path(spec["path"]).is_dir() for spec in specs):
+        return None
+    from transformers import AutoConfig, AutoTokenizer
+
+    found = []
+    for spec in specs:
+        remote = spec.get("trust_remote_code", False)
+        found.append((AutoTokenizer.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True),
+                      AutoConfig.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True)))
+    (teacher_tok, teacher_cfg), (student_tok, student_cfg) = found
+    return check_vocab(teacher_tok, student_tok, teacher_cfg.vocab_size, student_cfg.vocab_size, where)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,16 +194,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench init-model", description=main.__doc__)
     ap.add_argument("--pair", required=True, help="pair file, config/pairs/<student>_from_<teacher>.yaml")
     ap.add_argument("--role", required=True, choices=["teacher", "student"])
-    ap.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    ap.add_argument("--tokenizer", required=True,
+                    help="tokenizer directory for init=random (a pretrained model brings its own)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     pair = yaml.safe_load(Path(args.pair).read_text())
     spec = pair[args.role]
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     if spec["init"] == "random":
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         model = build_random(pair["family"], spec.get("config", {}), tokenizer, spec.get("seed", 0))
     else:
-        model = load_causal_lm(spec["path"], spec.get("revision"))
+        remote = spec.get("trust_remote_code", False)
+        tokenizer = AutoTokenizer.from_pretrained(spec["path"], revision=spec.get("revision"), trust_remote_code=remote)
+        if tokenizer.pad_token is None:  # GPT-2, LLaMA: pad with eos, as MiniLLM/DistiLLM/AdaKD do (labels mask it)
+            tokenizer.pad_token = tokenizer.eos_token
+        model = load_causal_lm(spec["path"], spec.get("revision"), trust_remote_code=remote, allow_bin=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     n_params = sum(p.numel() for p in model.parameters())

@@ -1,4 +1,19 @@
-"""The MiniLLM / DistiLLM / AdaKD prompt template (METHODS.md §5), shared by training and evaluation."""
+"""Prompt templates shared by training and evaluation.
+
+`build_prompt` renders the MiniLLM / DistiLLM / AdaKD template (METHODS.md §5), the protocol's
+prompt for every model. `build_chat_prompt` is the chat variant for chat-tuned models (Qwen2 and
+the like): the same instruction and input as one user turn, rendered by the tokenizer's own chat
+template with the assistant header appended.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kdbench.errors import KDBenchError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 PROMPT_NO_INPUT = (
     "Below is an instruction that describes a task. "
@@ -17,3 +32,20 @@ def build_prompt(instruction: str, input: str = "") -> str:
     if input:
         return PROMPT_WITH_INPUT.format(instruction=instruction, input=input)
     return PROMPT_NO_INPUT.format(instruction=instruction)
+
+
+def build_chat_prompt(tokenizer: PreTrainedTokenizerBase, instruction: str, input: str = "") -> str:
+    """Render one example as a chat prompt: a single user message holding the instruction, followed
+    by a blank line and the input when there is one, passed through ``tokenizer.apply_chat_template``
+    with ``add_generation_prompt=True`` (so the text ends with the assistant header). Whatever the
+    template adds by itself (Qwen2's default system message) is kept. The tokenizer must have a
+    chat template."""
+    if not tokenizer.chat_template:
+        raise KDBenchError(
+            f"tokenizer {tokenizer.name_or_path!r} has no chat template; use the plain MiniLLM prompt "
+            "(build_prompt) for this model, or load the tokenizer of its chat/instruct variant"
+        )
+    content = f"{instruction}\n\n{input}" if input else instruction
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )

@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from kdbench.errors import KDBenchError
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
+from kdbench.sources import make_source, sample_responses
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +91,24 @@ def train(run: dict) -> None:
         teacher.to(engine.device)
     vocab_size = len(tokenizer)
 
+    def micro_batch_loss(mb, n_global, progress, policy=policy):
+        """Teacher without grad, student with grad (final hidden states), then the harness."""
+        mb = {k: v.to(engine.device) for k, v in mb.items()}
+        with torch.no_grad():
+            t_hidden = teacher(mb["input_ids"], mb["attention_mask"]) if teacher is not None else None
+        s_hidden = engine(mb["input_ids"], mb["attention_mask"])
+        return losses.objective(
+            s_hidden, t_hidden, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
+            n_global=n_global, world_size=world, divergence=divergence,
+            hparams=method["divergence"]["hp"] if divergence else None, policy=policy, progress=progress,
+            student_head=engine.module.head, teacher_head=teacher.head if teacher is not None else None,
+            chunk_size=tr["loss_chunk_size"])
+
+    def kd_loss_of(mb):
+        """Plain token-mean loss (no token policy) of one batch, for validation."""
+        with torch.no_grad():
+            return micro_batch_loss(mb, losses.count_valid(mb["labels"]), 1.0, policy=None).loss.item() / world
+
     # Resume from the newest good checkpoint of this exact run config, if any.
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(out, run, keep=tr["keep_checkpoints"])
@@ -99,7 +119,15 @@ def train(run: dict) -> None:
         if policy is not None:
             policy.load_state_dicts(state["policies"])
         print(f"kdbench: resuming {out} at step {state['step']}", file=sys.stderr)
-    batches = _micro_batches(examples, tr["micro_batch_size"], tokenizer.pad_token_id, seed, start=state["micro_batches"])
+    stream = Stream(examples, tr["micro_batch_size"], seed, start=state["micro_batches"])
+    sampler = partial(sample_responses, engine.module.lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
+                      max_new_tokens=tr["sample_max_new_tokens"], max_length=tr["max_length"])
+    source = make_source(method["source"], method["source_hp"], stream, sampler, tr["steps"], tr["micro_batch_size"])
+    if state["step"]:
+        source.load_state_dict(state["source"])
+    if source.needs_validation:
+        valid = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["valid"])]
+        steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
     fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", -1))  # fault-injection tests only
 
@@ -108,20 +136,11 @@ def train(run: dict) -> None:
                      initial=state["step"], total=tr["steps"], mininterval=5):
         if step == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
-        micro = [next(batches) for _ in range(tr["gradient_accumulation_steps"])]
+        micro = [collate(source.next(step), tokenizer.pad_token_id) for _ in range(tr["gradient_accumulation_steps"])]
         n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
         kd_weighted, ce_sum, n_selected, temps = 0.0, 0.0, 0, []
         for mb in micro:
-            mb = {k: v.to(engine.device) for k, v in mb.items()}
-            with torch.no_grad():
-                t_hidden = teacher(mb["input_ids"], mb["attention_mask"]) if teacher is not None else None
-            s_hidden = engine(mb["input_ids"], mb["attention_mask"])
-            parts = losses.objective(
-                s_hidden, t_hidden, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
-                n_global=n_global, world_size=world, divergence=divergence,
-                hparams=method["divergence"]["hp"] if divergence else None, policy=policy,
-                progress=step / tr["steps"], student_head=engine.module.head,
-                teacher_head=teacher.head if teacher is not None else None, chunk_size=tr["loss_chunk_size"])
+            parts = micro_batch_loss(mb, n_global, step / tr["steps"])
             engine.backward(parts.loss, scale_wrt_gas=False)
             engine.step()
             kd_weighted += parts.kd_mean * parts.n_tokens
@@ -138,6 +157,8 @@ def train(run: dict) -> None:
                                "learning rate or check the data, then rerun (it resumes from that checkpoint).")
         if policy is not None:
             policy.observe(kd_loss)
+        if source.needs_validation and (step + 1) % steps_per_epoch == 0:
+            source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], kd_loss_of))
         tokens_seen, tokens_here = tokens_seen + n_global, tokens_here + n_global
         if step % tr["log_every"] == 0 or step == tr["steps"] - 1:
             record = _metrics_record(step, engine, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
@@ -146,7 +167,7 @@ def train(run: dict) -> None:
             metrics.flush()
         if tr["checkpoint_every"] and (step + 1) % tr["checkpoint_every"] == 0 and step + 1 < tr["steps"]:
             checkpoints.save(engine, step + 1, {
-                "step": step + 1, "micro_batches": (step + 1) * tr["gradient_accumulation_steps"],
+                "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
                 "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
     metrics.close()
@@ -177,21 +198,40 @@ def _metrics_record(step, engine, kd_ratio, ce, kd_loss, n_tokens, n_selected, p
     return record
 
 
-def _micro_batches(examples, batch_size, pad_id, seed, start=0):
-    """The endless stream of micro-batches from position `start`: epoch e is a fresh permutation
-    seeded by (seed, e), so the stream can be resumed at any position exactly."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    per_epoch = len(examples) // world // batch_size
-    if per_epoch == 0:
-        raise KDBenchError(f"the training set has {len(examples)} examples, fewer than one micro-batch of "
-                           f"{batch_size} per rank × {world} ranks.")
-    epoch, first = divmod(start, per_epoch)
-    while True:
-        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        order = torch.randperm(len(examples), generator=gen).tolist()[rank::world]
-        for i in range(first, per_epoch):
-            yield collate([examples[j] for j in order[i * batch_size:(i + 1) * batch_size]], pad_id)
-        epoch, first = epoch + 1, 0
+class Stream:
+    """The endless stream of dataset micro-batches (lists of examples) from position `start`: epoch e
+    is a fresh permutation seeded by (seed, e), so the stream can be resumed at any position exactly."""
+
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0):
+        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        self.examples, self.batch_size, self.seed, self.position = examples, batch_size, seed, start
+        self.per_epoch = len(examples) // self.world // batch_size
+        if self.per_epoch == 0:
+            raise KDBenchError(f"the training set has {len(examples)} examples, fewer than one micro-batch of "
+                               f"{batch_size} per rank × {self.world} ranks.")
+        self._order_epoch, self._order = None, []
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> list[dict]:
+        epoch, i = divmod(self.position, self.per_epoch)
+        if epoch != self._order_epoch:
+            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            self._order = torch.randperm(len(self.examples), generator=gen).tolist()[self.rank::self.world]
+            self._order_epoch = epoch
+        self.position += 1
+        return [self.examples[j] for j in self._order[i * self.batch_size:(i + 1) * self.batch_size]]
+
+
+def _validation_loss(examples: list[dict], pad_id: int, batch_size: int, loss_of) -> float:
+    """Token-weighted mean loss over the validation set (DistiLLM's adaptive schedule reads it)."""
+    total, count = 0.0, 0
+    for i in range(0, len(examples), batch_size):
+        batch = collate(examples[i:i + batch_size], pad_id)
+        n = losses.count_valid(batch["labels"])
+        total, count = total + loss_of(batch) * n, count + n
+    return total / max(count, 1)
 
 
 def _open_metrics(path: Path, keep_before: int):

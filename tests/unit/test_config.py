@@ -43,6 +43,11 @@ def test_the_default_grid_is_valid(repo):
      r"unknown hyper-parameter\(s\) alpha for divergence 'fkl'"),
     (lambda c: c.update(policy_defs={"a2": {"policy": "adakd", "hp": {"gamma": 1}}}, methods=["fkl+a2"]),
      r"unknown hyper-parameter\(s\) gamma for token_policy 'adakd'.*accepts: beta, eps"),
+    (lambda c: c.update(method_defs={"gkd": {"divergence": "js", "source": "on_policy_mixed",
+                                             "source_hp": {"prob": 0.5}}}, methods=["gkd"]),
+     "unknown source_hp prob for data source 'on_policy_mixed'. It accepts: p"),
+    (lambda c: c.update(method_defs={"d": {"divergence": "srkl", "init_from": "sftt"}}, methods=["d"]),
+     "label 'sftt': unknown method 'sftt'"),
     (lambda c: c.update(policy_defs={"a2": {"policy": "adakd", "hp": {"r_min": 1.5}}}, methods=["fkl+a2"]),
      r"label 'fkl\+a2': AdaKD: r_min = 1.5 is outside its range"),
 ])
@@ -92,3 +97,15 @@ def test_resolved_runs(tiny, repo):
     teacher = g.resolve_run(PAIR, "teacher", 0)
     assert teacher["student"] == f"results/models/{PAIR}/teacher-init"
     assert teacher["training"]["steps"] == g.pairs[PAIR]["teacher"]["sft"]["steps"]
+
+
+def test_distillm_starts_from_the_sft_run(tiny, repo):
+    g = grid({**tiny, "methods": ["distillm", "gkd+adakd"], "method_defs": {
+        "distillm": {"divergence": "srkl", "source": "adaptive_replay", "init_from": "sft"},
+        "gkd": {"divergence": "js", "source": "on_policy_mixed"}}}, repo)
+    distillm = g.resolve_run(PAIR, "distillm", 2)
+    assert distillm["student"] == f"results/runs/{PAIR}/sft/seed2/model"
+    assert distillm["method"]["source"] == "adaptive_replay" and distillm["method"]["divergence"]["hp"] == {"alpha": 0.1}
+    gkd = g.resolve_run(PAIR, "gkd+adakd", 2)["method"]
+    assert gkd["source"] == "on_policy_mixed" and gkd["divergence"]["hp"] == {"lam": 0.9}
+    assert [p["key"] for p in gkd["policies"]] == ["adakd"]

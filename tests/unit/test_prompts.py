@@ -1,0 +1,46 @@
+"""kdbench.prompts: the MiniLLM template and the chat variant rendered by a tokenizer's chat template."""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from kdbench.errors import KDBenchError
+from kdbench.prompts import build_chat_prompt, build_prompt
+
+# Qwen2's chat template (ChatML with a default system message).
+QWEN2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def _tokenizer(chat_template: str | None) -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel({"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<|im_end|>")
+    tok.chat_template = chat_template
+    return tok
+
+
+def test_build_prompt_variants() -> None:
+    assert build_prompt("Say hi.").endswith("### Instruction:\nSay hi.\n\n### Response:\n")
+    assert "paired with an input" not in build_prompt("Say hi.", "")
+    assert build_prompt("Copy.", "a b").endswith("### Instruction:\nCopy.\n\n### Input:\na b\n\n### Response:\n")
+
+
+def test_chat_prompt_puts_instruction_and_input_in_one_user_turn() -> None:
+    tok = _tokenizer(QWEN2_TEMPLATE)
+    system = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert build_chat_prompt(tok, "Copy the input.", "a b c") == (
+        f"{system}<|im_start|>user\nCopy the input.\n\na b c<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert build_chat_prompt(tok, "Say hi.") == f"{system}<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_chat_prompt_needs_a_chat_template() -> None:
+    with pytest.raises(KDBenchError, match="no chat template"):
+        build_chat_prompt(_tokenizer(None), "Say hi.")
