@@ -8,6 +8,7 @@ min_version("8.20")
 
 
 configfile: "config/tiny.yaml"
+configfile: "config/variants.yaml"
 
 
 include: "workflows/rules/common.smk"

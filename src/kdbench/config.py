@@ -249,5 +249,18 @@ def _load_json(path: Path) -> dict:
         raise KDBenchError(f"{path}: not valid JSON: {exc}") from exc
 
 
-def load_grid(path: Path, workdir: Path | None = None) -> Grid:
-    return Grid(load_yaml(path) or {}, str(path), workdir or Path.cwd())
+def load_grid(*paths: Path, workdir: Path | None = None) -> Grid:
+    """A grid from config files merged in order (later keys win; mappings merge), as Snakemake does."""
+    workdir = Path(workdir or Path.cwd())
+    merged: dict = {}
+    for path in paths:
+        _merge(merged, load_yaml(path) or {})
+    return Grid(merged, ", ".join(str(p) for p in paths), workdir)
+
+
+def _merge(into: dict, update: dict) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

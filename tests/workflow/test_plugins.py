@@ -22,3 +22,19 @@ def test_a_new_method_file_joins_the_dry_run(tmp_path):
     bad = run_cli("snakemake", "-n", "--config", "methods=[halfkl]",
                   "method_defs={halfkl: {divergence: halfkl, hp: {alpah: 0.1}}}", cwd=root)
     assert bad.returncode != 0 and "unknown hyper-parameter(s) alpah" in bad.stdout + bad.stderr
+
+
+def test_every_method_and_variant_is_selectable_by_name(repo):
+    """config/methods.yaml names every shipped method and AdaKD/EGAD variant; the dry run lists each run."""
+    import yaml
+
+    labels = yaml.safe_load((repo / "config/methods.yaml").read_text())["methods"]
+    dry = run_cli("snakemake", "-n", "--configfile", "config/methods.yaml", cwd=repo)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    out = dry.stdout + dry.stderr
+    missing = [label for label in labels if f"method={label}, seed=1" not in out]
+    assert not missing
+    from kdbench.registry import discover
+
+    plugins = discover(repo / "methods")
+    assert {k for k in plugins} <= {label.split("+")[0] for label in labels} | {"adakd"}
