@@ -16,6 +16,7 @@ COMMANDS = {
     "train": ("kdbench.train", "train one resolved run: kdbench train results/runs/.../run.yaml"),
     "evaluate": ("kdbench.evaluate", "generate and score one model on one eval set over decoding seeds"),
     "aggregate": ("kdbench.aggregate", "build the results tables from evaluation results"),
+    "lm-eval": ("kdbench.lmeval", "run lm-eval tasks (evaluation/tasks or the library's own) on a model"),
     "prepare-eval": ("kdbench.evalsets", "convert a real eval set (raw or MiniLLM jsonl) into a kdbench eval jsonl"),
 }
 

@@ -36,7 +36,7 @@ import kdbench
 from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
-from kdbench.prompts import build_prompt
+from kdbench.prompts import build_chat_prompt, build_prompt
 
 PROTOCOL_VERSION = 1
 METRIC = "rougeL-F x100, porter stemmer, max over refs"
@@ -51,7 +51,9 @@ DEFAULT_PROTOCOL: dict[str, Any] = {
     "top_p": 1.0,
     "temperature": 1.0,
     "no_repeat_ngram_size": 0,
+    "prompt_format": "minillm",  # or "chat": the tokenizer's chat template (the Qwen chat variant)
 }
+PROMPT_FORMATS = ("minillm", "chat")
 
 _ROUGE = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
@@ -208,12 +210,18 @@ def evaluate_set(
         raise KDBenchError("no decoding seeds given; the paper protocol uses 10 20 30 40 50")
     settings = resolve_protocol(protocol)
     references = [_references(ex, f"{set_name} example {i}") for i, ex in enumerate(examples)]
-    prompts = [build_prompt(ex["instruction"], ex.get("input", "")) for ex in examples]
+    generation = {k: v for k, v in settings.items() if k != "prompt_format"}
+    if settings["prompt_format"] not in PROMPT_FORMATS:
+        raise KDBenchError(f"prompt format {settings['prompt_format']!r}; known: {', '.join(PROMPT_FORMATS)}")
+    if settings["prompt_format"] == "chat":
+        prompts = [build_chat_prompt(tokenizer, ex["instruction"], ex.get("input", "")) for ex in examples]
+    else:
+        prompts = [build_prompt(ex["instruction"], ex.get("input", "")) for ex in examples]
 
     per_seed: dict[str, dict[str, float]] = {}
     predictions: list[dict[str, Any]] = []
     for seed in seeds:
-        responses = generate(model, tokenizer, prompts, seed=seed, **settings)
+        responses = generate(model, tokenizer, prompts, seed=seed, **generation)
         rouge = [rouge_l(r, refs) for r, refs in zip(responses, references)]
         em = [exact_match(r, refs) for r, refs in zip(responses, references)]
         per_seed[str(seed)] = {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)}
@@ -278,6 +286,8 @@ def _parser() -> argparse.ArgumentParser:
         "--no-repeat-ngram-size", type=_int_at_least(0), default=0, help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
     )
     parser.add_argument("--greedy", action="store_true", help="greedy decoding; only the first seed is run")
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="minillm",
+                        help="minillm: the lineage's plain template; chat: the tokenizer's chat template (Qwen chat)")
     parser.add_argument("--limit", type=_int_at_least(1), help="evaluate only the first N examples")
     parser.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
     parser.add_argument("--out", type=Path, required=True, help="result JSON")
@@ -313,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_prompt_tokens": args.max_prompt_tokens,
         "do_sample": not args.greedy,
         "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "prompt_format": args.prompt_format,
     }
     if args.threads:
         torch.set_num_threads(args.threads)

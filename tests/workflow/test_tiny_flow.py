@@ -69,3 +69,12 @@ def test_bad_config_fails_before_any_job(flow):
     assert bad.returncode != 0
     assert "unknown method 'fkk'. Known:" in bad.stderr + bad.stdout
     assert "Traceback" not in bad.stderr + bad.stdout
+
+
+def test_lm_eval_rule_runs_the_kdbench_tasks_on_a_student(flow):
+    (flow / "lm_eval.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_gen_dolly"]}}))
+    done = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", "lm_eval.yaml",
+                   "--config", "methods=[fkl]", "--", "lm_eval_all", cwd=flow)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((flow / f"results/lm_eval/{PAIR}/fkl/seed1.json").read_text())
+    assert 0 <= result["results"]["kdbench_gen_dolly"]["rougeL,none"] <= 100

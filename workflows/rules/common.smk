@@ -62,3 +62,10 @@ def eval_results(w=None):
         for p, m, s in cells
         for name in CFG["sets"]
     ]
+
+
+def lm_eval_results(w=None):
+    """lm-eval results of every grid cell (empty when no lm_eval_tasks are configured)."""
+    if not CFG["evaluation"]["lm_eval_tasks"]:
+        return []
+    return [f"{RES}/lm_eval/{p}/{m}/seed{s}.json" for p, m, s in GRID.runs()]

@@ -22,5 +22,31 @@ rule evaluate:
         " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --seeds {params.seeds}"
         " --max-new-tokens {params.ev[max_new_tokens]} --max-prompt-tokens {params.ev[max_prompt_tokens]}"
         " --batch-size {params.ev[batch_size]} --no-repeat-ngram-size {params.ev[no_repeat_ngram_size]}"
-        " {params.greedy} --threads {threads} --out {output.result} --predictions {output.predictions}"
+        " --prompt-format {params.ev[prompt_format]} {params.greedy} --threads {threads} --out {output.result} --predictions {output.predictions}"
         " > {log} 2>&1"
+
+
+rule lm_eval:
+    """Any list of lm-eval tasks (evaluation/tasks/ or the library's own) on one trained model:
+    `snakemake results/lm_eval/{pair}/{method}/seed{seed}.json` or the `lm_eval_all` target."""
+    input:
+        model=eval_model,
+        tasks="evaluation/tasks",
+    output:
+        f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.json",
+    params:
+        tasks=",".join(CFG["evaluation"]["lm_eval_tasks"]),
+        out=lambda w, output: os.path.splitext(output[0])[0],
+    log:
+        f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "kdbench lm-eval --model {input.model} --include-path {input.tasks} --tasks {params.tasks}"
+        " --out {output} > {log} 2>&1"
+
+
+rule lm_eval_all:
+    input:
+        lm_eval_results,
