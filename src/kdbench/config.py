@@ -18,6 +18,7 @@ import yaml
 
 from kdbench import registry
 from kdbench.errors import KDBenchError
+from kdbench.models import check_pair_vocab
 
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
@@ -25,7 +26,7 @@ KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
                      "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
-                     "sample_max_new_tokens": 256}
+                     "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False}
 
 
 def load_yaml(path: Path) -> Any:
@@ -114,6 +115,7 @@ class Grid:
             need = "config" if spec["init"] == "random" else "path"
             if need not in spec:
                 raise KDBenchError(f"{path}: key '{role}.{need}' is required when {role}.init is {spec['init']}.")
+        check_pair_vocab(pair, str(path))  # local directories only; hub ids are checked at job start
         ds = self.workdir / pair["training"]["deepspeed"]
         if not ds.is_file():
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
@@ -201,12 +203,18 @@ class Grid:
             start = f"{res}/runs/{pair}/{method['init_from']}/seed{seed}/model" if method["init_from"] \
                 else f"{res}/models/{pair}/student-init"
             teacher = self.teacher_path(pair) if method["kd_ratio"] > 0 else None
+        role = "teacher" if label == "teacher" else "student"  # the model this run trains
+        # A pretrained model brings its own tokenizer (init-model saves it beside the weights).
+        tokenizer = f"{res}/models/{pair}/{role}-init" if spec[role]["init"] == "pretrained" else f"{res}/tokenizer"
         ds_file = self.workdir / training["deepspeed"]
         return {
             "run": {"pair": pair, "method": label, "seed": seed, "dir": f"{res}/runs/{pair}/{label}/seed{seed}"},
             "student": start,
             "teacher": teacher,
-            "tokenizer": f"{res}/tokenizer",
+            "teacher_dtype": spec["teacher"].get("dtype", "fp32"),
+            "lora": spec[role].get("lora"),
+            "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
+            "tokenizer": tokenizer,
             "data": {"train": f"{res}/data/train.jsonl", "valid": f"{res}/data/valid.jsonl"},
             "method": method,
             "training": training,

@@ -80,11 +80,13 @@ def load_causal_lm(path: str, revision: str | None = None, dtype: str = "auto", 
                    allow_bin: bool = False):
     """Load a causal LM from a local directory (or a hub id where a hub is reachable).
 
-    `dtype` is a pair-file name (bf16, fp16, fp32) or "auto" for the stored dtype. A model to be
-    trained is loaded in fp32 (DeepSpeed's bf16 mode keeps fp32 master weights and casts the model
-    itself); a frozen teacher in its pair's `teacher.dtype`. Weights are read from safetensors only,
-    unless `allow_bin` (init-model's copy of a hub checkpoint that ships only PyTorch .bin files,
-    such as OpenLLaMA v2; transformers reads those with `weights_only` unpickling)."""
+    `dtype` is a pair-file name (bf16, fp16, fp32) or "auto" for the stored dtype (transformers 5
+    defaults to "auto", so a bf16 hub checkpoint would otherwise train in pure bf16). A model to be
+    trained is loaded in bf16 under DeepSpeed's bf16 mode (the engine casts it to bf16 and builds its
+    fp32 master weights from that copy anyway) and in fp32 otherwise; a frozen teacher in its pair's
+    `teacher.dtype`. Weights are read from safetensors only, unless `allow_bin` (init-model's copy
+    of a hub checkpoint that ships only PyTorch .bin files, as OpenLLaMA v2 does; transformers reads
+    those with `weights_only` unpickling)."""
     from transformers import AutoModelForCausalLM
 
     if dtype not in DTYPES:

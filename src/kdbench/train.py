@@ -58,15 +58,29 @@ def train(run: dict) -> None:
     from transformers import AutoTokenizer, get_scheduler
 
     from kdbench.jsonl import read_jsonl
-    from kdbench.models import LastHidden, load_causal_lm
+    from kdbench.models import (LastHidden, apply_lora, check_vocab, enable_gradient_checkpointing, load_causal_lm,
+                                save_student)
 
     random.seed(seed)
     torch.manual_seed(seed)
 
     # Models, tokenizer, method.
     tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
-    student_lm = load_causal_lm(run["student"])
-    teacher = LastHidden(load_causal_lm(run["teacher"])).eval().requires_grad_(False) if run["teacher"] else None
+    # Under DeepSpeed bf16 the engine casts the student to bf16 and builds its fp32 masters from that copy.
+    student_lm = load_causal_lm(run["student"], dtype="bf16" if tr["bf16"] else "fp32")
+    vocab_size = len(tokenizer)
+    teacher = None
+    if run["teacher"]:
+        teacher_lm = load_causal_lm(run["teacher"], dtype=run["teacher_dtype"])
+        vocab_size = check_vocab(AutoTokenizer.from_pretrained(run["teacher"]), tokenizer,
+                                 teacher_lm.get_output_embeddings().weight.shape[0],
+                                 student_lm.get_output_embeddings().weight.shape[0], where=run["pair_file"])
+        teacher = LastHidden(teacher_lm).eval().requires_grad_(False)
+    if run["lora"]:
+        student_lm, n_trainable = apply_lora(student_lm, run["lora"])
+        print(f"kdbench: LoRA: {n_trainable:,} trainable parameters", file=sys.stderr)
+    if tr["gradient_checkpointing"]:
+        enable_gradient_checkpointing(student_lm)
     method = run["method"]
     divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
     policy = None
@@ -80,16 +94,17 @@ def train(run: dict) -> None:
     examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
 
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
-    optimizer = torch.optim.AdamW(student.parameters(), lr=tr["lr"], weight_decay=tr["weight_decay"])
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=tr["lr"],
+                                  weight_decay=tr["weight_decay"])
     scheduler = get_scheduler(tr["schedule"], optimizer, num_warmup_steps=int(tr["warmup_ratio"] * tr["steps"]),
                               num_training_steps=tr["steps"])
     ds_config = {**run["deepspeed"], "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
-                 "gradient_accumulation_steps": tr["gradient_accumulation_steps"], "gradient_clipping": tr["grad_clip"]}
+                 "gradient_accumulation_steps": tr["gradient_accumulation_steps"], "gradient_clipping": tr["grad_clip"],
+                 "bf16": {"enabled": tr["bf16"]}}
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     world = engine.world_size
     if teacher is not None:
         teacher.to(engine.device)
-    vocab_size = len(tokenizer)
 
     def micro_batch_loss(mb, n_global, progress, policy=policy):
         """Teacher without grad, student with grad (final hidden states), then the harness."""
@@ -175,7 +190,7 @@ def train(run: dict) -> None:
     # Save the student (HF format, safetensors) atomically: write beside, then rename.
     if engine.global_rank == 0:
         tmp = out / ".model.tmp"
-        engine.module.lm.save_pretrained(tmp)
+        save_student(engine.module.lm, tmp)
         tokenizer.save_pretrained(tmp)
         if len(engine.module.extras):
             save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")

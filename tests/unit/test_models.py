@@ -1,0 +1,293 @@
+"""kdbench.models: tiny random-init models of each family through the standard HF API (build, save,
+load), the LoRA student (adapters only, merged save), the vocabulary check, and the paper pair
+files (valid, and a grid over them is built without touching the network)."""
+
+from __future__ import annotations
+
+import copy
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kdbench.config import Grid, check_schema, load_yaml, schema_path
+from kdbench.datagen import generate
+from kdbench.errors import KDBenchError
+from kdbench.models import (
+    LastHidden,
+    apply_lora,
+    build_random,
+    check_pair_vocab,
+    check_vocab,
+    enable_gradient_checkpointing,
+    load_causal_lm,
+    main,
+    save_student,
+)
+from kdbench.tokenizer import train_tokenizer
+
+TINY = {"gpt2": "gpt2-tiny-s_from_gpt2-tiny-t", "qwen2": "qwen2-tiny-s_from_qwen2-tiny-t",
+        "llama": "llama-tiny-s_from_llama-tiny-t"}
+REAL = ["qwen2-1.5b_from_qwen2-7b", "openllama2-3b_from_openllama2-7b", "gpt2-base_from_gpt2-xl"]
+
+
+def pair(repo: Path, name: str) -> dict:
+    return yaml.safe_load((repo / "config" / "pairs" / f"{name}.yaml").read_text())
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[Path]:
+    paths = generate(tmp_path_factory.mktemp("data"), seed=0, n_train=300, n_valid=10, n_eval=10)
+    return [paths["train"]]
+
+
+@pytest.fixture(scope="module")
+def tok_dir(corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tok")
+    train_tokenizer(corpus, out, vocab_size=400)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tok(tok_dir):
+    return AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+
+
+def batch(tok, n: int = 2, length: int = 12, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, len(tok), (n, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+# --- tiny models of each family: build, save, load -------------------------------------------------
+
+@pytest.mark.parametrize("family", TINY)
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_init_model_round_trip(repo, tok_dir, tok, tmp_path, family, role):
+    """`kdbench init-model` writes a directory that the plain HF API loads back to the same model."""
+    out = tmp_path / role
+    assert main(["--pair", str(repo / "config" / "pairs" / f"{TINY[family]}.yaml"), "--role", role,
+                 "--tokenizer", str(tok_dir), "--out", str(out)]) == 0
+    spec = pair(repo, TINY[family])[role]
+    built = build_random(family, spec["config"], tok, spec["seed"]).eval()
+    loaded = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    assert loaded.config.model_type == family and loaded.get_output_embeddings().weight.shape[0] == len(tok)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == tok.get_vocab()
+    x = batch(tok)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**x).logits, built(**x).logits)
+        ours = load_causal_lm(str(out), dtype="bf16")
+        assert ours.dtype == torch.bfloat16
+        hidden = LastHidden(loaded)(**x)
+        torch.testing.assert_close(LastHidden(loaded).head(hidden), loaded(**x).logits)
+
+
+def test_tiny_pairs_validate_with_the_gpt2_sizes(repo):
+    """Teacher 128 wide, student 64, in every family (layer counts: teacher 4, student 2)."""
+    for family, name in TINY.items():
+        p = pair(repo, name)
+        width, depth = ("n_embd", "n_layer") if family == "gpt2" else ("hidden_size", "num_hidden_layers")
+        assert [(p[r]["config"][width], p[r]["config"][depth]) for r in ("teacher", "student")] == [(128, 4), (64, 2)]
+        check_schema(p, load_yaml(schema_path(repo, "pair")), name)
+
+
+def test_init_model_copies_a_pretrained_model_with_its_own_tokenizer(repo, tok_dir, tmp_path, corpus):
+    """A pretrained model keeps its tokenizer (not the generated one); a missing pad token becomes eos."""
+    other = tmp_path / "other_tok"
+    train_tokenizer(corpus, other, vocab_size=300)
+    source_tok = AutoTokenizer.from_pretrained(other)
+    source_tok.pad_token = None
+    source = tmp_path / "source"
+    build_random("llama", pair(repo, TINY["llama"])["student"]["config"], source_tok, 0).save_pretrained(source)
+    source_tok.save_pretrained(source)
+    pair_file = tmp_path / "p.yaml"
+    pair_file.write_text(yaml.safe_dump({"family": "llama", "student": {"init": "pretrained", "path": str(source)}}))
+    out = tmp_path / "out"
+    main(["--pair", str(pair_file), "--role", "student", "--tokenizer", str(tok_dir), "--out", str(out)])
+    copied = AutoTokenizer.from_pretrained(out)
+    assert copied.get_vocab() == source_tok.get_vocab() and copied.pad_token == copied.eos_token
+    assert (out / "model.safetensors").is_file()
+
+
+# --- the LoRA student --------------------------------------------------------------------------------
+
+@pytest.fixture
+def lora_student(repo, tok):
+    spec = pair(repo, TINY["llama"])["student"]
+    return build_random("llama", spec["config"], tok, 0), spec["lora"]
+
+
+def test_lora_trains_only_the_adapters_and_saves_a_plain_merged_model(lora_student, tok, tmp_path):
+    base, spec = lora_student
+    cfg = base.config
+    lm, n_trainable = apply_lora(base, spec)
+    trainable = {n for n, p in lm.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    kv = cfg.num_key_value_heads * cfg.hidden_size // cfg.num_attention_heads
+    per_layer = spec["r"] * (cfg.hidden_size + cfg.hidden_size) + spec["r"] * (cfg.hidden_size + kv)  # q, v
+    assert n_trainable == cfg.num_hidden_layers * per_layer
+
+    before = {n: p.detach().clone() for n, p in lm.named_parameters()}
+    student = LastHidden(lm).train()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-2)
+    x = batch(tok, n=4, length=16)
+    for _ in range(3):
+        logits = student.head(student(**x))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), x["input_ids"][:, 1:].flatten())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    changed = {n for n, p in lm.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= trainable
+
+    lm.eval()
+    with torch.no_grad():
+        expected = lm(**x).logits
+    save_student(lm, tmp_path / "model")
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "model", local_files_only=True).eval()
+    assert type(merged).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in n for n, _ in merged.named_parameters())
+    assert (tmp_path / "model" / "adapter" / "adapter_config.json").is_file()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**x).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_saved_adapter_reapplies_to_the_start_weights(lora_student, tok, tmp_path):
+    from peft import PeftModel
+
+    base, spec = lora_student
+    start = copy.deepcopy(base)
+    lm, _ = apply_lora(base, spec)
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if ".lora_B." in name:  # B starts at zero: give the adapters something to carry
+                p.normal_(std=0.02)
+    lm.eval()
+    x = batch(tok)
+    with torch.no_grad():
+        expected = lm(**x).logits
+    save_student(lm, tmp_path / "model")
+    reloaded = PeftModel.from_pretrained(start, tmp_path / "model" / "adapter").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**x).logits, expected)
+
+
+def test_gradient_checkpointing_gives_lora_the_same_gradients(lora_student, tok):
+    base, spec = lora_student
+    spec = {**spec, "dropout": 0.0}
+    models = []
+    for lm in (copy.deepcopy(base), base):
+        torch.manual_seed(0)  # the same adapter initialisation for both
+        models.append(apply_lora(lm, spec)[0])
+    enable_gradient_checkpointing(models[1])
+    x = batch(tok)
+    grads = []
+    for lm in models:
+        with torch.no_grad():
+            for name, p in lm.named_parameters():
+                if ".lora_B." in name:  # B starts at zero, which would leave A without a gradient
+                    p.fill_(0.01)
+        student = LastHidden(lm).train()
+        student.head(student(**x)).logsumexp(-1).mean().backward()
+        grads.append({n: p.grad for n, p in lm.named_parameters() if p.requires_grad})
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[1].values())
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad)
+
+
+def test_lora_on_missing_modules_names_the_layers_there_are(lora_student):
+    base, spec = lora_student
+    with pytest.raises(KDBenchError, match=r"target_modules \['qkv'\].*linear layers: .*q_proj"):
+        apply_lora(base, {**spec, "target_modules": ["qkv"]})
+
+
+# --- the vocabulary check ------------------------------------------------------------------------------
+
+def test_vocab_check_passes_padding_rows(tok):
+    assert check_vocab(tok, tok, len(tok) + 64, len(tok), "p.yaml") == len(tok)
+
+
+def test_vocab_check_names_both_sizes_and_the_pair_for_different_tokenizers(tok, corpus, tmp_path):
+    train_tokenizer(corpus, tmp_path, vocab_size=300)
+    other = AutoTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(KDBenchError, match=rf"^p\.yaml: .*teacher's vocabulary has {len(tok)} tokens, "
+                                           rf"the student's {len(other)}"):
+        check_vocab(tok, other, len(tok), len(other), "p.yaml")
+
+
+def test_vocab_check_rejects_an_output_layer_smaller_than_the_tokenizer(tok):
+    with pytest.raises(KDBenchError, match=r"p\.yaml: the student's output layer has 100 rows"):
+        check_vocab(tok, tok, len(tok), 100, "p.yaml")
+
+
+def test_config_time_vocab_check_reads_local_directories_only(repo, tok, corpus, tmp_path):
+    dirs = {}
+    for role, extra in (("teacher", 64), ("student", 0)):
+        model = build_random("qwen2", pair(repo, TINY["qwen2"])[role]["config"], tok, 0)
+        model.resize_token_embeddings(len(tok) + extra)  # padding rows, as Qwen2-7B has
+        model.save_pretrained(tmp_path / role)
+        tok.save_pretrained(tmp_path / role)
+        dirs[role] = {"init": "pretrained", "path": str(tmp_path / role)}
+    assert check_pair_vocab({"teacher": dirs["teacher"], "student": dirs["student"]}, "p.yaml") == len(tok)
+    train_tokenizer(corpus, tmp_path / "student", vocab_size=300)
+    with pytest.raises(KDBenchError, match=r"p\.yaml: the teacher and student tokenizers differ"):
+        check_pair_vocab({"teacher": dirs["teacher"], "student": dirs["student"]}, "p.yaml")
+    hub = {"init": "pretrained", "path": "Qwen/Qwen2-7B", "revision": "main"}
+    assert check_pair_vocab({"teacher": hub, "student": dirs["student"]}, "p.yaml") is None
+
+
+# --- the paper pairs -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def offline(monkeypatch):
+    """Any attempt to open a network connection fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access at DAG time: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_paper_pair_files_are_valid_and_pinned(repo, name):
+    p = pair(repo, name)
+    check_schema(p, load_yaml(schema_path(repo, "pair")), name)
+    for role in ("teacher", "student"):
+        assert p[role]["init"] == "pretrained" and p[role]["revision"] and p[role]["trust_remote_code"] is False
+    assert "sft" in p["teacher"] and p["training"]["bf16"] and p["training"]["gradient_checkpointing"]
+    assert ("lora" in p["student"]) == (p["family"] != "gpt2")
+
+
+def test_gpt2_paper_pair_is_the_full_fine_tune_recipe(repo):
+    t = pair(repo, "gpt2-base_from_gpt2-xl")["training"]
+    assert (t["lr"], t["weight_decay"], t["grad_clip"], t["schedule"]) == (5e-4, 0.01, 1.0, "cosine")
+    assert t["micro_batch_size"] * t["gradient_accumulation_steps"] * 4 == 128  # on 4 GPUs
+    assert t["steps"] == 20 * (11_400 // 128)  # 20 epochs of Dolly's ≈11.4K training examples
+
+
+def test_a_grid_over_the_paper_pairs_builds_offline(repo, offline):
+    cfg = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
+    cfg["pairs"] = REAL
+    grid = Grid(cfg, "paper.yaml", repo)
+    for name in REAL:
+        assert grid.has_teacher_sft(name)
+        for label in ("teacher", *cfg["methods"]):
+            grid.resolve_run(name, label, 1)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda p: p["student"].update(dtype="bf16"), r"key 'student'.*'dtype' was unexpected"),
+    (lambda p: p["student"]["lora"].update(rank=8), r"key 'student.lora'.*'rank' was unexpected"),
+    (lambda p: p["student"]["lora"].pop("target_modules"), r"'target_modules' is a required property"),
+    (lambda p: p["teacher"].pop("sft"), r"key 'teacher': 'sft' is a dependency of 'lora'"),
+    (lambda p: p["teacher"].update(dtype="int8"), r"key 'teacher.dtype'"),
+    (lambda p: p["training"].update(bf16="yes"), r"key 'training.bf16': 'yes' is not of type 'boolean'"),
+])
+def test_pair_schema_rejects(repo, edit, needle):
+    p = pair(repo, "qwen2-1.5b_from_qwen2-7b")
+    edit(p)
+    with pytest.raises(KDBenchError, match=needle):
+        check_schema(p, load_yaml(schema_path(repo, "pair")), "p.yaml")
