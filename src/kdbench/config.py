@@ -26,7 +26,7 @@ KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
                      "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
-                     "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False}
+                     "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False, "gpus": 1}
 
 
 def load_yaml(path: Path) -> Any:

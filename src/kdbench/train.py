@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import time
 from functools import partial
@@ -30,6 +31,7 @@ from tqdm import tqdm
 from kdbench import atomic, losses, provenance
 from kdbench.checkpoints import Checkpoints
 from kdbench.errors import KDBenchError
+from kdbench.gpus import claim, gpu_count
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
@@ -45,7 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     run = yaml.safe_load(args.run_yaml.read_text())
-    train(run)
+    n_gpus, total = run["training"]["gpus"], gpu_count()
+    if "RANK" in os.environ or total == 0:  # started by the DeepSpeed launcher, or a CPU machine
+        train(run)
+        return 0
+    with claim(n_gpus, total) as ids:  # concurrent jobs on one node each get their own GPUs
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
+        if n_gpus == 1:
+            train(run)
+        else:  # data parallel over the claimed GPUs; the launcher honours CUDA_VISIBLE_DEVICES
+            subprocess.run(["deepspeed", "--master_port", str(_free_port()), "--no_local_rank", "--module",
+                            "kdbench.cli", "train", str(args.run_yaml)], check=True)
     return 0
 
 
@@ -272,7 +284,10 @@ def _single_process_env() -> None:
     """Without a launcher, run as rank 0 of 1 (DeepSpeed otherwise tries MPI discovery)."""
     if "RANK" in os.environ:
         return
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        return s.getsockname()[1]

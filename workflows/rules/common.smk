@@ -4,6 +4,7 @@ import sys
 
 from kdbench.config import Grid
 from kdbench.errors import KDBenchError
+from kdbench.gpus import gpu_count
 
 try:
     CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
@@ -12,6 +13,7 @@ except KDBenchError as exc:
     sys.exit(f"kdbench: config error: {exc}")
 
 RES = GRID.results
+GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --resources gpu=<GPUs on the node>
 CFG = GRID.config
 ENV = "../envs/kdbench.yaml"
 TABLES = [f"{RES}/tables/main.md", f"{RES}/tables/main.csv"]

@@ -24,6 +24,8 @@ rule train:
     log:
         f"{RES}/runs/{{pair}}/{{method}}/seed{{seed}}/train.log",
     threads: 1
+    resources:
+        gpu=lambda w: resolved_run(w)["training"]["gpus"] if GPU_NODE else 0,
     conda:
         ENV
     shell:
