@@ -38,3 +38,11 @@ def test_every_method_and_variant_is_selectable_by_name(repo):
 
     plugins = discover(repo / "methods")
     assert {k for k in plugins} <= {label.split("+")[0] for label in labels} | {"adakd"}
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_execution_profiles_build_the_dag(repo, tmp_path, profile):
+    root = workflow_copy(tmp_path)
+    dry = run_cli("snakemake", "-n", "--profile", f"workflows/profiles/{profile}", cwd=root)
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "train" in dry.stdout + dry.stderr
