@@ -26,7 +26,8 @@ KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
                      "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
-                     "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False, "gpus": 1}
+                     "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False, "gpus": 1,
+                     "select": "final", "select_every": 100, "select_examples": 100}
 
 
 def load_yaml(path: Path) -> Any:

@@ -46,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if not args.run_yaml.is_file():
+        raise KDBenchError(f"{args.run_yaml}: no such run config; `kdbench resolve` or the workflow writes it.")
     run = yaml.safe_load(args.run_yaml.read_text())
+    if not isinstance(run, dict) or not {"run", "training", "method"} <= set(run):
+        raise KDBenchError(f"{args.run_yaml}: not a resolved run config (needs keys run, training, method); "
+                           "write it with `kdbench resolve <config> <pair> <method> <seed>`.")
     n_gpus, total = run["training"]["gpus"], gpu_count()
     if "RANK" in os.environ or total == 0:  # started by the DeepSpeed launcher, or a CPU machine
         train(run)
@@ -155,6 +160,8 @@ def train(run: dict) -> None:
     if source.needs_validation:
         valid = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["valid"])]
         steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
+    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best")) \
+        if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
     fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", -1))  # fault-injection tests only
 
@@ -187,17 +194,25 @@ def train(run: dict) -> None:
         if source.needs_validation and (step + 1) % steps_per_epoch == 0:
             source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], kd_loss_of))
         tokens_seen, tokens_here = tokens_seen + n_global, tokens_here + n_global
-        if step % tr["log_every"] == 0 or step == tr["steps"] - 1:
+        valid_rouge = None
+        if selector is not None and ((step + 1) % tr["select_every"] == 0 or step == tr["steps"] - 1):
+            valid_rouge = selector.score(engine.module.lm, step + 1)
+        if step % tr["log_every"] == 0 or step == tr["steps"] - 1 or valid_rouge is not None:
             record = _metrics_record(step, engine, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
                                      temps, tokens_here / (time.perf_counter() - start))
+            if valid_rouge is not None:
+                record["valid_rougeL"] = valid_rouge
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
         if tr["checkpoint_every"] and (step + 1) % tr["checkpoint_every"] == 0 and step + 1 < tr["steps"]:
             checkpoints.save(engine, step + 1, {
                 "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
                 "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
+                "best": selector.best if selector else None,
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
     metrics.close()
+    if selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
+        selector.restore_best(engine.module.lm)
 
     # Save the student (HF format, safetensors) atomically: write beside, then rename.
     if engine.global_rank == 0:
@@ -210,7 +225,8 @@ def train(run: dict) -> None:
         atomic.write_json(out / "provenance.json", provenance.collect(
             Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
             methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
-            steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2)))
+            steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
+            selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
 
 
 def _metrics_record(step, engine, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
@@ -249,6 +265,46 @@ class Stream:
             self._order_epoch = epoch
         self.position += 1
         return [self.examples[j] for j in self._order[i * self.batch_size:(i + 1) * self.batch_size]]
+
+
+class BestByValidRouge:
+    """Checkpoint selection by validation ROUGE-L (greedy decoding on the first `select_examples`
+    validation examples): the trainable weights of the best step are kept beside the run and put
+    back into the model before it is saved. Its state (best step and score) resumes with the run."""
+
+    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None):
+        from kdbench.jsonl import read_jsonl
+
+        self.path, self.tokenizer, self.tr = out / "best_trainable.safetensors", tokenizer, tr
+        self.examples = read_jsonl(valid_path)[:tr["select_examples"]]
+        self.best = best or {"step": None, "valid_rougeL": -1.0}
+
+    def score(self, lm, step: int) -> float:
+        from kdbench.evaluate import evaluate_set
+
+        was_training = lm.training
+        lm.eval()
+        summary, _ = evaluate_set(lm, self.tokenizer, self.examples, set_name="valid", seeds=[0], protocol={
+            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16})
+        lm.train(was_training)
+        value = summary["rougeL_mean"]
+        if value > self.best["valid_rougeL"]:
+            self.best = {"step": step, "valid_rougeL": value}
+            trainable = {n: p.detach().cpu().contiguous() for n, p in lm.named_parameters() if p.requires_grad}
+            tmp = self.path.with_suffix(".tmp")
+            save_file(trainable, tmp)
+            os.replace(tmp, self.path)
+        return value
+
+    def restore_best(self, lm) -> None:
+        from safetensors.torch import load_file
+
+        if self.path.is_file():
+            best = load_file(self.path)
+            params = dict(lm.named_parameters())
+            with torch.no_grad():
+                for name, value in best.items():
+                    params[name].copy_(value.to(params[name].device, params[name].dtype))
 
 
 def _validation_loss(examples: list[dict], pad_id: int, batch_size: int, loss_of) -> float:

@@ -50,3 +50,33 @@ def test_tiny_pair_trains(root, pair):
         assert (run_dir / "model/adapter/adapter_config.json").is_file()
     else:
         assert len(changed) > len(init) // 2
+
+
+def test_selection_by_validation_rouge_keeps_the_best_step(root):
+    pair = FAMILIES[0]
+    spec = yaml.safe_load((root / f"config/pairs/{pair}.yaml").read_text())
+    spec["teacher"].pop("sft", None)
+    spec["training"].update(steps=9, micro_batch_size=4, log_every=100, checkpoint_every=0, select="valid_rougeL",
+                            select_every=3, select_examples=4, sample_max_new_tokens=8)
+    (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
+    (root / "grid.yaml").write_text(yaml.safe_dump(
+        yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [pair], "methods": ["sft"]}))
+    for role in ("teacher", "student"):
+        init = root / f"results/models/{pair}/{role}-init"
+        if not init.exists():
+            assert run_cli("kdbench", "init-model", "--pair", f"config/pairs/{pair}.yaml", "--role", role,
+                           "--tokenizer", "results/tokenizer", "--out", str(init), cwd=root).returncode == 0
+    run_dir = root / f"results/runs/{pair}/sft/seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.yaml").write_text(run_cli("kdbench", "resolve", "grid.yaml", pair, "sft", "1", cwd=root).stdout)
+    done = run_cli("kdbench", "train", str(run_dir / "run.yaml"), "--threads", "1", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = [m for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "valid_rougeL" in m]
+    assert [m["step"] for m in scored] == [2, 5, 8]
+    best = max(scored, key=lambda m: m["valid_rougeL"])
+    selected = json.loads((run_dir / "provenance.json").read_text())["selected"]
+    assert selected["rule"] == "valid_rougeL" and selected["step"] == best["step"] + 1
+    assert selected["valid_rougeL"] == best["valid_rougeL"]
+    kept = load_file(run_dir / "best_trainable.safetensors")
+    saved = load_file(run_dir / "model/model.safetensors")
+    assert all((saved[k] == kept[k]).all() for k in saved if k in kept)

@@ -109,3 +109,13 @@ def test_distillm_starts_from_the_sft_run(tiny, repo):
     gkd = g.resolve_run(PAIR, "gkd+adakd", 2)["method"]
     assert gkd["source"] == "on_policy_mixed" and gkd["divergence"]["hp"] == {"lam": 0.9}
     assert [p["key"] for p in gkd["policies"]] == ["adakd"]
+
+
+def test_every_training_default_is_a_documented_pair_key(repo):
+    from kdbench.config import TRAINING_DEFAULTS, load_yaml, schema_path
+
+    schema = load_yaml(schema_path(repo, "pair"))
+    allowed = set(schema["$defs"]["training"]["properties"])
+    assert set(TRAINING_DEFAULTS) <= allowed
+    readme = (repo / "config/README.md").read_text()
+    assert [k for k in allowed if f"`training.{k}`" not in readme and f"`{k}`" not in readme] == []
