@@ -802,3 +802,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.claims_csv:
             write_text(args.claims_csv, claims.to_csv(index=False))
     return 0
+
+
+def combine_main(argv: list[str] | None = None) -> int:
+    """`kdbench combine-tables`: per-pair tables → one Markdown file (a section per pair) and one
+    CSV with a `pair` column."""
+    parser = argparse.ArgumentParser(prog="kdbench combine-tables", description=combine_main.__doc__)
+    parser.add_argument("--md", type=Path, nargs="+", required=True, help="per-pair tables/<pair>/main.md")
+    parser.add_argument("--csv", type=Path, nargs="+", required=True, help="per-pair tables/<pair>/main.csv")
+    parser.add_argument("--out-md", type=Path, required=True)
+    parser.add_argument("--out-csv", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if len(args.md) != len(args.csv):
+        raise KDBenchError("combine-tables: give one --csv per --md, in the same pair order")
+    sections = [f"## {md.parent.name}\n\n{md.read_text().strip()}\n" for md in args.md]
+    write_text(args.out_md, "\n".join(sections) if len(sections) > 1 else args.md[0].read_text())
+    frames = [pd.read_csv(csv).assign(pair=csv.parent.name) for csv in args.csv]
+    write_text(args.out_csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
+    return 0

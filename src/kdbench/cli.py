@@ -16,6 +16,8 @@ COMMANDS = {
     "train": ("kdbench.train", "train one resolved run: kdbench train results/runs/.../run.yaml"),
     "evaluate": ("kdbench.evaluate", "generate and score one model on one eval set over decoding seeds"),
     "aggregate": ("kdbench.aggregate", "build the results tables from evaluation results"),
+    "plots": ("kdbench.plots", "LATF ratio, temperature and training-curve plots; ours vs published bars"),
+    "combine-tables": ("kdbench.aggregate", "stack per-pair tables into results/tables/main.md and main.csv"),
     "lm-eval": ("kdbench.lmeval", "run lm-eval tasks (evaluation/tasks or the library's own) on a model"),
     "prepare-eval": ("kdbench.evalsets", "convert a real eval set (raw or MiniLLM jsonl) into a kdbench eval jsonl"),
 }
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    entry = getattr(module, "resolve_main" if name == "resolve" else "main")
+    entry = getattr(module, {"resolve": "resolve_main", "combine-tables": "combine_main"}.get(name, "main"))
     try:
         return entry(rest) or 0
     except KDBenchError as exc:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance
 from kdbench.checkpoints import Checkpoints
+from kdbench.config import TRAINING_DEFAULTS
 from kdbench.errors import KDBenchError
 from kdbench.gpus import claim, gpu_count
 from kdbench.policies import Composed
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(run, dict) or not {"run", "training", "method"} <= set(run):
         raise KDBenchError(f"{args.run_yaml}: not a resolved run config (needs keys run, training, method); "
                            "write it with `kdbench resolve <config> <pair> <method> <seed>`.")
+    run["training"] = {**TRAINING_DEFAULTS, **run["training"]}  # a run.yaml written by an older kdbench
     n_gpus, total = run["training"]["gpus"], gpu_count()
     if "RANK" in os.environ or total == 0:  # started by the DeepSpeed launcher, or a CPU machine
         train(run)

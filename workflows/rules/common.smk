@@ -1,6 +1,7 @@
 # Config validation (before any job), the run table, and input functions.
 import os
 import sys
+from pathlib import Path
 
 from kdbench.config import Grid
 from kdbench.errors import KDBenchError
@@ -16,7 +17,12 @@ RES = GRID.results
 GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --resources gpu=<GPUs on the node>
 CFG = GRID.config
 ENV = "../envs/kdbench.yaml"
-TABLES = [f"{RES}/tables/main.md", f"{RES}/tables/main.csv"]
+REFERENCE_CSVS = sorted(str(p) for p in Path(workflow.basedir, "evaluation/reference").glob("*.csv"))
+TABLES = [f"{RES}/tables/main.md", f"{RES}/tables/main.csv"] + [
+    f"{RES}/{kind}/{pair}/{name}"
+    for pair in CFG["pairs"]
+    for kind, name in (("tables", "significance.md"), ("tables", "claims.md"), ("plots", "latf_ratio.png"))
+]
 
 
 wildcard_constraints:
@@ -56,14 +62,25 @@ def eval_model(w):
     return f"{run_dir(w)}/model"
 
 
-def eval_results(w=None):
-    """Every evaluation result the tables need: the teacher row and each grid cell, on each set."""
+def eval_results(w=None, pair=None, predictions=False):
+    """Every evaluation result the tables need (of one pair, or all): the teacher row and each grid
+    cell, on each set; or the per-sample predictions beside them."""
     cells = [(p, "teacher", GRID.teacher_seed(p)) for p in CFG["pairs"]] + GRID.runs()
+    suffix = "predictions.jsonl" if predictions else "json"
     return [
-        f"{RES}/evals/{p}/{m}/seed{s}/{name}.json"
+        f"{RES}/evals/{p}/{m}/seed{s}/{name}.{suffix}"
         for p, m, s in cells
+        if pair is None or p == pair
         for name in CFG["sets"]
     ]
+
+
+def reference_args(w):
+    """`--reference ... --reference-table T --family F` when the pair names a published table."""
+    ref = GRID.pairs[w.pair].get("reference")
+    if not ref:
+        return ""
+    return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {ref['table']} --family {ref['family']}"
 
 
 def lm_eval_results(w=None):
