@@ -88,6 +88,7 @@ class Grid:
         check_schema(config, schema, where)
         self.config = _fill_defaults(config, schema)
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
+        self.data_files = self._check_data()
         self.pairs = {name: self._load_pair(name) for name in self.config["pairs"]}
         self.methods: dict[str, dict] = {}
         for label in self.config["methods"]:
@@ -95,6 +96,26 @@ class Grid:
         for label in self.config["methods"]:
             if self.config["methods"].count(label) > 1:
                 raise KDBenchError(f"{where}: key 'methods': label '{label}' is listed twice.")
+
+    def _check_data(self) -> dict[str, str]:
+        """Where train/valid and each eval set live; with `source: files`, each file is read and
+        checked now (file and line of the first bad record), before any job starts."""
+        data, res = self.config["data"], self.config["results"]
+        if data["source"] == "generated":
+            return {"train": f"{res}/data/train.jsonl", "valid": f"{res}/data/valid.jsonl",
+                    **{name: f"{res}/data/eval/{name}.jsonl" for name in self.config["sets"]}}
+        from kdbench.jsonl import read_jsonl
+
+        files = {"train": data.get("train"), "valid": data.get("valid"), **data.get("sets", {})}
+        for name in ("train", "valid", *self.config["sets"]):
+            if not files.get(name):
+                key = f"data.sets.{name}" if name not in ("train", "valid") else f"data.{name}"
+                raise KDBenchError(f"{self.where}: key '{key}' is required with data.source 'files'.")
+            try:
+                read_jsonl(self.workdir / files[name])
+            except KDBenchError as exc:
+                raise KDBenchError(f"{self.where}: key 'data' ({name}): {exc}") from exc
+        return files
 
     @property
     def results(self) -> str:
@@ -216,7 +237,7 @@ class Grid:
             "lora": spec[role].get("lora"),
             "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
             "tokenizer": tokenizer,
-            "data": {"train": f"{res}/data/train.jsonl", "valid": f"{res}/data/valid.jsonl"},
+            "data": {"train": self.data_files["train"], "valid": self.data_files["valid"]},
             "method": method,
             "training": training,
             "deepspeed": load_yaml(ds_file) if ds_file.suffix in {".yaml", ".yml"} else _load_json(ds_file),

@@ -119,3 +119,19 @@ def test_every_training_default_is_a_documented_pair_key(repo):
     assert set(TRAINING_DEFAULTS) <= allowed
     readme = (repo / "config/README.md").read_text()
     assert [k for k in allowed if f"`training.{k}`" not in readme and f"`{k}`" not in readme] == []
+
+
+def test_data_files_are_checked_before_any_job(tiny, repo, tmp_path):
+    good = '{"instruction": "Sort: b a", "input": "", "output": "a b"}\n'
+    for name in ("train", "valid", "dolly"):
+        (tmp_path / f"{name}.jsonl").write_text(good * 3)
+    data = {"source": "files", "train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "valid.jsonl"),
+            "sets": {"dolly": str(tmp_path / "dolly.jsonl")}}
+    g = grid({**tiny, "sets": ["dolly"], "data": data}, repo)
+    assert g.resolve_run(PAIR, "fkl", 1)["data"]["train"] == str(tmp_path / "train.jsonl")
+    assert g.data_files["dolly"] == str(tmp_path / "dolly.jsonl")
+    (tmp_path / "dolly.jsonl").write_text(good + '{"instruction": "x", "output": \n')
+    with pytest.raises(KDBenchError, match=r"key 'data' \(dolly\): .*dolly.jsonl, line 2"):
+        grid({**tiny, "sets": ["dolly"], "data": data}, repo)
+    with pytest.raises(KDBenchError, match=r"key 'data.sets.sni' is required"):
+        grid({**tiny, "sets": ["dolly", "sni"], "data": data}, repo)

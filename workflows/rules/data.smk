@@ -20,7 +20,7 @@ rule data:
 
 rule tokenizer:
     input:
-        f"{RES}/data/train.jsonl",
+        GRID.data_files["train"],
     output:
         directory(f"{RES}/tokenizer"),
     params:

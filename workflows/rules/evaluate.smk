@@ -4,7 +4,7 @@
 rule evaluate:
     input:
         model=eval_model,
-        data=f"{RES}/data/eval/{{set}}.jsonl",
+        data=lambda w: GRID.data_files[w.set],
     output:
         result=f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.json",
         predictions=f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.predictions.jsonl",
