@@ -133,5 +133,6 @@ def test_data_files_are_checked_before_any_job(tiny, repo, tmp_path):
     (tmp_path / "dolly.jsonl").write_text(good + '{"instruction": "x", "output": \n')
     with pytest.raises(KDBenchError, match=r"key 'data' \(dolly\): .*dolly.jsonl, line 2"):
         grid({**tiny, "sets": ["dolly"], "data": data}, repo)
+    (tmp_path / "dolly.jsonl").write_text(good)
     with pytest.raises(KDBenchError, match=r"key 'data.sets.sni' is required"):
         grid({**tiny, "sets": ["dolly", "sni"], "data": data}, repo)
