@@ -15,6 +15,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,6 +122,7 @@ def train(run: dict) -> None:
                  "gradient_accumulation_steps": tr["gradient_accumulation_steps"], "gradient_clipping": tr["grad_clip"],
                  "bf16": {"enabled": tr["bf16"]}}
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    engine.train()  # from_pretrained returns eval mode: dropout must be on for training
     world = engine.world_size
     if teacher is not None:
         teacher.to(engine.device)
@@ -172,6 +174,7 @@ def train(run: dict) -> None:
                      initial=state["step"], total=tr["steps"], mininterval=5):
         if step == fault_step:
             os.kill(os.getpid(), signal.SIGKILL)
+        lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
         micro = [collate(source.next(step), tokenizer.pad_token_id) for _ in range(tr["gradient_accumulation_steps"])]
         n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
         kd_weighted, ce_sum, n_selected, temps = 0.0, 0.0, 0, []
@@ -200,7 +203,7 @@ def train(run: dict) -> None:
         if selector is not None and ((step + 1) % tr["select_every"] == 0 or step == tr["steps"] - 1):
             valid_rouge = selector.score(engine.module.lm, step + 1)
         if step % tr["log_every"] == 0 or step == tr["steps"] - 1 or valid_rouge is not None:
-            record = _metrics_record(step, engine, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
+            record = _metrics_record(step, lr, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
                                      temps, tokens_here / (time.perf_counter() - start))
             if valid_rouge is not None:
                 record["valid_rougeL"] = valid_rouge
@@ -223,6 +226,8 @@ def train(run: dict) -> None:
         tokenizer.save_pretrained(tmp)
         if len(engine.module.extras):
             save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")
+        if (out / "model").exists():  # a rerun by hand into a finished run directory
+            shutil.rmtree(out / "model")
         os.replace(tmp, out / "model")
         atomic.write_json(out / "provenance.json", provenance.collect(
             Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
@@ -231,9 +236,9 @@ def train(run: dict) -> None:
             selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
 
 
-def _metrics_record(step, engine, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
+def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
     record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
-              "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": engine.get_lr()[0],
+              "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": lr,
               "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
     if policy is not None and policy.ratio is not None:
         record["latf_ratio"] = policy.ratio

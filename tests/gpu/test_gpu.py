@@ -1,0 +1,187 @@
+"""Checks that need a CUDA GPU (skipped elsewhere; select with `pytest -m gpu`).
+
+- DeepSpeed ZeRO-2 with bf16 trains the tiny GPT-2 pair through `kdbench train` on cuda.
+- Gradient accumulation does not change the step under ZeRO-2 on cuda: micro-batch 8 × accumulation
+  1 and micro-batch 1 × accumulation 8 give the same weights (fp32). As in
+  tests/smoke/test_accumulation.py (the CPU / ZeRO 0 counterpart, which explains the design), once
+  with SGD swapped in for AdamW (the update is the gradient itself: catches scale and token
+  weighting errors) and once with the real AdamW (compared where its first step is not eps-dominated).
+- The chunked hidden-state loss on cuda equals the full-logits loss, values and gradients, at a
+  32k vocabulary with padded head rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli, workflow_copy
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+PAIR = "gpt2-gpu-s_from_gpt2-gpu-t"
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+SGD_TRAIN = ("import sys, torch, yaml; torch.optim.AdamW = torch.optim.SGD; "
+             "from kdbench.train import train; train(yaml.safe_load(open(sys.argv[1])))")
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """Data, tokenizer and both init models of the tiny pair (dropout off), and its resolved fkl run
+    on ZeRO-2 (fp32; the tests switch bf16 on where they need it)."""
+    root = workflow_copy(tmp_path_factory.mktemp("gpu"))
+    pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
+    del pair["teacher"]["sft"]  # the random teacher is enough to distil from
+    for role in ("teacher", "student"):
+        pair[role]["config"].update(NO_DROPOUT)
+    pair["training"].update(steps=1, checkpoint_every=0, log_every=1, deepspeed="config/deepspeed/zero2.json")
+    (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
+    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [PAIR], "methods": ["fkl"]}
+    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    for cmd in (["data", "--out", "results/data", "--n-train", "32", "--n-valid", "4", "--n-eval", "4"],
+                ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],
+                *[["init-model", "--pair", f"config/pairs/{PAIR}.yaml", "--role", role, "--tokenizer",
+                   "results/tokenizer", "--out", f"results/models/{PAIR}/{role}-init"] for role in ("teacher", "student")]):
+        done = run_cli("kdbench", *cmd, cwd=root)
+        assert done.returncode == 0, done.stderr[-2000:]
+    resolved = run_cli("kdbench", "resolve", "grid.yaml", PAIR, "fkl", "1", cwd=root)
+    assert resolved.returncode == 0, resolved.stderr
+    run = yaml.safe_load(resolved.stdout)
+    assert run["method"]["divergence"]["key"] == "fkl" and run["deepspeed"]["zero_optimization"]["stage"] == 2
+    start = load_file(root / run["student"] / "model.safetensors")
+    return root, run, start
+
+
+def train_variant(root, run: dict, name: str, *, sgd: bool = False, deepspeed: dict | None = None, **training):
+    """Train a copy of `run` under results/gpu/<name>; (completed process, run dir)."""
+    run = copy.deepcopy(run)
+    run["run"]["dir"] = f"results/gpu/{name}"
+    run["training"].update(training)
+    run["deepspeed"].update(deepspeed or {})
+    if sgd:  # DeepSpeed's ZeRO refuses optimizers it has not tested unless told otherwise
+        run["deepspeed"]["zero_allow_untested_optimizer"] = True
+    path = root / f"results/gpu/{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(run))
+    rel = str(path.relative_to(root))
+    done = run_cli(*([sys.executable, "-c", SGD_TRAIN, rel] if sgd else ["kdbench", "train", rel]), cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done, root / run["run"]["dir"]
+
+
+def records(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def max_abs(a: dict, b: dict) -> tuple[str, float]:
+    diffs = {k: (a[k].float() - b[k].float()).abs().max().item() for k in a}
+    worst = max(diffs, key=diffs.get)
+    return worst, diffs[worst]
+
+
+def test_zero2_bf16_trains_on_cuda(prepared):
+    root, run, start = prepared
+    # `training.bf16` is what train.py passes to DeepSpeed (it overrides a `bf16` key of the DeepSpeed
+    # config); set both, as a hand-written run.yaml would.
+    _, run_dir = train_variant(root, run, "zero2-bf16", steps=2, micro_batch_size=4, bf16=True,
+                               deepspeed={"bf16": {"enabled": True}})
+    recs = records(run_dir)
+    assert [r["step"] for r in recs] == [0, 1]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and r["tokens"] > 0 for r in recs)
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["device"]["device"].startswith("cuda")
+    weights = load_file(run_dir / "model/model.safetensors")
+    assert weights.keys() == start.keys()
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+    _, moved = max_abs(weights, {k: w.to(weights[k].dtype) for k, w in start.items()})  # bf16 student: rounded start
+    assert moved > 1e-4
+
+
+def test_accumulation_gives_the_same_gradient_step_on_cuda(prepared):
+    root, run, start = prepared
+    sgd = {"sgd": True, "lr": 1.0, "weight_decay": 0.0, "bf16": False}
+    _, whole = train_variant(root, run, "sgd-mb8xga1", micro_batch_size=8, gradient_accumulation_steps=1, **sgd)
+    _, accumulated = train_variant(root, run, "sgd-mb1xga8", micro_batch_size=1, gradient_accumulation_steps=8, **sgd)
+    assert records(whole)[0]["tokens"] == records(accumulated)[0]["tokens"]
+    whole, accumulated = (load_file(d / "model/model.safetensors") for d in (whole, accumulated))
+    _, moved = max_abs(whole, start)
+    assert moved > 1e-3, f"the step moved the weights by only {moved:.3g}; the comparison would be vacuous"
+    worst, diff = max_abs(whole, accumulated)
+    assert diff <= 1e-5, f"{worst}: max |Δ| {diff:.3g} between the two micro-batchings (step size {moved:.3g})"
+
+
+def test_accumulation_gives_the_same_adamw_step_on_cuda(prepared):
+    root, run, start = prepared
+    tr = run["training"]
+    assert tr["grad_clip"] > 0 and int(tr["warmup_ratio"] * tr["steps"]) == 0  # the step runs at the full lr
+    _, whole = train_variant(root, run, "adamw-mb8xga1", micro_batch_size=8, gradient_accumulation_steps=1, bf16=False)
+    _, accumulated = train_variant(root, run, "adamw-mb1xga8", micro_batch_size=1, gradient_accumulation_steps=8,
+                                   bf16=False)
+    whole, accumulated = (load_file(d / "model/model.safetensors") for d in (whole, accumulated))
+    lr, decay = tr["lr"], tr["weight_decay"]
+    forgiven, total = 0, 0
+    for k, w0 in start.items():
+        # AdamW's first step: w1 = w0·(1 − lr·wd) − lr·g/(|g| + eps); |g| > 9·eps ⇔ |normalised step| > 0.9.
+        steps = [(w0 * (1 - lr * decay) - w[k]) / lr for w in (whole, accumulated)]
+        determined = (steps[0].abs() > 0.9) | (steps[1].abs() > 0.9)
+        diff = (whole[k] - accumulated[k]).abs()
+        assert not (determined & (diff > 1e-5)).any(), f"{k}: max |Δ| {diff[determined].max().item():.3g}"
+        forgiven += int(((diff > 1e-5) & ~determined).sum())
+        total += w0.numel()
+    assert forgiven <= 1e-4 * total, f"{forgiven} of {total} eps-dominated weights differ by more than 1e-5"
+
+
+@pytest.mark.parametrize("policy_key", [None, "adakd"])
+def test_chunked_hidden_state_loss_equals_full_logits_on_cuda(plugins, policy_key):
+    """`objective` from hidden states + heads, chunked (the training path) vs from full logits, on cuda;
+    the full-logits loss on cuda also matches the same computation on the CPU."""
+    from kdbench.losses import IGNORE, count_valid, objective
+    from kdbench.policies import Composed
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    vocab, rows, d_s, d_t, batch, length = 32_000, 32_064, 256, 384, 2, 640  # head rows padded past the vocab
+    g = torch.Generator().manual_seed(0)
+    h_s = torch.randn(batch, length, d_s, generator=g)
+    h_t = torch.randn(batch, length, d_t, generator=g)
+    w_s = torch.randn(rows, d_s, generator=g) / d_s**0.5
+    w_t = torch.randn(rows, d_t, generator=g) / d_t**0.5
+    labels = torch.randint(0, vocab, (batch, length), generator=g)
+    labels[:, :100] = IGNORE  # prompt
+    labels[1, 500:] = IGNORE  # right padding
+    n = count_valid(labels)
+    fkl = plugins["fkl"].obj
+
+    def run(device, chunked):
+        policy = None
+        if policy_key:
+            policy = Composed([plugins[policy_key].instantiate({}, total_steps=10, student_dim=d_s, teacher_dim=d_t)])
+            for module in policy.modules():
+                module.to(device)
+        hs = h_s.to(device).requires_grad_(True)
+        ws = w_s.to(device).requires_grad_(True)
+        ht, wt, y = h_t.to(device), w_t.to(device), labels.to(device)
+        common = {"vocab_size": vocab, "kd_ratio": 0.7, "n_global": n, "divergence": fkl, "policy": policy,
+                  "progress": 0.3}
+        if chunked:
+            parts = objective(hs, ht, y, student_head=lambda h: h @ ws.T, teacher_head=lambda h: h @ wt.T,
+                              chunk_size=256, **common)
+        else:
+            parts = objective(hs @ ws.T, ht @ wt.T, y, **common)
+        parts.loss.backward()
+        return parts, hs.grad.cpu(), ws.grad.cpu()
+
+    chunked, full, cpu = run("cuda", True), run("cuda", False), run("cpu", False)
+    for other in (full, cpu):
+        assert chunked[0].loss.item() == pytest.approx(other[0].loss.item(), rel=1e-5)
+        assert chunked[0].ce_sum == pytest.approx(other[0].ce_sum, rel=1e-5)
+        assert chunked[0].kd_mean == pytest.approx(other[0].kd_mean, rel=1e-5)
+        assert chunked[0].n_selected == other[0].n_selected
+        for mine, theirs in zip(chunked[1:], other[1:]):  # grads of h_s, W_s
+            torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
