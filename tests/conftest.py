@@ -42,6 +42,31 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
+def prepare_run(root: Path, pair: str, label: str, edit_pair, n_train: int = 60) -> dict:
+    """One tiny run ready to train, made with the `kdbench` CLI as a user would: the default GPT-2
+    pair edited by `edit_pair(spec)` and saved as `pair`, generated data, tokenizer, both initial
+    models, and `results/runs/{pair}/{label}/seed1/run.yaml`. Returns the resolved run."""
+    import yaml
+
+    spec = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
+    edit_pair(spec)
+    (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
+    grid = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [pair], "methods": [label]}
+    (root / "grid.yaml").write_text(yaml.safe_dump(grid))
+    for cmd in (["data", "--out", "results/data", "--n-train", str(n_train), "--n-valid", "5", "--n-eval", "5"],
+                ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],
+                *[["init-model", "--pair", f"config/pairs/{pair}.yaml", "--role", role, "--tokenizer",
+                   "results/tokenizer", "--out", f"results/models/{pair}/{role}-init"] for role in ("teacher", "student")]):
+        done = run_cli("kdbench", *cmd, cwd=root)
+        assert done.returncode == 0, done.stderr[-2000:]
+    resolved = run_cli("kdbench", "resolve", "grid.yaml", pair, label, "1", cwd=root)
+    assert resolved.returncode == 0, resolved.stderr
+    run_dir = root / f"results/runs/{pair}/{label}/seed1"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "run.yaml").write_text(resolved.stdout)
+    return yaml.safe_load(resolved.stdout)
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from kdbench.errors import KDBenchError
-from kdbench.jsonl import write_jsonl_atomic
+from kdbench.jsonl import json_lines, write_jsonl_atomic
 
 SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 FORMATS = ("raw", "minillm")
@@ -133,31 +133,10 @@ _NO_REFERENCE = (
 def read_jsonl_records(path: Path) -> Iterator[Record]:
     """Yield ``("file, line N", object)`` for every non-blank line of a jsonl file; a line that is not
     UTF-8, not JSON or not a JSON object is a `KDBenchError` naming the file and line."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise KDBenchError(f"{path}: cannot be read ({exc.strerror}); pass an existing jsonl file.") from None
-    found = False
-    for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
-        where = f"{path}, line {lineno}"
-        try:
-            line = line_bytes.decode("utf-8-sig" if lineno == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            raise KDBenchError(
-                f"{where}: byte {exc.start + 1} is not valid UTF-8; re-save the file as UTF-8."
-            ) from None
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise KDBenchError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}).") from None
+    for where, value in json_lines(path):
         if not isinstance(value, dict):
             raise KDBenchError(f"{where}: expected one JSON object per line, found {type(value).__name__}.")
-        found = True
         yield where, value
-    if not found:
-        raise KDBenchError(f"{path}: the file has no records.")
 
 
 def _read_sni_tasks(path: Path) -> Iterator[Record]:

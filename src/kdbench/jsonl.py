@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,15 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     records, bytes that are not UTF-8, a line that is not valid JSON or not an object, and a record
     whose ``instruction``/``input``/``output`` is missing or has the wrong type.
     """
+    return [_check_record(record, where) for where, record in json_lines(path, hint=_FORMAT_HINT)]
+
+
+def json_lines(path: str | os.PathLike[str], hint: str = "") -> Iterator[tuple[str, Any]]:
+    """Yield ``("file, line N", value)`` for every non-blank line of a jsonl file. A missing or
+    unreadable file, a file with no records, and a line that is not UTF-8 or not JSON are a
+    `KDBenchError` naming the file and line (`hint` is appended: what a line should look like)."""
     path = Path(path)
+    suffix = f"; {hint}" if hint else ""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -43,8 +51,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         ) from None
     except OSError as exc:
         raise KDBenchError(f"{path}: cannot be read ({exc.strerror}); check that it is a readable file.") from None
-
-    records: list[dict[str, Any]] = []
+    found = False
     for lineno, line_bytes in enumerate(raw.split(b"\n"), start=1):
         where = f"{path}, line {lineno}"
         try:
@@ -56,14 +63,13 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise KDBenchError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); {_FORMAT_HINT}.") from None
-        records.append(_check_record(record, where))
-
-    if not records:
-        raise KDBenchError(f"{path}: the file has no records; {_FORMAT_HINT}.")
-    return records
+            raise KDBenchError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}){suffix}.") from None
+        found = True
+        yield where, value
+    if not found:
+        raise KDBenchError(f"{path}: the file has no records{suffix}.")
 
 
 def _check_record(record: Any, where: str) -> dict[str, Any]:

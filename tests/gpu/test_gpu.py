@@ -22,7 +22,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, workflow_copy
+from tests.conftest import prepare_run, run_cli, workflow_copy
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -37,23 +37,13 @@ def prepared(tmp_path_factory):
     """Data, tokenizer and both init models of the tiny pair (dropout off), and its resolved fkl run
     on ZeRO-2 (fp32; the tests switch bf16 on where they need it)."""
     root = workflow_copy(tmp_path_factory.mktemp("gpu"))
-    pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
-    del pair["teacher"]["sft"]  # the random teacher is enough to distil from
-    for role in ("teacher", "student"):
-        pair[role]["config"].update(NO_DROPOUT)
-    pair["training"].update(steps=1, checkpoint_every=0, log_every=1, deepspeed="config/deepspeed/zero2.json")
-    (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
-    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [PAIR], "methods": ["fkl"]}
-    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
-    for cmd in (["data", "--out", "results/data", "--n-train", "32", "--n-valid", "4", "--n-eval", "4"],
-                ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],
-                *[["init-model", "--pair", f"config/pairs/{PAIR}.yaml", "--role", role, "--tokenizer",
-                   "results/tokenizer", "--out", f"results/models/{PAIR}/{role}-init"] for role in ("teacher", "student")]):
-        done = run_cli("kdbench", *cmd, cwd=root)
-        assert done.returncode == 0, done.stderr[-2000:]
-    resolved = run_cli("kdbench", "resolve", "grid.yaml", PAIR, "fkl", "1", cwd=root)
-    assert resolved.returncode == 0, resolved.stderr
-    run = yaml.safe_load(resolved.stdout)
+
+    def edit(pair):
+        del pair["teacher"]["sft"]  # the random teacher is enough to distil from
+        for role in ("teacher", "student"):
+            pair[role]["config"].update(NO_DROPOUT)
+        pair["training"].update(steps=1, checkpoint_every=0, log_every=1, deepspeed="config/deepspeed/zero2.json")
+    run = prepare_run(root, PAIR, "fkl", edit, n_train=32)
     assert run["method"]["divergence"]["key"] == "fkl" and run["deepspeed"]["zero_optimization"]["stage"] == 2
     start = load_file(root / run["student"] / "model.safetensors")
     return root, run, start

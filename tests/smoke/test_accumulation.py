@@ -31,7 +31,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, workflow_copy
+from tests.conftest import prepare_run, run_cli, workflow_copy
 
 PAIR = "gpt2-accum-s_from_gpt2-accum-t"
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
@@ -44,23 +44,13 @@ SGD_TRAIN = ("import sys, torch, yaml; torch.optim.AdamW = torch.optim.SGD; torc
 def prepared(tmp_path_factory):
     """A workflow copy with data, tokenizer, both init models, and the resolved fkl run (1 step)."""
     root = workflow_copy(tmp_path_factory.mktemp("accum"))
-    pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
-    del pair["teacher"]["sft"]  # the random teacher is enough to distil from
-    for role in ("teacher", "student"):
-        pair[role]["config"].update(NO_DROPOUT)
-    pair["training"].update(steps=1, checkpoint_every=0, log_every=1)
-    (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
-    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [PAIR], "methods": ["fkl"]}
-    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
-    for cmd in (["data", "--out", "results/data", "--n-train", "16", "--n-valid", "4", "--n-eval", "4"],
-                ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],
-                *[["init-model", "--pair", f"config/pairs/{PAIR}.yaml", "--role", role, "--tokenizer",
-                   "results/tokenizer", "--out", f"results/models/{PAIR}/{role}-init"] for role in ("teacher", "student")]):
-        done = run_cli("kdbench", *cmd, cwd=root)
-        assert done.returncode == 0, done.stderr[-2000:]
-    resolved = run_cli("kdbench", "resolve", "grid.yaml", PAIR, "fkl", "1", cwd=root)
-    assert resolved.returncode == 0, resolved.stderr
-    run = yaml.safe_load(resolved.stdout)
+
+    def edit(pair):
+        del pair["teacher"]["sft"]  # the random teacher is enough to distil from
+        for role in ("teacher", "student"):
+            pair[role]["config"].update(NO_DROPOUT)
+        pair["training"].update(steps=1, checkpoint_every=0, log_every=1)
+    run = prepare_run(root, PAIR, "fkl", edit, n_train=16)
     assert run["method"]["divergence"]["key"] == "fkl" and run["deepspeed"]["zero_optimization"]["stage"] == 0
     start = load_file(root / run["student"] / "model.safetensors")
     return root, run, start

@@ -6,10 +6,9 @@ import shutil
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, workflow_copy
+from tests.conftest import prepare_run, run_cli, workflow_copy
 
 PAIR = "gpt2-resume-s_from_gpt2-resume-t"
 RUN = f"results/runs/{PAIR}/fkl+adakd/seed1"
@@ -18,22 +17,11 @@ RUN = f"results/runs/{PAIR}/fkl+adakd/seed1"
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     root = workflow_copy(tmp_path_factory.mktemp("resume"))
-    pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
-    del pair["teacher"]["sft"]  # the random teacher is enough to distil from
-    pair["training"].update(steps=24, micro_batch_size=4, checkpoint_every=5, keep_checkpoints=2, log_every=1)
-    (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
-    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [PAIR], "methods": ["fkl+adakd"]}
-    (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
-    for cmd in (["data", "--out", "results/data", "--n-train", "60", "--n-valid", "5", "--n-eval", "5"],
-                ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],
-                *[["init-model", "--pair", f"config/pairs/{PAIR}.yaml", "--role", role, "--tokenizer",
-                   "results/tokenizer", "--out", f"results/models/{PAIR}/{role}-init"] for role in ("teacher", "student")]):
-        done = run_cli("kdbench", *cmd, cwd=root)
-        assert done.returncode == 0, done.stderr[-2000:]
-    resolved = run_cli("kdbench", "resolve", "grid.yaml", PAIR, "fkl+adakd", "1", cwd=root)
-    assert resolved.returncode == 0, resolved.stderr
-    (root / RUN).mkdir(parents=True)
-    (root / RUN / "run.yaml").write_text(resolved.stdout)
+
+    def edit(pair):
+        del pair["teacher"]["sft"]  # the random teacher is enough to distil from
+        pair["training"].update(steps=24, micro_batch_size=4, checkpoint_every=5, keep_checkpoints=2, log_every=1)
+    prepare_run(root, PAIR, "fkl+adakd", edit)
     return root
 
 

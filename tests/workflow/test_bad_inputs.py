@@ -1,0 +1,381 @@
+"""The bad-input catalogue: every way a user can get a grid wrong fails at `snakemake -n` (before any
+job), naming the problem and the file (and key or line), with no traceback. And two invocations on
+one results directory: the second is refused by Snakemake's lock while the first completes.
+
+Each catalogue case writes its own config file (and pair, data or model files) under `cases/<id>/`
+of one shared workflow copy, so the cases do not interfere. Wall times are printed (run with `-s`
+to see them); docs/RELIABILITY.md lists them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import BIN, run_cli, workflow_copy
+
+pytestmark = pytest.mark.workflow
+PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
+GOOD = {"instruction": "Copy the input.", "input": "a b", "output": "a b"}
+
+
+@pytest.fixture(scope="module")
+def wf(tmp_path_factory) -> Path:
+    root = workflow_copy(tmp_path_factory.mktemp("bad_inputs"))
+    (root / "cases").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Two tiny random GPT-2 directories whose tokenizers were trained apart (300 vs 400 tokens)."""
+    from transformers import AutoTokenizer
+
+    from kdbench.datagen import generate
+    from kdbench.models import build_random
+    from kdbench.tokenizer import train_tokenizer
+
+    base = tmp_path_factory.mktemp("models")
+    train = generate(base / "data", seed=0, n_train=200, n_valid=5, n_eval=5)["train"]
+    dirs = {}
+    for role, vocab in (("teacher", 400), ("student", 300)):
+        out = base / role
+        train_tokenizer([train], out, vocab_size=vocab)
+        tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+        build_random("gpt2", {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}, tok, 0).save_pretrained(out)
+        dirs[role] = out
+    return dirs
+
+
+def _pair(root: Path) -> dict:
+    return yaml.safe_load((root / "config/pairs" / f"{PAIR}.yaml").read_text())
+
+
+def _write_pair(root: Path, name: str, pair: dict | str) -> str:
+    text = pair if isinstance(pair, str) else yaml.safe_dump(pair)
+    (root / "config/pairs" / f"{name}.yaml").write_text(text)
+    return f"config/pairs/{name}.yaml"
+
+
+def _files_source(case: Path, broken: bytes | None = None) -> dict:
+    """`data.source: files` with a valid train/valid and a dolly file holding `broken` (if given)."""
+    import json
+
+    good = (json.dumps(GOOD) + "\n").encode()
+    for name in ("train", "valid", "dolly"):
+        (case / f"{name}.jsonl").write_bytes(good * 3)
+    if broken is not None:
+        (case / "dolly.jsonl").write_bytes(broken)
+    rel = case.name
+    return {"source": "files", "train": f"cases/{rel}/train.jsonl", "valid": f"cases/{rel}/valid.jsonl",
+            "sets": {"dolly": f"cases/{rel}/dolly.jsonl"}}
+
+
+# Each case: id → edit(cfg, ctx) that changes the grid config dict (and may write files) and returns
+# the message fragments expected; `{cfg}` in a fragment is the case's config file, `{case}` its folder.
+# ctx: root (workflow copy), case (its folder, cases/<id>), models (the two model directories).
+
+def c_unknown_top_key(cfg, ctx):
+    cfg["epochs"] = 3
+    return ["{cfg}", "key '(top level)'", "'epochs' was unexpected"]
+
+
+def c_unknown_nested_key(cfg, ctx):
+    cfg["evaluation"]["max_new_token"] = 8
+    return ["{cfg}", "key 'evaluation'", "'max_new_token' was unexpected", "allowed here:"]
+
+
+def c_wrong_type(cfg, ctx):
+    cfg["evaluation"]["batch_size"] = "big"
+    return ["{cfg}", "key 'evaluation.batch_size'", "'big' is not of type 'integer'"]
+
+
+def c_negative_seed(cfg, ctx):
+    cfg["seeds"] = [-1]
+    return ["{cfg}", "key 'seeds.0'", "-1 is less than the minimum of 0"]
+
+
+def c_unknown_set(cfg, ctx):
+    cfg["sets"] = ["alpaca"]
+    return ["{cfg}", "key 'sets.0'", "'alpaca' is not one of"]
+
+
+def c_unknown_data_source(cfg, ctx):
+    cfg["data"]["source"] = "hub"
+    return ["{cfg}", "key 'data.source'", "'hub' is not one of ['generated', 'files']"]
+
+
+def c_unknown_method_data_source(cfg, ctx):
+    cfg["method_defs"] = {"fkl-online": {"divergence": "fkl", "source": "online"}}
+    cfg["methods"] = ["fkl-online"]
+    return ["{cfg}", "key 'method_defs.fkl-online.source'", "'online' is not one of"]
+
+
+def c_duplicate_label(cfg, ctx):
+    cfg["methods"] = ["fkl", "rkl", "fkl"]
+    return ["{cfg}", "key 'methods'", "label 'fkl' is listed twice"]
+
+
+def c_unknown_method(cfg, ctx):
+    cfg["methods"] = ["fkl", "fkk"]
+    return ["{cfg}", "label 'fkk'", "unknown method 'fkk'. Known:"]
+
+
+def c_unknown_policy(cfg, ctx):
+    cfg["methods"] = ["fkl+adakdd"]
+    return ["{cfg}", "label 'fkl+adakdd'", "adakdd"]
+
+
+def c_reserved_label(cfg, ctx):
+    cfg["methods"] = ["teacher"]
+    return ["{cfg}", "label 'teacher'", "reserved for the teacher's row"]
+
+
+def c_unknown_pair(cfg, ctx):
+    cfg["pairs"] = ["gpt2-tyni-s_from_gpt2-tiny-t"]
+    return ["{cfg}", "key 'pairs'", "unknown pair 'gpt2-tyni-s_from_gpt2-tiny-t'", "Known pairs:"]
+
+
+def c_label_slash(cfg, ctx):
+    cfg["methods"] = ["fkl/../../etc"]
+    return ["{cfg}", "key 'methods.0'", "'fkl/../../etc' does not match"]
+
+
+def c_label_dotdot(cfg, ctx):
+    cfg["methods"] = [".."]
+    return ["{cfg}", "key 'methods.0'", "'..' does not match"]
+
+
+def c_label_semicolon(cfg, ctx):
+    cfg["methods"] = ["fkl;rm -rf ~"]
+    return ["{cfg}", "key 'methods.0'", "'fkl;rm -rf ~' does not match"]
+
+
+def c_label_subshell(cfg, ctx):
+    cfg["methods"] = ["fkl$(touch pwned)"]
+    return ["{cfg}", "key 'methods.0'", "does not match"]
+
+
+def c_pair_name_path(cfg, ctx):
+    cfg["pairs"] = ["../../etc/passwd"]
+    return ["{cfg}", "key 'pairs.0'", "'../../etc/passwd' does not match"]
+
+
+def c_method_def_label_shell(cfg, ctx):
+    cfg["method_defs"] = {"x`id`": {"divergence": "fkl"}}
+    return ["{cfg}", "key 'method_defs'", "'x`id`' does not match"]
+
+
+def c_unknown_hyperparameter(cfg, ctx):
+    cfg["method_defs"] = {"fkl-t2": {"divergence": "fkl", "hp": {"temprature": 2.0}}}
+    cfg["methods"] = ["fkl-t2"]
+    return ["{cfg}", "label 'fkl-t2'", "unknown hyper-parameter(s) temprature for divergence 'fkl'", "It accepts"]
+
+
+def c_policy_hp_out_of_range(cfg, ctx):
+    cfg["policy_defs"] = {"adakd-rmin": {"policy": "adakd", "hp": {"r_min": 1.5}}}
+    cfg["methods"] = ["fkl+adakd-rmin"]
+    return ["{cfg}", "label 'fkl+adakd-rmin'", "r_min = 1.5 is outside its range (0, 1]"]
+
+
+def c_kd_ratio_out_of_range(cfg, ctx):
+    cfg["method_defs"] = {"fkl-mix": {"divergence": "fkl", "kd_ratio": 1.5}}
+    cfg["methods"] = ["fkl-mix"]
+    return ["{cfg}", "key 'method_defs.fkl-mix.kd_ratio'", "1.5 is greater than the maximum of 1"]
+
+
+def c_unknown_source_hp(cfg, ctx):
+    cfg["method_defs"] = {"gkd-x": {"divergence": "js", "source": "on_policy_mixed", "source_hp": {"q": 0.5}}}
+    cfg["methods"] = ["gkd-x"]
+    return ["{cfg}", "label 'gkd-x'", "unknown source_hp q for data source 'on_policy_mixed'"]
+
+
+def c_pair_negative_lr(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["training"]["lr"] = -0.001
+    cfg["pairs"] = [name := "neg-lr_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'training.lr'", "-0.001 is less than or equal to the minimum of 0"]
+
+
+def c_pair_unknown_key(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["training"]["epochs"] = 3
+    cfg["pairs"] = [name := "epochs_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'training'", "'epochs' was unexpected"]
+
+
+def c_pair_malformed_yaml(cfg, ctx):
+    cfg["pairs"] = [name := "broken-yaml_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, "family: gpt2\nteacher: {init: random\nstudent: [\n")
+    return [file, "not valid YAML", "line 3"]
+
+
+def c_pair_missing_deepspeed(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["training"]["deepspeed"] = "config/deepspeed/zero9.json"
+    cfg["pairs"] = [name := "no-ds_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'training.deepspeed'", "zero9.json not found"]
+
+
+def c_data_missing_file(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"])
+    (ctx["case"] / "dolly.jsonl").unlink()
+    return ["{cfg}", "key 'data' (dolly)", "{case}/dolly.jsonl: file not found"]
+
+
+def c_data_key_missing(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"])
+    del cfg["data"]["sets"]
+    return ["{cfg}", "key 'data.sets.dolly' is required with data.source 'files'"]
+
+
+def c_data_empty_file(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"], b"")
+    return ["{cfg}", "{case}/dolly.jsonl: the file has no records"]
+
+
+def c_data_broken_line(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"], b'{"instruction": "a", "output": "b"}\n\n{"instruction": "a", "out\n')
+    return ["{cfg}", "{case}/dolly.jsonl, line 3: not valid JSON"]
+
+
+def c_data_missing_field(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"], b'{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
+    return ["{cfg}", "{case}/dolly.jsonl, line 2: the record has no \"output\" field"]
+
+
+def c_data_not_utf8(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"], b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n')
+    return ["{cfg}", "{case}/dolly.jsonl, line 2: byte 21 of the line is not valid UTF-8"]
+
+
+def c_model_missing_local_dir(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["teacher"] = {"init": "pretrained", "path": str(ctx["case"] / "no-such-model")}
+    cfg["pairs"] = [name := "missing-dir_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'teacher.path'", "no local model directory", "no-such-model"]
+
+
+def c_model_tokenizer_mismatch(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["teacher"] = {"init": "pretrained", "path": str(ctx["models"]["teacher"])}
+    pair["student"] = {"init": "pretrained", "path": str(ctx["models"]["student"])}
+    cfg["pairs"] = [name := "mismatch_from_local"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "the teacher and student tokenizers differ", "the student's 300"]
+
+
+CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}
+TIMES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_times():
+    yield
+    if TIMES:
+        print("\nsnakemake -n wall time per bad input (s):")
+        for name, seconds in TIMES.items():
+            print(f"  {name:<28} {seconds:5.2f}")
+
+
+def _dry_run(root: Path, *configfiles: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.perf_counter()
+    done = run_cli("snakemake", "-n", "--configfile", *configfiles, cwd=root, timeout=120)
+    return done, time.perf_counter() - start
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_fails_before_any_job(wf, model_dirs, name):
+    case = wf / "cases" / name
+    case.mkdir()
+    cfg = yaml.safe_load((wf / "config/tiny.yaml").read_text())
+    cfg.update(pairs=[PAIR], methods=["fkl"], sets=["dolly"])
+    expected = CASES[name](cfg, {"root": wf, "case": case, "models": model_dirs})
+    cfg_file = f"cases/{name}/config.yaml"
+    (wf / cfg_file).write_text(yaml.safe_dump(cfg))
+    done, seconds = _dry_run(wf, cfg_file)
+    TIMES[name] = seconds
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, out[-2000:]
+    assert "kdbench: config error:" in out, out[-2000:]
+    for fragment in expected:
+        assert fragment.format(cfg=cfg_file, case=f"cases/{name}") in out, (fragment, out[-2000:])
+    assert "Traceback" not in out, out[-3000:]
+    assert not (wf / "results").exists() and not (wf / "pwned").exists()
+
+
+def test_the_good_base_config_passes(wf):
+    """The catalogue's base config is valid: each case fails only because of its own edit."""
+    cfg = yaml.safe_load((wf / "config/tiny.yaml").read_text())
+    cfg.update(pairs=[PAIR], methods=["fkl"], sets=["dolly"])
+    (wf / "cases/good.yaml").write_text(yaml.safe_dump(cfg))
+    done, seconds = _dry_run(wf, "cases/good.yaml")
+    TIMES["(valid base config)"] = seconds
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_grid_config_file_errors(wf):
+    """The grid config file itself is parsed by Snakemake before the Snakefile runs, so kdbench cannot
+    reword that error: Snakemake refuses malformed YAML without a traceback but names neither file nor
+    line. `kdbench check` (the same checks as the workflow) names both, and covers the cases where
+    Snakemake prints a traceback (a config file that is missing or not UTF-8)."""
+    bad = wf / "cases/malformed.yaml"
+    bad.write_text("pairs: [a\nmethods: {\n")
+    done, seconds = _dry_run(wf, "cases/malformed.yaml")
+    TIMES["(grid config: malformed YAML)"] = seconds
+    out = done.stdout + done.stderr
+    assert done.returncode != 0 and "Config file is not valid JSON or YAML" in out and "Traceback" not in out
+    (wf / "cases/latin1.yaml").write_bytes(b"methods: [caf\xe9]\n")
+    for file, needle in (("cases/malformed.yaml", "not valid YAML"), ("cases/latin1.yaml", "not UTF-8 text"),
+                         ("cases/absent.yaml", "file not found")):
+        check = run_cli(str(BIN / "kdbench"), "check", file, cwd=wf)
+        assert check.returncode == 1 and f"{file}: {needle}" in check.stderr, check.stderr
+        assert "Traceback" not in check.stderr
+    check = run_cli(str(BIN / "kdbench"), "check", "cases/malformed.yaml", cwd=wf)
+    assert "line 2" in check.stderr
+
+
+# --- two invocations on one results directory ---------------------------------------------------------
+
+def test_second_invocation_is_refused_while_the_first_holds_the_directory(tmp_path):
+    root = workflow_copy(tmp_path)
+    pair = _pair(root)
+    pair["teacher"]["sft"]["steps"] = 20
+    pair["training"].update(steps=10, micro_batch_size=4, log_every=5)
+    _write_pair(root, "lock-s_from_lock-t", pair)
+    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text())
+    cfg.update(pairs=["lock-s_from_lock-t"], methods=["fkl"], sets=["dolly"])
+    cfg["data"].update(n_train=200, n_valid=10, n_eval=4)
+    cfg["evaluation"].update(decoding_seeds=[10], max_new_tokens=4)
+    (root / "small.yaml").write_text(yaml.safe_dump(cfg))
+    target = "results/runs/lock-s_from_lock-t/fkl/seed1/model"  # tokenizer, teacher SFT, one KD run
+
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    first = subprocess.Popen(["snakemake", "--cores", "1", target, "--configfile", "small.yaml"], cwd=root,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        locks = root / ".snakemake/locks"
+        deadline = time.monotonic() + 60
+        while not (locks.is_dir() and any(locks.iterdir())) and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert first.poll() is None, "the first run ended before the second could start: " + first.stdout.read()[-2000:]
+        second = run_cli("snakemake", "--cores", "1", target, "--configfile", "small.yaml", cwd=root, timeout=120)
+        out = second.stdout + second.stderr
+        assert second.returncode != 0 and "LockException" in out and "Directory cannot be locked" in out, out[-2000:]
+        log, _ = first.communicate(timeout=900)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, log[-3000:]
+    assert (root / target / "model.safetensors").is_file()
+    again = run_cli("snakemake", "-n", target, "--configfile", "small.yaml", cwd=root)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
