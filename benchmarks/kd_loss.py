@@ -39,9 +39,10 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +60,9 @@ THREADS = 2
 TOTAL_STEPS = 1000  # AdaKD's schedule length; one step at its initial state does not depend on it
 PROGRESS = 0.0  # training progress passed to the policy (start of training)
 MIB = 2**20
+# The naive path holds ~7 (fkl, rkl) to ~13 (akl) (tokens × vocab) fp32 tensors at once: at 4,096
+# tokens (2,376 MiB each) even fkl exceeds 18 GiB; at 1,536 tokens akl needs ~14 GiB.
+DEFAULT_TOKENS = 1536
 # glibc serves allocations below its (adaptive, up to 32 MiB) mmap threshold from heaps it keeps
 # after a free, so at small sizes RSS would count dead tensors; a fixed 1 MiB threshold returns
 # every tensor of 1 MiB or more to the OS when freed (at the default size they all are anyway).
@@ -145,6 +149,7 @@ def naive_loss(inputs: Inputs, divergence: Callable[..., torch.Tensor], policy: 
 
 
 def loss_of(impl: str, inputs: Inputs, plugins: dict[str, Method], variant: str, shape: Shape) -> torch.Tensor:
+    """The KD loss of `variant` ("fkl", "akl+adakd", ...) by implementation `impl` (naive or chunked)."""
     divergence, policy = method_parts(plugins, variant)
     if impl == "naive":
         return naive_loss(inputs, divergence, policy)
@@ -163,7 +168,7 @@ def check(plugins: dict[str, Method], shape: Shape = CHECK_SHAPE) -> None:
             results.append((loss.detach(), inputs.h_s.grad, inputs.student_head.weight.grad))
         for name, naive, chunked in zip(("loss", "grad h_s", "grad W_s"), *results):
             torch.testing.assert_close(chunked, naive, rtol=1e-5, atol=1e-6 * float(naive.abs().max()),
-                                       msg=lambda m: f"{variant}: {name} differs, chunked vs naive: {m}")
+                                       msg=lambda m, v=variant, n=name: f"{v}: {n} differs, chunked vs naive: {m}")
 
 
 def rss_mib() -> float:
@@ -178,7 +183,7 @@ def peak_rss_mib() -> float:
 
 
 def worker(variant: str, impl: str, shape: Shape, mem_limit_gb: float) -> dict[str, float]:
-    """One forward+backward at full size in this process; its time and peak memory."""
+    """One forward+backward at `shape` in this process; its time and peak memory."""
     limit = int(mem_limit_gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     torch.set_num_threads(THREADS)
@@ -198,7 +203,7 @@ def run_worker(variant: str, impl: str, shape: Shape, mem_limit_gb: float) -> di
     """`worker` in a subprocess of this script; its result, or {"error": why it died}."""
     size = [f"--{k.replace('_', '-')}={v}" for k, v in asdict(shape).items()]
     cmd = [sys.executable, __file__, "--worker", variant, impl, *size, f"--mem-limit-gb={mem_limit_gb}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **WORKER_ENV})
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env={**os.environ, **WORKER_ENV})
     if proc.returncode == 0:
         return json.loads(proc.stdout.splitlines()[-1])
     if "can't allocate memory" in proc.stderr:
@@ -258,12 +263,12 @@ def detail_table(results: dict[tuple[str, str], dict[str, Any]]) -> str:
 def environment(shape: Shape, mem_limit_gb: float) -> str:
     full = shape.tokens * shape.vocab * 4 / MIB
     return "\n".join([
-        f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-        f"{os.cpu_count()} CPUs, {THREADS} torch threads per worker, fp32 on CPU",
-        f"tokens {shape.tokens:,}, vocab {shape.vocab:,}, hidden {shape.hidden:,} (student and teacher), "
-        f"chunk size {shape.chunk_size:,} ({-(-shape.tokens // shape.chunk_size)} chunks)",
-        f"one (tokens × vocab) fp32 tensor: {full:,.0f} MiB; one head weight: "
-        f"{shape.vocab * shape.hidden * 4 / MIB:,.0f} MiB",
+        (f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+         f"{os.cpu_count()} CPUs, {THREADS} torch threads per worker, fp32 on CPU"),
+        (f"tokens {shape.tokens:,}, vocab {shape.vocab:,}, hidden {shape.hidden:,} (student and teacher), "
+         f"chunk size {shape.chunk_size:,} ({-(-shape.tokens // shape.chunk_size)} chunks)"),
+        (f"one (tokens × vocab) fp32 tensor: {full:,.0f} MiB; "
+         f"one head weight: {shape.vocab * shape.hidden * 4 / MIB:,.0f} MiB"),
         f"worker address-space limit {mem_limit_gb:g} GiB; one timed forward+backward per worker, no warm-up",
     ])
 
@@ -271,7 +276,8 @@ def environment(shape: Shape, mem_limit_gb: float) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=4096, help="valid tokens (default 4096)")
+    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
+                        help=f"valid tokens (default {DEFAULT_TOKENS}; 4096 does not fit the naive path in 18 GiB)")
     parser.add_argument("--vocab", type=int, default=152_064, help="vocabulary size (default 152064)")
     parser.add_argument("--hidden", type=int, default=1536, help="hidden size of both models (default 1536)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="chunked path's tokens per chunk (default 1024)")
