@@ -56,6 +56,9 @@ def check_schema(data: Any, schema: dict, where: str) -> None:
         if err.validator == "additionalProperties":
             allowed = sorted(err.schema.get("properties", {}))
             message += f" (allowed here: {', '.join(allowed)})" if allowed else ""
+        elif err.validator == "pattern":  # names become path parts and shell words: say what is allowed
+            message += ("; a name may use letters, digits, '_', '.' and '-' and must start with a letter or "
+                        "digit (a method label is base or base+policy)")
         raise KDBenchError(f"{where}: key '{key}': {message}")
 
 
@@ -137,6 +140,9 @@ class Grid:
             need = "config" if spec["init"] == "random" else "path"
             if need not in spec:
                 raise KDBenchError(f"{path}: key '{role}.{need}' is required when {role}.init is {spec['init']}.")
+            if spec["init"] == "pretrained" and _local_path(spec["path"]) and not Path(spec["path"]).is_dir():
+                raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
+                                   "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
         check_pair_vocab(pair, str(path))  # local directories only; hub ids are checked at job start
         ds = self.workdir / pair["training"]["deepspeed"]
         if not ds.is_file():
@@ -264,6 +270,12 @@ def _check_source_hp(source: str, hp: dict, where: str) -> None:
     if unknown:
         raise KDBenchError(f"{where}: unknown source_hp {', '.join(unknown)} for data source '{source}'. "
                            f"It accepts: {', '.join(params) or 'none'}.")
+
+
+def _local_path(name: str) -> bool:
+    """A model `path` that can only be a local directory: a hub id is `name` or `org/name`, never
+    absolute, never starting with `.`, never with two slashes."""
+    return name.startswith(("/", ".")) or name.count("/") > 1
 
 
 def _plugin_entry(plugin: registry.Method, hp: dict) -> dict:

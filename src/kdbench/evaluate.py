@@ -8,12 +8,22 @@ over an example's references, averaged over examples, ×100; exact match alongsi
 One model load serves every decoding seed. ``kdbench evaluate`` (:func:`main`) writes a result JSON
 (summary, protocol, provenance) and a per-sample predictions jsonl; ``kdbench aggregate`` turns
 the result JSONs into tables.
+
+Resume: each finished decoding seed is kept (atomically) in ``<out>.partial/seed<N>.json`` with a
+fingerprint of its inputs (sha256 of the model weights and the data file, the protocol, the set).
+A rerun after a crash or kill reuses the seeds whose fingerprint matches and generates only the
+rest; the folder is deleted once the final outputs are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import os
 import re
+import shutil
+import signal
 import statistics
 import string
 import sys
@@ -194,6 +204,8 @@ def evaluate_set(
     set_name: str,
     seeds: list[int],
     protocol: dict[str, Any],
+    done: dict[int, dict[str, Any]] | None = None,
+    on_seed: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``model`` on one eval set under every decoding seed, without reloading it.
 
@@ -203,6 +215,10 @@ def evaluate_set(
     ``rougeL_std`` (sample std over seeds, 0 for one seed) and ``exact_match_mean``.
     ``predictions`` has one record per (seed, example): ``seed, idx, prompt, prediction,
     references, rougeL, exact_match``.
+
+    Resume: ``done`` maps a seed already scored to its record ``{"scores": per_seed entry,
+    "predictions": its prediction records}``, which is used instead of generating again;
+    ``on_seed(seed, record)`` is called with the record of each seed generated here.
     """
     if not examples:
         raise KDBenchError(f"eval set {set_name!r} has no examples")
@@ -221,12 +237,17 @@ def evaluate_set(
     per_seed: dict[str, dict[str, float]] = {}
     predictions: list[dict[str, Any]] = []
     for seed in seeds:
+        if done and seed in done:
+            per_seed[str(seed)] = done[seed]["scores"]
+            predictions.extend(done[seed]["predictions"])
+            continue
         responses = generate(model, tokenizer, prompts, seed=seed, **generation)
         rouge = [rouge_l(r, refs) for r, refs in zip(responses, references)]
         em = [exact_match(r, refs) for r, refs in zip(responses, references)]
-        per_seed[str(seed)] = {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)}
+        record = {"scores": {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)},
+                  "predictions": []}
         for idx, prompt in enumerate(prompts):
-            predictions.append(
+            record["predictions"].append(
                 {
                     "seed": seed,
                     "idx": idx,
@@ -237,6 +258,10 @@ def evaluate_set(
                     "exact_match": em[idx],
                 }
             )
+        per_seed[str(seed)] = record["scores"]
+        predictions.extend(record["predictions"])
+        if on_seed is not None:
+            on_seed(seed, record)
 
     seed_rouge = [s["rougeL"] for s in per_seed.values()]
     summary = {
@@ -308,6 +333,48 @@ def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None) -> str:
+    """What a kept seed result depends on: the model's weight files, the data file, the set, the
+    protocol (resolved, with the protocol version) and ``--limit``."""
+    weights = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"})
+    inputs = {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
+              "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _kept_seeds(partial: Path, inputs_key: str, seeds: list[int]) -> dict[int, dict[str, Any]]:
+    """The seed records in ``partial`` made from the same inputs; anything else there is removed."""
+    done: dict[int, dict[str, Any]] = {}
+    for seed in seeds:
+        path = partial / f"seed{seed}.json"
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if record.get("fingerprint") == inputs_key and record.get("seed") == seed:
+            done[seed] = record
+    keep = {f"seed{seed}.json" for seed in done}
+    for path in partial.glob("seed*.json"):  # another model, data file or protocol: generate again
+        if path.name not in keep:
+            path.unlink()
+    return done
+
+
+def _fault_after_seed(seed: int) -> None:
+    """Fault injection for the resume test: KDBENCH_FAULT_KILL_AFTER_SEED=N kills this process
+    (SIGKILL, no cleanup) right after seed N's partial result is written."""
+    if os.environ.get("KDBENCH_FAULT_KILL_AFTER_SEED") == str(seed):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``kdbench evaluate``: evaluate one model on one eval set; raises KDBenchError for user errors."""
     args = _parser().parse_args(argv)
@@ -328,10 +395,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    partial = args.out.with_name(args.out.name + ".partial")  # finished seeds, for resume
+    inputs_key = fingerprint(args.model, args.data, args.set_name, protocol, args.limit)
+    done = _kept_seeds(partial, inputs_key, seeds)
+    if done:
+        print(f"{args.set_name}: reusing seeds {', '.join(map(str, done))} from {partial}", file=sys.stderr)
+
+    def keep(seed: int, record: dict[str, Any]) -> None:
+        write_json(partial / f"seed{seed}.json", {"seed": seed, "fingerprint": inputs_key, **record})
+        _fault_after_seed(seed)
+
     start = time.perf_counter()
     model, tokenizer = _load(args.model)
     summary, predictions = evaluate_set(
-        model, tokenizer, examples, set_name=args.set_name, seeds=seeds, protocol=protocol
+        model, tokenizer, examples, set_name=args.set_name, seeds=seeds, protocol=protocol, done=done, on_seed=keep
     )
     elapsed = time.perf_counter() - start
     result = {
@@ -349,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_jsonl_atomic(args.predictions, predictions)
     write_json(args.out, result)
+    shutil.rmtree(partial, ignore_errors=True)
     print(
         f"{args.set_name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
         f"{len(seeds)} seed(s), {len(examples)} examples, {elapsed:.1f} s",
