@@ -29,6 +29,7 @@ import yaml
 
 from kdbench.atomic import write_text
 from kdbench.errors import KDBenchError
+from kdbench.jsonl import json_lines
 
 COLUMNS = ["pair", "method", "train_seed", "set", "decoding_seed", "rougeL", "protocol"]
 MISSING = "–"
@@ -472,25 +473,19 @@ def load_predictions(result_files: Iterable[Path], methods: Iterable[str] | None
             continue
         summary = pd.DataFrame(_read_result(result))
         path = _predictions_path(result)
-        records = []
-        try:
-            with path.open(encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                        records.append((int(rec["seed"]), int(rec["idx"]), float(rec["rougeL"])))
-                    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-                        raise KDBenchError(
-                            f"{path}:{line_no}: not a prediction record with seed, idx, rougeL ({err}); "
-                            "re-run kdbench evaluate"
-                        ) from err
-        except FileNotFoundError as err:
+        if not path.is_file():
             raise KDBenchError(
                 f"{path}: no per-example predictions beside {result.name}; significance needs the "
                 "predictions file kdbench evaluate writes next to each result"
-            ) from err
+            )
+        records = []
+        for where, rec in json_lines(path):
+            try:
+                records.append((int(rec["seed"]), int(rec["idx"]), float(rec["rougeL"])))
+            except (KeyError, TypeError, ValueError) as err:
+                raise KDBenchError(
+                    f"{where}: not a prediction record with seed, idx, rougeL ({err}); re-run kdbench evaluate"
+                ) from err
         frame = pd.DataFrame(records, columns=["decoding_seed", "idx", "rougeL"])
         means = frame.groupby("decoding_seed")["rougeL"].mean()
         expected = summary.set_index("decoding_seed")["rougeL"]

@@ -12,7 +12,6 @@ workflow's outputs always exist.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import tempfile
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kdbench.errors import KDBenchError
+from kdbench.jsonl import json_lines
 
 DPI = 120
 
@@ -79,21 +79,13 @@ def read_metrics(paths: Iterable[Path]) -> pd.DataFrame:
     pairs = {p.parts[-4] for p in paths if len(p.parts) >= 4}
     frames = []
     for path in paths:
+        if not path.is_file():
+            raise KDBenchError(f"{path}: no such metrics file; train the run first (kdbench train)")
         records = []
-        try:
-            with path.open(encoding="utf-8") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise KDBenchError(f"{path}:{line_no}: not valid JSON ({err})") from err
-                    if not isinstance(record, dict) or "step" not in record:
-                        raise KDBenchError(f"{path}:{line_no}: a metrics record needs a 'step'")
-                    records.append(record)
-        except FileNotFoundError as err:
-            raise KDBenchError(f"{path}: no such metrics file; train the run first (kdbench train)") from err
+        for where, record in json_lines(path):
+            if not isinstance(record, dict) or "step" not in record:
+                raise KDBenchError(f"{where}: a metrics record needs a 'step'")
+            records.append(record)
         frame = pd.DataFrame.from_records(records)
         frame.insert(0, "run", run_label(path, several_pairs=len(pairs) > 1))
         frames.append(frame)

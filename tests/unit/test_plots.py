@@ -64,7 +64,7 @@ def test_read_metrics_labels_runs_and_keeps_the_last_record_of_a_step(metrics: l
 def test_bad_metrics_and_cli_misuse_raise(tmp_path: Path, metrics: list[Path]) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"step": 0}\n{oops\n')
-    with pytest.raises(KDBenchError, match="bad.jsonl:2"):
+    with pytest.raises(KDBenchError, match="bad.jsonl, line 2: not valid JSON"):
         plots.read_metrics([bad])
     with pytest.raises(KDBenchError, match="no such metrics file"):
         plots.read_metrics([tmp_path / "none.jsonl"])
