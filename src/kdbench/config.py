@@ -178,7 +178,8 @@ class Grid:
                                f"(plugins in methods/ and labels in method_defs).")
         method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
                   "divergence": None, "policies": [], "source": spec.get("source", "off_policy"),
-                  "source_hp": spec.get("source_hp", {}), "init_from": spec.get("init_from")}
+                  "source_hp": spec.get("source_hp", {}), "init_from": spec.get("init_from"),
+                  "train_data": spec.get("train_data")}
         if method["init_from"] is not None:
             self.method(method["init_from"])  # must itself be a valid label
         if method["source"] != "off_policy" and not spec["divergence"]:
@@ -224,7 +225,8 @@ class Grid:
         if label == "teacher":
             training.update(spec["teacher"]["sft"])
             method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policies": [],
-                                      "source": "off_policy", "source_hp": {}, "init_from": None}, \
+                                      "source": "off_policy", "source_hp": {}, "init_from": None,
+                                      "train_data": None}, \
                 f"{res}/models/{pair}/teacher-init", None
         else:
             method = self.method(label)
@@ -243,7 +245,8 @@ class Grid:
             "lora": spec[role].get("lora"),
             "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
             "tokenizer": tokenizer,
-            "data": {"train": self.data_files["train"], "valid": self.data_files["valid"]},
+            "data": {"train": method["train_data"].format(results=res, pair=pair) if method["train_data"]
+                     else self.data_files["train"], "valid": self.data_files["valid"]},
             "method": method,
             "training": training,
             "deepspeed": load_yaml(ds_file) if ds_file.suffix in {".yaml", ".yml"} else _load_json(ds_file),

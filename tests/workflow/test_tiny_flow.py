@@ -20,7 +20,7 @@ def flow(tmp_path_factory):
     root = workflow_copy(tmp_path_factory.mktemp("flow"))
     pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
     pair["teacher"]["sft"]["steps"] = 60
-    pair["training"].update(steps=30, micro_batch_size=8, log_every=5)
+    pair["training"].update(steps=30, micro_batch_size=8, log_every=5, sample_max_new_tokens=16)
     (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
     cfg = yaml.safe_load((root / "config/tiny.yaml").read_text())
     cfg["pairs"] = [PAIR]
@@ -96,3 +96,17 @@ def test_published_numbers_significance_claims_plots_and_report(flow):
     assert report.returncode == 0, report.stderr[-3000:]
     html = (flow / "report.html").read_text(errors="replace")
     assert "significance.md" in html and "latf_ratio.png" in html
+
+
+def test_seqkd_plugin_rule_trains_on_teacher_responses(flow):
+    """methods/seqkd.smk adds a teacher-generation step; the `seqkd` label trains on its output."""
+    target = f"results/runs/{PAIR}/seqkd/seed1/model"
+    done = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", "--config", "methods=[seqkd]",
+                   "--", target, cwd=flow)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = [json.loads(line) for line in (flow / f"results/data/seqkd/{PAIR}/train.jsonl").read_text().splitlines()]
+    original = [json.loads(line) for line in (flow / "results/data/train.jsonl").read_text().splitlines()]
+    assert len(data) > len(original) // 2
+    assert sum(d["output"] != o["output"] for d, o in zip(data, original)) > 0  # the teacher's words, not the data's
+    resolved = yaml.safe_load((flow / f"results/runs/{PAIR}/seqkd/seed1/run.yaml").read_text())
+    assert resolved["data"]["train"] == f"results/data/seqkd/{PAIR}/train.jsonl" and resolved["teacher"] is None

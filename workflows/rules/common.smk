@@ -16,7 +16,7 @@ except KDBenchError as exc:
 RES = GRID.results
 GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --resources gpu=<GPUs on the node>
 CFG = GRID.config
-ENV = "../envs/kdbench.yaml"
+ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))  # absolute: plugin rules in methods/ use it too
 REFERENCE_CSVS = sorted(str(p) for p in Path(workflow.basedir, "evaluation/reference").glob("*.csv"))
 TABLES = [f"{RES}/tables/main.md", f"{RES}/tables/main.csv"] + [
     f"{RES}/{kind}/{pair}/{name}"

@@ -1,0 +1,20 @@
+# Sequence-level KD (Kim & Rush, EMNLP 2016): the student is fine-tuned on the teacher's own
+# responses. This plugin rule writes them; the label `seqkd` (config/variants.yaml) trains `sft`-style
+# on that file through `method_defs.seqkd.train_data`. No core file names seqkd.
+
+
+rule seqkd_data:
+    input:
+        model=lambda w: GRID.teacher_path(w.pair),
+        data=GRID.data_files["train"],
+    output:
+        f"{RES}/data/seqkd/{{pair}}/train.jsonl",
+    params:
+        max_new_tokens=lambda w: GRID.pairs[w.pair]["training"].get("sample_max_new_tokens", 256),
+    log:
+        f"{RES}/logs/seqkd/{{pair}}.log",
+    threads: 1
+    conda:
+        ENV
+    script:
+        "_seqkd_generate.py"
