@@ -1,12 +1,12 @@
 """Shim for methods/seqkd.smk: replace each training response by the teacher's greedy response."""
 import sys
 
-from kdbench.evaluate import _load, generate
+from kdbench.evaluate import generate, load_model
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
 from kdbench.prompts import build_prompt
 
 sys.stderr = open(snakemake.log[0], "w")  # noqa: F821
-model, tokenizer = _load(snakemake.input.model)  # noqa: F821
+model, tokenizer = load_model(snakemake.input.model)  # noqa: F821
 records = read_jsonl(snakemake.input.data)  # noqa: F821
 prompts = [build_prompt(r["instruction"], r.get("input", "")) for r in records]
 responses = generate(model, tokenizer, prompts, seed=0, do_sample=False, batch_size=32,

@@ -320,7 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load tokenizer and model from a local directory, on the GPU when there is one."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
         _fault_after_seed(seed)
 
     start = time.perf_counter()
-    model, tokenizer = _load(args.model)
+    model, tokenizer = load_model(args.model)
     summary, predictions = evaluate_set(
         model, tokenizer, examples, set_name=args.set_name, seeds=seeds, protocol=protocol, done=done, on_seed=keep
     )
