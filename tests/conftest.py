@@ -42,6 +42,17 @@ def workflow_copy(dest: Path) -> Path:
     return dest
 
 
+def grid_config(root: Path, tables: list[dict] | None = None, **axes) -> dict:
+    """config/tiny.yaml with its tables replaced: by `tables`, or by one table `main` over `axes`
+    (pairs, methods, seeds, sets). A whole `tables` list is needed because Snakemake merges a
+    --configfile into config/tiny.yaml, whose own tables would otherwise stay."""
+    import yaml
+
+    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text())
+    cfg["tables"] = tables or [{"name": "main", **axes}]
+    return cfg
+
+
 def prepare_run(root: Path, pair: str, label: str, edit_pair, n_train: int = 60) -> dict:
     """One tiny run ready to train, made with the `kdbench` CLI as a user would: the default GPT-2
     pair edited by `edit_pair(spec)` and saved as `pair`, generated data, tokenizer, both initial
@@ -51,7 +62,7 @@ def prepare_run(root: Path, pair: str, label: str, edit_pair, n_train: int = 60)
     spec = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
     edit_pair(spec)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
-    grid = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [pair], "methods": [label]}
+    grid = grid_config(root, pairs=[pair], methods=[label])
     (root / "grid.yaml").write_text(yaml.safe_dump(grid))
     for cmd in (["data", "--out", "results/data", "--n-train", str(n_train), "--n-valid", "5", "--n-eval", "5"],
                 ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],

@@ -702,8 +702,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--methods", nargs="+", help="table rows, in order (default: every method found, sorted)")
     parser.add_argument("--sets", nargs="+", help="table columns, in order (default: every set found, sorted)")
     parser.add_argument("--pair", help="keep only this pair (needed when the results hold several)")
-    parser.add_argument("--out-md", type=Path, required=True, help="markdown table")
-    parser.add_argument("--out-csv", type=Path, required=True,
+    parser.add_argument("--out-md", type=Path, help="markdown table")
+    parser.add_argument("--out-csv", type=Path,
                         help="long CSV: method, set, mean, std, n (+ published, published_std, delta, paper_method, "
                         "paper_adakd, paper_variant with --reference)")
     parser.add_argument("--out-tex", type=Path, help="the markdown table as a LaTeX (booktabs) table")
@@ -759,8 +759,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         stats = cell_stats(df, methods, sets)
         table = main_table(df, methods, sets)
-    write_text(args.out_md, f"{header}\n\n{table.to_markdown()}\n")
-    write_text(args.out_csv, stats.to_csv(index=False))
+    if args.out_md:
+        write_text(args.out_md, f"{header}\n\n{table.to_markdown()}\n")
+    if args.out_csv:
+        write_text(args.out_csv, stats.to_csv(index=False))
     if args.out_tex:
         write_text(args.out_tex, to_latex(table, header, label=f"tab:{args.out_tex.stem}"))
 
@@ -807,11 +809,13 @@ def combine_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, nargs="+", required=True, help="per-pair tables/<pair>/main.csv")
     parser.add_argument("--out-md", type=Path, required=True)
     parser.add_argument("--out-csv", type=Path, required=True)
+    parser.add_argument("--title", help="a first line '# <title>'")
     args = parser.parse_args(argv)
     if len(args.md) != len(args.csv):
         raise KDBenchError("combine-tables: give one --csv per --md, in the same pair order")
     sections = [f"## {md.parent.name}\n\n{md.read_text().strip()}\n" for md in args.md]
-    write_text(args.out_md, "\n".join(sections) if len(sections) > 1 else args.md[0].read_text())
+    body = "\n".join(sections) if len(sections) > 1 else args.md[0].read_text()
+    write_text(args.out_md, f"# {args.title}\n\n{body}" if args.title else body)
     frames = [pd.read_csv(csv).assign(pair=csv.parent.name) for csv in args.csv]
     write_text(args.out_csv, pd.concat(frames, ignore_index=True).to_csv(index=False))
     return 0

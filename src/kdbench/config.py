@@ -1,7 +1,11 @@
 """Config validation and run resolution: everything that can be wrong with a grid fails here,
 before any job starts, with a message naming the file and the key.
 
-A grid config (config/*.yaml) names axes (pairs × methods × seeds, evaluated on sets). A method
+A grid config (config/*.yaml) declares tables; each table names its axes (pairs × methods × seeds,
+evaluated on sets), and the grid's runs are the union of every table's cells. The top-level axes
+`pairs`, `methods`, `seeds`, `sets` then select a sub-grid (a cell is kept when it is in every
+given axis); without `tables`, the top-level axes define one table, `main`. `extra_methods` adds
+labels (a new plugin, say) to every table that takes them. A method
 label is `base[+policy]`: `base` is a divergence plugin key or a `method_defs` label (or `sft`),
 `policy` a token-policy plugin key or a `policy_defs` label. `resolve_run` turns one grid cell into
 the fully resolved single-run config that `kdbench train` reads (results/runs/.../run.yaml).
@@ -20,6 +24,7 @@ from kdbench import registry
 from kdbench.errors import KDBenchError
 from kdbench.models import check_pair_vocab
 
+ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
 KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
@@ -71,9 +76,16 @@ def _fill_defaults(data: dict, schema: dict) -> dict:
     return data
 
 
+AXES = ("pairs", "methods", "seeds", "sets")
+# Rule names of the workflow (workflows/rules/*.smk, methods/*.smk): a table becomes a target rule of
+# its own name, so it may not take one of these (tests/workflow/test_grid.py keeps the list complete).
+RULE_NAMES = {"all", "data", "tokenizer", "init_model", "resolve_run", "train", "evaluate", "evaluate_run",
+              "lm_eval", "lm_eval_all", "tables", "combine_table", "claims", "plots", "seqkd_data"}
+
+
 def _coerce_cli(config: dict) -> dict:
     """`snakemake --config seeds=[1,2]` arrives as strings; a single value arrives unlisted."""
-    for key in ("pairs", "methods", "sets", "seeds"):
+    for key in (*AXES, "extra_methods"):
         if isinstance(config.get(key), (str, int)):
             config[key] = [config[key]]
     if isinstance(config.get("seeds"), list):
@@ -91,14 +103,76 @@ class Grid:
         check_schema(config, schema, where)
         self.config = _fill_defaults(config, schema)
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
-        self.data_files = self._check_data()
-        self.pairs = {name: self._load_pair(name) for name in self.config["pairs"]}
         self.methods: dict[str, dict] = {}
-        for label in self.config["methods"]:
+        self.tables = self._tables()
+        self.axes = {axis: _union(t[axis] for t in self.tables.values()) for axis in AXES}
+        self.data_files = self._check_data()
+        self.pairs = {name: self._load_pair(name) for name in self.axes["pairs"]}
+        for label in self.axes["methods"]:
             self.method(label)
-        for label in self.config["methods"]:
-            if self.config["methods"].count(label) > 1:
-                raise KDBenchError(f"{where}: key 'methods': label '{label}' is listed twice.")
+
+    def _tables(self) -> dict[str, dict]:
+        """Each table with its cells after the top-level selection; a table left empty is dropped.
+        Labels are checked in every table and selection, so a typo fails even where nothing runs."""
+        cfg, where = self.config, self.where
+        declared = cfg.get("tables")
+        if declared is None:
+            missing = [axis for axis in AXES if axis not in cfg]
+            if missing:
+                raise KDBenchError(f"{where}: key '{missing[0]}' is required when the config has no 'tables' "
+                                   f"(give the axes {', '.join(AXES)}, or declare tables).")
+            declared = [{"name": "main", **{axis: cfg[axis] for axis in AXES}}]
+            selection: dict[str, list] = {}
+        else:
+            selection = {axis: cfg[axis] for axis in AXES if axis in cfg}
+        tables: dict[str, dict] = {}
+        tables_all: list[dict] = []
+        for i, spec in enumerate(declared):
+            name, at = spec["name"], f"{where}: key 'tables.{i}' ({spec['name']})"
+            if name in tables:
+                raise KDBenchError(f"{at}: table name '{name}' is used twice.")
+            if name in RULE_NAMES:
+                raise KDBenchError(f"{at}: '{name}' is the name of a workflow rule; a table becomes a target "
+                                   f"rule of its own name, so choose another (not {', '.join(sorted(RULE_NAMES))}).")
+            table = {"name": name, "title": spec.get("title", name), "reference": spec.get("reference"),
+                     "pairs": spec.get("pairs", cfg.get("pairs")), "seeds": spec.get("seeds", cfg.get("seeds", [1])),
+                     "sets": spec.get("sets", cfg.get("sets", list(ALL_SETS))),
+                     "methods": spec.get("methods", cfg.get("methods", []))}
+            if table["pairs"] is None:
+                raise KDBenchError(f"{at}: key 'pairs' is required (in the table or at the top level).")
+            if spec.get("extra_methods", True):
+                table["methods"] = table["methods"] + [m for m in cfg["extra_methods"] if m not in table["methods"]]
+            for axis in AXES:
+                for value in table[axis]:
+                    if table[axis].count(value) > 1:
+                        raise KDBenchError(f"{at}: key '{axis}': '{value}' is listed twice.")
+            for label in table["methods"]:
+                self.method(label)
+            table["all"] = {axis: list(table[axis]) for axis in AXES}  # before the selection: the full layout
+            tables_all.append(table)
+            for axis, chosen in selection.items():
+                table[axis] = [v for v in table[axis] if v in chosen]
+            if all(table[axis] for axis in AXES):
+                tables[name] = table
+        for axis, chosen in selection.items():
+            for value in chosen:
+                if axis == "methods":
+                    self.method(value)
+                elif axis == "pairs" and not self.pair_file(value).is_file():
+                    self._load_pair(value)  # raises: unknown pair, with the known ones
+                if chosen.count(value) > 1:
+                    raise KDBenchError(f"{where}: key '{axis}': '{value}' is listed twice.")
+                if not any(value in t["all"][axis] for t in tables_all):
+                    raise KDBenchError(f"{where}: key '{axis}': '{value}' is in no table "
+                                       f"({', '.join(t['name'] for t in tables_all)}), so it selects nothing; "
+                                       "the top-level axes select from the tables (to add a method to every "
+                                       "table, list it in extra_methods).")
+        if not tables:
+            chosen = ", ".join(f"{axis}={selection[axis]}" for axis in selection)
+            raise KDBenchError(f"{where}: the selection {chosen} leaves no cell in any table "
+                               f"({', '.join(t['name'] for t in declared)}); a selected value must appear in a "
+                               "table (to add a method to every table, list it in extra_methods).")
+        return tables
 
     def _check_data(self) -> dict[str, str]:
         """Where train/valid and each eval set live; with `source: files`, each file is read and
@@ -106,11 +180,11 @@ class Grid:
         data, res = self.config["data"], self.config["results"]
         if data["source"] == "generated":
             return {"train": f"{res}/data/train.jsonl", "valid": f"{res}/data/valid.jsonl",
-                    **{name: f"{res}/data/eval/{name}.jsonl" for name in self.config["sets"]}}
+                    **{name: f"{res}/data/eval/{name}.jsonl" for name in self.axes["sets"]}}
         from kdbench.jsonl import read_jsonl
 
         files = {"train": data.get("train"), "valid": data.get("valid"), **data.get("sets", {})}
-        for name in ("train", "valid", *self.config["sets"]):
+        for name in ("train", "valid", *self.axes["sets"]):
             if not files.get(name):
                 key = f"data.sets.{name}" if name not in ("train", "valid") else f"data.{name}"
                 raise KDBenchError(f"{self.where}: key '{key}' is required with data.source 'files'.")
@@ -208,9 +282,21 @@ class Grid:
 
     # --- the run table -------------------------------------------------------------------------
 
-    def runs(self) -> list[tuple[str, str, int]]:
-        """Every (pair, method label, seed) cell of the grid, teacher rows excluded."""
-        return [(p, m, s) for p in self.config["pairs"] for m in self.config["methods"] for s in self.config["seeds"]]
+    def runs(self, table: str | None = None, pair: str | None = None) -> list[tuple[str, str, int]]:
+        """Every (pair, method label, seed) run of the grid (or of one table, one pair), teacher rows
+        excluded, in table order without repeats."""
+        return _union([[(p, m, s) for t in self._chosen(table) for p in t["pairs"] if pair in (None, p)
+                        for m in t["methods"] for s in t["seeds"]]])
+
+    def evals(self, table: str | None = None, pair: str | None = None) -> list[tuple[str, str, int, str]]:
+        """Every (pair, label, seed, set) evaluation the grid (or one table, one pair) needs, the
+        teacher's row included."""
+        return _union([[(p, m, s, x) for t in self._chosen(table) for p in t["pairs"] if pair in (None, p)
+                        for m, s in [("teacher", self.teacher_seed(p)), *((m, s) for m in t["methods"] for s in t["seeds"])]
+                        for x in t["sets"]]])
+
+    def _chosen(self, table: str | None) -> list[dict]:
+        return list(self.tables.values()) if table is None else [self.tables[table]]
 
     def teacher_seed(self, pair: str) -> int:
         return self.pairs[pair]["teacher"].get("seed", 0)
@@ -273,6 +359,18 @@ def _check_source_hp(source: str, hp: dict, where: str) -> None:
     if unknown:
         raise KDBenchError(f"{where}: unknown source_hp {', '.join(unknown)} for data source '{source}'. "
                            f"It accepts: {', '.join(params) or 'none'}.")
+
+
+def _union(lists: Any) -> list:
+    """Concatenate, keeping the first of repeats (order matters: it is the table's row order)."""
+    out: list = []
+    seen: set = set()
+    for items in lists:
+        for item in items:
+            if item not in seen:
+                seen.add(item)
+                out.append(item)
+    return out
 
 
 def _local_path(name: str) -> bool:

@@ -297,9 +297,11 @@ def _parser() -> argparse.ArgumentParser:
         "--model", type=Path, required=True, help="directory written by save_pretrained (model + tokenizer)"
     )
     parser.add_argument(
-        "--data", type=Path, required=True, help="eval set jsonl: {instruction, input, output} per line"
+        "--data", type=Path, nargs="+", required=True,
+        help="eval set jsonl: {instruction, input, output} per line; several sets share one model load"
     )
-    parser.add_argument("--set", required=True, dest="set_name", help="eval set name recorded in the result")
+    parser.add_argument("--set", nargs="+", required=True, dest="set_name",
+                        help="eval set name recorded in the result, one per --data")
     parser.add_argument("--run", default="", help="free-text label of the evaluated run, recorded in the result")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="decoding seeds (default: %(default)s)"
@@ -315,8 +317,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="minillm: the lineage's plain template; chat: the tokenizer's chat template (Qwen chat)")
     parser.add_argument("--limit", type=_int_at_least(1), help="evaluate only the first N examples")
     parser.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
-    parser.add_argument("--out", type=Path, required=True, help="result JSON")
-    parser.add_argument("--predictions", type=Path, required=True, help="per-sample predictions jsonl")
+    parser.add_argument("--out", type=Path, nargs="+", required=True, help="result JSON, one per --data")
+    parser.add_argument("--predictions", type=Path, nargs="+", required=True,
+                        help="per-sample predictions jsonl, one per --data")
     return parser
 
 
@@ -376,14 +379,19 @@ def _fault_after_seed(seed: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``kdbench evaluate``: evaluate one model on one eval set; raises KDBenchError for user errors."""
+    """``kdbench evaluate``: evaluate one model on one or more eval sets (the model is loaded once);
+    raises KDBenchError for user errors, before any generation."""
     args = _parser().parse_args(argv)
     if not args.model.is_dir():
         raise KDBenchError(f"--model {args.model}: no such directory; pass a directory written by save_pretrained")
-    if not args.data.is_file():
-        raise KDBenchError(f"--data {args.data}: no such file; pass the eval set as a jsonl file")
-    examples = read_jsonl(args.data)[: args.limit]  # checks every record, naming file and line
-    seeds = args.seeds[:1] if args.greedy else args.seeds
+    counts = {len(args.data), len(args.set_name), len(args.out), len(args.predictions)}
+    if len(counts) != 1:
+        raise KDBenchError(f"give one --set, --out and --predictions per --data (got {len(args.data)} --data, "
+                           f"{len(args.set_name)} --set, {len(args.out)} --out, {len(args.predictions)} --predictions)")
+    for data in args.data:
+        if not data.is_file():
+            raise KDBenchError(f"--data {data}: no such file; pass the eval set as a jsonl file")
+    sets = [read_jsonl(data)[: args.limit] for data in args.data]  # checks every record, naming file and line
     protocol = {
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
@@ -394,27 +402,37 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.threads:
         torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model)
+    for examples, data, set_name, out, predictions in zip(sets, args.data, args.set_name, args.out, args.predictions):
+        _evaluate_file(model, tokenizer, examples, args, protocol, data, set_name, out, predictions)
+    return 0
 
-    partial = args.out.with_name(args.out.name + ".partial")  # finished seeds, for resume
-    inputs_key = fingerprint(args.model, args.data, args.set_name, protocol, args.limit)
+
+def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]],
+                   args: argparse.Namespace, protocol: dict[str, Any], data: Path, set_name: str, out: Path,
+                   predictions_path: Path) -> None:
+    """One set: resume from the finished decoding seeds in ``<out>.partial``, then write the
+    predictions and the result atomically (the result last: it is what marks the set done)."""
+    seeds = args.seeds[:1] if args.greedy else args.seeds
+    partial = out.with_name(out.name + ".partial")  # finished seeds, for resume
+    inputs_key = fingerprint(args.model, data, set_name, protocol, args.limit)
     done = _kept_seeds(partial, inputs_key, seeds)
     if done:
-        print(f"{args.set_name}: reusing seeds {', '.join(map(str, done))} from {partial}", file=sys.stderr)
+        print(f"{set_name}: reusing seeds {', '.join(map(str, done))} from {partial}", file=sys.stderr)
 
     def keep(seed: int, record: dict[str, Any]) -> None:
         write_json(partial / f"seed{seed}.json", {"seed": seed, "fingerprint": inputs_key, **record})
         _fault_after_seed(seed)
 
     start = time.perf_counter()
-    model, tokenizer = load_model(args.model)
     summary, predictions = evaluate_set(
-        model, tokenizer, examples, set_name=args.set_name, seeds=seeds, protocol=protocol, done=done, on_seed=keep
+        model, tokenizer, examples, set_name=set_name, seeds=seeds, protocol=protocol, done=done, on_seed=keep
     )
     elapsed = time.perf_counter() - start
     result = {
         "run": args.run,
         "model": str(args.model),
-        "data": str(args.data),
+        "data": str(data),
         **summary,
         "versions": {
             "kdbench": kdbench.__version__,
@@ -424,12 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(model.device),
         "elapsed_s": round(elapsed, 3),
     }
-    write_jsonl_atomic(args.predictions, predictions)
-    write_json(args.out, result)
+    write_jsonl_atomic(predictions_path, predictions)
+    write_json(out, result)
     shutil.rmtree(partial, ignore_errors=True)
     print(
-        f"{args.set_name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
+        f"{set_name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
         f"{len(seeds)} seed(s), {len(examples)} examples, {elapsed:.1f} s",
         file=sys.stderr,
     )
-    return 0

@@ -25,8 +25,9 @@ then `plan` on the concatenated statistics. Without heads, the inputs are logits
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,12 +49,12 @@ class TokenPlan:
     feature_weight: torch.Tensor | None = None  # (N,) weight of the policy's feature loss (EGAD's hard tokens)
 
     @classmethod
-    def shared(cls, weight: torch.Tensor, tau: torch.Tensor, **extra) -> "TokenPlan":
+    def shared(cls, weight: torch.Tensor, tau: torch.Tensor, **extra) -> TokenPlan:
         """One temperature per token for both models, scaled τ² (AdaKD's IDTS, fixed T, ...)."""
         return cls(weight, tau, tau, tau**2, **extra)
 
     @classmethod
-    def uniform(cls, n: int, device=None) -> "TokenPlan":
+    def uniform(cls, n: int, device=None) -> TokenPlan:
         ones = torch.ones(n, device=device)
         return cls.shared(ones, ones)
 

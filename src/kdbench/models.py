@@ -196,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench init-model", description=main.__doc__)
     ap.add_argument("--pair", required=True, help="pair file, config/pairs/<student>_from_<teacher>.yaml")
     ap.add_argument("--role", required=True, choices=["teacher", "student"])
-    ap.add_argument("--tokenizer", required=True,
-                    help="tokenizer directory for init=random (a pretrained model brings its own)")
+    ap.add_argument("--tokenizer",
+                    help="tokenizer directory, needed for init=random (a pretrained model brings its own)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     pair = yaml.safe_load(Path(args.pair).read_text())
     spec = pair[args.role]
     if spec["init"] == "random":
+        if not args.tokenizer:
+            raise KDBenchError(f"{args.pair}: {args.role}.init is random, so init-model needs --tokenizer.")
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         model = build_random(pair["family"], spec.get("config", {}), tokenizer, spec.get("seed", 0))
     else:

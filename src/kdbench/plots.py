@@ -224,7 +224,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latf-png", type=Path, help="LATF kept ratio over steps (runs logging latf_ratio)")
     parser.add_argument("--curves-png", type=Path, help="training loss and CE over steps, per run")
     parser.add_argument("--tau-png", type=Path, help="temperature mean and min–max band over steps")
-    parser.add_argument("--table-csv", type=Path, help="long CSV of kdbench aggregate (with --reference for published)")
+    parser.add_argument("--table-csv", type=Path, nargs="+",
+                        help="long CSVs of kdbench aggregate (with --reference for published); a (method, set) "
+                        "cell in several is taken from the first")
     parser.add_argument("--published-png", type=Path, help="ours vs published bars, one panel per set")
     return parser
 
@@ -248,5 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.published_png:
         if not args.table_csv:
             raise KDBenchError("--published-png needs --table-csv (the CSV of kdbench aggregate --reference ...)")
-        plot_published(read_beside(args.table_csv), args.published_png)
+        tables = pd.concat([read_beside(path) for path in args.table_csv], ignore_index=True)
+        plot_published(tables.drop_duplicates(["method", "set"]), args.published_png)
     return 0

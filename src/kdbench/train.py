@@ -78,8 +78,14 @@ def train(run: dict) -> None:
     from transformers import AutoTokenizer, get_scheduler
 
     from kdbench.jsonl import read_jsonl
-    from kdbench.models import (LastHidden, apply_lora, check_vocab, enable_gradient_checkpointing, load_causal_lm,
-                                save_student)
+    from kdbench.models import (
+        LastHidden,
+        apply_lora,
+        check_vocab,
+        enable_gradient_checkpointing,
+        load_causal_lm,
+        save_student,
+    )
 
     random.seed(seed)
     torch.manual_seed(seed)

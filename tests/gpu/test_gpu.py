@@ -22,7 +22,14 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import assert_same_adamw_step, assert_same_sgd_step, max_abs, prepare_run, run_cli, workflow_copy
+from tests.conftest import (
+    assert_same_adamw_step,
+    assert_same_sgd_step,
+    max_abs,
+    prepare_run,
+    run_cli,
+    workflow_copy,
+)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 

@@ -31,7 +31,13 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import assert_same_adamw_step, assert_same_sgd_step, prepare_run, run_cli, workflow_copy
+from tests.conftest import (
+    assert_same_adamw_step,
+    assert_same_sgd_step,
+    prepare_run,
+    run_cli,
+    workflow_copy,
+)
 
 PAIR = "gpt2-accum-s_from_gpt2-accum-t"
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli, workflow_copy
+from tests.conftest import grid_config, run_cli, workflow_copy
 
 FAMILIES = ["gpt2-tiny-s_from_gpt2-tiny-t", "qwen2-tiny-s_from_qwen2-tiny-t", "llama-tiny-s_from_llama-tiny-t"]
 
@@ -28,7 +28,7 @@ def test_tiny_pair_trains(root, pair):
     spec["training"].update(steps=12, micro_batch_size=4, log_every=1, checkpoint_every=0)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
     (root / "grid.yaml").write_text(yaml.safe_dump(
-        yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [pair], "methods": ["fkl+adakd"]}))
+        grid_config(root, pairs=[pair], methods=["fkl+adakd"])))
     for role in ("teacher", "student"):
         done = run_cli("kdbench", "init-model", "--pair", f"config/pairs/{pair}.yaml", "--role", role,
                        "--tokenizer", "results/tokenizer", "--out", f"results/models/{pair}/{role}-init", cwd=root)
@@ -60,7 +60,7 @@ def test_selection_by_validation_rouge_keeps_the_best_step(root):
                             select_every=3, select_examples=4, sample_max_new_tokens=8)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
     (root / "grid.yaml").write_text(yaml.safe_dump(
-        yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [pair], "methods": ["sft"]}))
+        grid_config(root, pairs=[pair], methods=["sft"])))
     for role in ("teacher", "student"):
         init = root / f"results/models/{pair}/{role}-init"
         if not init.exists():

@@ -5,7 +5,7 @@ import re
 
 import yaml
 
-from tests.conftest import run_cli, workflow_copy
+from tests.conftest import grid_config, run_cli, workflow_copy
 
 PAIR = "gpt2-nan-s_from_gpt2-nan-t"
 RUN = f"results/runs/{PAIR}/fkl/seed1"
@@ -17,7 +17,7 @@ def test_a_diverging_loss_stops_the_run_naming_step_and_checkpoint(tmp_path):
     del pair["teacher"]["sft"]
     pair["training"].update(steps=20, micro_batch_size=4, checkpoint_every=2, log_every=1, lr=1e30, warmup_ratio=0)
     (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
-    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text()) | {"pairs": [PAIR], "methods": ["fkl"]}
+    cfg = grid_config(root, pairs=[PAIR], methods=["fkl"])
     (root / "grid.yaml").write_text(yaml.safe_dump(cfg))
     for cmd in (["data", "--out", "results/data", "--n-train", "40", "--n-valid", "5", "--n-eval", "5"],
                 ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],

@@ -13,7 +13,11 @@ PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
 
 @pytest.fixture
 def tiny(repo):
-    return yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
+    """The default config as one table given by the top-level axes (tables: tests/unit/test_grid_tables.py)."""
+    cfg = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
+    del cfg["tables"]
+    return cfg | {"pairs": [PAIR], "methods": ["sft", "fkl", "fkl+adakd"], "seeds": [1],
+                  "sets": ["dolly", "selfinst", "vicuna", "sni", "unni"]}
 
 
 def grid(cfg, repo):
@@ -22,7 +26,10 @@ def grid(cfg, repo):
 
 def test_the_default_grid_is_valid(repo):
     g = load_grid(repo / "config" / "tiny.yaml", workdir=repo)
-    assert g.runs() == [(PAIR, m, 1) for m in ("sft", "fkl", "fkl+adakd")]
+    assert g.runs(table="main") == [(PAIR, m, 1) for m in ("sft", "fkl", "fkl+adakd")]
+    design = [f"{b}{p}" for b in ("fkl", "rkl", "skl", "akl", "egad") for p in ("", "+adakd")]
+    assert [m for _, m, _ in g.runs(table="design", pair=PAIR)] == design
+    assert len(g.runs()) == 1 + 3 * len(design)  # sft; fkl and fkl+adakd of main are design cells too
 
 
 @pytest.mark.parametrize("edit, needle", [
@@ -31,7 +38,7 @@ def test_the_default_grid_is_valid(repo):
     (lambda c: c.update(methods=["fkl", "fkk"]), "label 'fkk': unknown method 'fkk'. Known: .*fkl.*sft"),
     (lambda c: c.update(methods=["fkl+adakdd"]), "unknown token policy 'adakdd'. Known: adakd"),
     (lambda c: c.update(methods=["sft+adakd"]), "a token policy needs a distillation loss"),
-    (lambda c: c.update(methods=["fkl", "fkl"]), "label 'fkl' is listed twice"),
+    (lambda c: c.update(methods=["fkl", "fkl"]), "key 'methods': 'fkl' is listed twice"),
     (lambda c: c.update(methods=["../fkl"]), "key 'methods.0': '../fkl' does not match"),
     (lambda c: c.update(methods=["fkl;rm"]), "key 'methods.0'"),
     (lambda c: c.update(methods=["teacher"]), "reserved for the teacher"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BIN, run_cli, workflow_copy
+from tests.conftest import BIN, grid_config, run_cli, workflow_copy
 
 pytestmark = pytest.mark.workflow
 PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
@@ -297,8 +297,7 @@ def _dry_run(root: Path, *configfiles: str) -> tuple[subprocess.CompletedProcess
 def test_bad_input_fails_before_any_job(wf, model_dirs, name):
     case = wf / "cases" / name
     case.mkdir()
-    cfg = yaml.safe_load((wf / "config/tiny.yaml").read_text())
-    cfg.update(pairs=[PAIR], methods=["fkl"], sets=["dolly"])
+    cfg = grid_config(wf, pairs=[PAIR], methods=["fkl"], sets=["dolly"])
     expected = CASES[name](cfg, {"root": wf, "case": case, "models": model_dirs})
     cfg_file = f"cases/{name}/config.yaml"
     (wf / cfg_file).write_text(yaml.safe_dump(cfg))
@@ -315,8 +314,7 @@ def test_bad_input_fails_before_any_job(wf, model_dirs, name):
 
 def test_the_good_base_config_passes(wf):
     """The catalogue's base config is valid: each case fails only because of its own edit."""
-    cfg = yaml.safe_load((wf / "config/tiny.yaml").read_text())
-    cfg.update(pairs=[PAIR], methods=["fkl"], sets=["dolly"])
+    cfg = grid_config(wf, pairs=[PAIR], methods=["fkl"], sets=["dolly"])
     (wf / "cases/good.yaml").write_text(yaml.safe_dump(cfg))
     done, seconds = _dry_run(wf, "cases/good.yaml")
     TIMES["(valid base config)"] = seconds
@@ -352,8 +350,7 @@ def test_second_invocation_is_refused_while_the_first_holds_the_directory(tmp_pa
     pair["teacher"]["sft"]["steps"] = 20
     pair["training"].update(steps=10, micro_batch_size=4, log_every=5)
     _write_pair(root, "lock-s_from_lock-t", pair)
-    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text())
-    cfg.update(pairs=["lock-s_from_lock-t"], methods=["fkl"], sets=["dolly"])
+    cfg = grid_config(root, pairs=["lock-s_from_lock-t"], methods=["fkl"], sets=["dolly"])
     cfg["data"].update(n_train=200, n_valid=10, n_eval=4)
     cfg["evaluation"].update(decoding_seeds=[10], max_new_tokens=4)
     (root / "small.yaml").write_text(yaml.safe_dump(cfg))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import run_cli, workflow_copy
+from tests.conftest import grid_config, run_cli, workflow_copy
 
 pytestmark = pytest.mark.workflow
 PAIR = "gpt2-micro-s_from_gpt2-micro-t"
@@ -22,8 +22,7 @@ def flow(tmp_path_factory):
     pair["teacher"]["sft"]["steps"] = 60
     pair["training"].update(steps=30, micro_batch_size=8, log_every=5, sample_max_new_tokens=16)
     (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
-    cfg = yaml.safe_load((root / "config/tiny.yaml").read_text())
-    cfg["pairs"] = [PAIR]
+    cfg = grid_config(root, pairs=[PAIR], methods=["sft", "fkl", "fkl+adakd"])
     cfg["data"].update(n_train=400, n_eval=6)
     cfg["evaluation"].update(decoding_seeds=[10, 20], max_new_tokens=12)
     (root / "smoke.yaml").write_text(yaml.safe_dump(cfg))

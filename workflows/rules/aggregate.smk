@@ -1,55 +1,76 @@
-# Evaluation results → per-pair tables (ours beside the published numbers, paired-bootstrap
-# significance of each +policy run against its base, the paper's claims) and plots; then the main
-# table over all pairs.
+# Evaluation results → tables: per (table, pair) ours beside the published numbers and the paired-
+# bootstrap significance of each +policy row against its base; per table, the pairs stacked; per
+# pair, the paper's claims over every run of the grid, and plots. Each table is also a target rule
+# of its own name (`snakemake table1`).
 
 
 rule tables:
     input:
-        results=lambda w: eval_results(w, pair=w.pair),
-        predictions=lambda w: eval_results(w, pair=w.pair, predictions=True),
+        results=lambda w: eval_results(table=w.table, pair=w.pair),
+        predictions=lambda w: eval_results(table=w.table, pair=w.pair, predictions=True),
         reference=REFERENCE_CSVS,
         labels="evaluation/reference/labels.yaml",
     output:
-        md=report(f"{RES}/tables/{{pair}}/main.md", category="Tables", subcategory="{pair}"),
-        csv=f"{RES}/tables/{{pair}}/main.csv",
-        tex=f"{RES}/tables/{{pair}}/main.tex",
-        significance=report(f"{RES}/tables/{{pair}}/significance.md", category="Tables", subcategory="{pair}"),
-        claims=report(f"{RES}/tables/{{pair}}/claims.md", category="Tables", subcategory="{pair}"),
+        md=f"{RES}/tables/{{table}}/{{pair}}/main.md",
+        csv=f"{RES}/tables/{{table}}/{{pair}}/main.csv",
+        tex=f"{RES}/tables/{{table}}/{{pair}}/main.tex",
+        significance=report(
+            f"{RES}/tables/{{table}}/{{pair}}/significance.md", category="Significance", subcategory="{table}"
+        ),
     params:
-        methods=" ".join(["teacher", *CFG["methods"]]),
-        sets=" ".join(CFG["sets"]),
+        methods=lambda w: " ".join(["teacher", *GRID.tables[w.table]["all"]["methods"]]),
+        sets=lambda w: " ".join(GRID.tables[w.table]["all"]["sets"]),
+        finished=finished_elsewhere,
         reference=reference_args,
     log:
-        f"{RES}/logs/tables/{{pair}}.log",
+        f"{RES}/logs/tables/{{table}}/{{pair}}.log",
     conda:
         ENV
     shell:
-        "kdbench aggregate --results {input.results} --pair {wildcards.pair} --methods {params.methods}"
-        " --sets {params.sets} {params.reference} --labels {input.labels} --out-md {output.md}"
-        " --out-csv {output.csv} --out-tex {output.tex} --significance-md {output.significance}"
-        " --claims-md {output.claims} > {log} 2>&1"
+        "kdbench aggregate --results {input.results} {params.finished} --pair {wildcards.pair}"
+        " --methods {params.methods} --sets {params.sets} {params.reference} --labels {input.labels}"
+        " --out-md {output.md} --out-csv {output.csv} --out-tex {output.tex}"
+        " --significance-md {output.significance} > {log} 2>&1"
 
 
-rule main_table:
+rule combine_table:
     input:
-        md=expand(f"{RES}/tables/{{pair}}/main.md", pair=CFG["pairs"]),
-        csv=expand(f"{RES}/tables/{{pair}}/main.csv", pair=CFG["pairs"]),
+        md=lambda w: [f"{RES}/tables/{w.table}/{pair}/main.md" for pair in GRID.tables[w.table]["pairs"]],
+        csv=lambda w: [f"{RES}/tables/{w.table}/{pair}/main.csv" for pair in GRID.tables[w.table]["pairs"]],
     output:
-        md=f"{RES}/tables/main.md",
-        csv=f"{RES}/tables/main.csv",
+        md=report(f"{RES}/tables/{{table}}.md", category="Tables"),
+        csv=f"{RES}/tables/{{table}}.csv",
+    params:
+        title=lambda w: GRID.tables[w.table]["title"],
     log:
-        f"{RES}/logs/main_table.log",
+        f"{RES}/logs/tables/{{table}}.log",
     conda:
         ENV
     shell:
-        "kdbench combine-tables --md {input.md} --csv {input.csv} --out-md {output.md} --out-csv {output.csv}"
-        " > {log} 2>&1"
+        "kdbench combine-tables --title {params.title:q} --md {input.md} --csv {input.csv}"
+        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+
+
+rule claims:
+    input:
+        results=lambda w: eval_results(pair=w.pair),
+        predictions=lambda w: eval_results(pair=w.pair, predictions=True),
+    output:
+        md=report(f"{RES}/tables/claims/{{pair}}/claims.md", category="Claims", subcategory="{pair}"),
+        csv=f"{RES}/tables/claims/{{pair}}/claims.csv",
+    log:
+        f"{RES}/logs/claims/{{pair}}.log",
+    conda:
+        ENV
+    shell:
+        "kdbench aggregate --results {input.results} --pair {wildcards.pair}"
+        " --claims-md {output.md} --claims-csv {output.csv} > {log} 2>&1"
 
 
 rule plots:
     input:
-        metrics=lambda w: [f"{RES}/runs/{w.pair}/{m}/seed{s}/metrics.jsonl" for m in CFG["methods"] for s in CFG["seeds"]],
-        table=f"{RES}/tables/{{pair}}/main.csv",
+        metrics=lambda w: [f"{RES}/runs/{p}/{m}/seed{s}/metrics.jsonl" for p, m, s in GRID.runs(pair=w.pair)],
+        tables=lambda w: [f"{RES}/tables/{t}/{w.pair}/main.csv" for t in GRID.tables if w.pair in GRID.tables[t]["pairs"]],
     output:
         latf=report(f"{RES}/plots/{{pair}}/latf_ratio.png", category="Plots", subcategory="{pair}"),
         curves=report(f"{RES}/plots/{{pair}}/training_curves.png", category="Plots", subcategory="{pair}"),
@@ -61,4 +82,13 @@ rule plots:
         ENV
     shell:
         "kdbench plots --metrics {input.metrics} --latf-png {output.latf} --curves-png {output.curves}"
-        " --tau-png {output.tau} --table-csv {input.table} --published-png {output.published} > {log} 2>&1"
+        " --tau-png {output.tau} --table-csv {input.tables} --published-png {output.published} > {log} 2>&1"
+
+
+for table_name in GRID.tables:  # `snakemake table1`: one target rule per table
+
+    rule:
+        name:
+            table_name
+        input:
+            table_targets(table_name),

@@ -18,11 +18,23 @@ GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --reso
 CFG = GRID.config
 ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))  # absolute: plugin rules in methods/ use it too
 REFERENCE_CSVS = sorted(str(p) for p in Path(workflow.basedir, "evaluation/reference").glob("*.csv"))
-TABLES = [f"{RES}/tables/main.md", f"{RES}/tables/main.csv"] + [
+
+
+def table_targets(table):
+    """What `snakemake <table>` builds: the table over its pairs, and per pair the LaTeX table and
+    the significance of each +policy row against its base."""
+    pairs = GRID.tables[table]["pairs"]
+    return [f"{RES}/tables/{table}.md", f"{RES}/tables/{table}.csv"] + [
+        f"{RES}/tables/{table}/{pair}/{name}" for pair in pairs for name in ("main.tex", "significance.md")
+    ]
+
+
+PAIR_TARGETS = [  # per pair, over every table: the paper's claims and the plots
     f"{RES}/{kind}/{pair}/{name}"
-    for pair in CFG["pairs"]
-    for kind, name in (("tables", "significance.md"), ("tables", "claims.md"), ("plots", "latf_ratio.png"))
+    for pair in GRID.axes["pairs"]
+    for kind, name in (("tables/claims", "claims.md"), ("plots", "latf_ratio.png"))
 ]
+TABLES = [target for table in GRID.tables for target in table_targets(table)] + PAIR_TARGETS
 
 
 wildcard_constraints:
@@ -31,6 +43,7 @@ wildcard_constraints:
     seed=r"\d+",
     set=r"[a-z0-9_]+",
     role=r"teacher|student",
+    table="|".join(GRID.tables),
 
 
 def run_dir(w):
@@ -56,31 +69,48 @@ def train_inputs(w):
     return inputs
 
 
+def init_model_inputs(w):
+    """The pair file, and the generated tokenizer for a random-init model (a pretrained one brings its own)."""
+    inputs = {"pair": GRID.pair_file(w.pair)}
+    if GRID.pairs[w.pair][w.role]["init"] == "random":
+        inputs["tokenizer"] = f"{RES}/tokenizer"
+    return inputs
+
+
 def eval_model(w):
     if w.method == "teacher":
         return GRID.teacher_path(w.pair)
     return f"{run_dir(w)}/model"
 
 
-def eval_results(w=None, pair=None, predictions=False):
-    """Every evaluation result the tables need (of one pair, or all): the teacher row and each grid
-    cell, on each set; or the per-sample predictions beside them."""
-    cells = [(p, "teacher", GRID.teacher_seed(p)) for p in CFG["pairs"]] + GRID.runs()
+def eval_results(w=None, pair=None, table=None, predictions=False):
+    """Every evaluation result a table needs (of one table, one pair, or the whole grid): the
+    teacher row and each cell, on each set; or the per-sample predictions beside them."""
     suffix = "predictions.jsonl" if predictions else "json"
-    return [
-        f"{RES}/evals/{p}/{m}/seed{s}/{name}.{suffix}"
-        for p, m, s in cells
-        if pair is None or p == pair
-        for name in CFG["sets"]
+    return [f"{RES}/evals/{p}/{m}/seed{s}/{x}.{suffix}" for p, m, s, x in GRID.evals(table=table, pair=pair)]
+
+
+def finished_elsewhere(w):
+    """Results of this table's cells that the selection left out but an earlier run finished:
+    the table shows them (a result file is written atomically, last, so one that exists is whole)."""
+    table, wanted = GRID.tables[w.table], set(eval_results(table=w.table, pair=w.pair))
+    cells = [
+        f"{RES}/evals/{w.pair}/{m}/seed{s}/{x}.json"
+        for m in table["all"]["methods"]
+        for s in table["all"]["seeds"]
+        for x in table["all"]["sets"]
     ]
+    return [c for c in cells if c not in wanted and os.path.exists(c)]
 
 
 def reference_args(w):
-    """`--reference ... --reference-table T --family F` when the pair names a published table."""
+    """`--reference ... --reference-table T --family F` when the table or the pair names a
+    published table (the family is always the pair's)."""
     ref = GRID.pairs[w.pair].get("reference")
     if not ref:
         return ""
-    return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {ref['table']} --family {ref['family']}"
+    table = GRID.tables[w.table]["reference"] or ref["table"]
+    return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {table} --family {ref['family']}"
 
 
 def lm_eval_results(w=None):

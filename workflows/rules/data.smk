@@ -5,7 +5,7 @@ rule data:
     output:
         train=f"{RES}/data/train.jsonl",
         valid=f"{RES}/data/valid.jsonl",
-        sets=expand(f"{RES}/data/eval/{{name}}.jsonl", name=CFG["sets"]),
+        sets=expand(f"{RES}/data/eval/{{name}}.jsonl", name=GRID.axes["sets"]),
     params:
         out=lambda w, output: os.path.dirname(output.train),
         data=CFG["data"],
@@ -35,14 +35,15 @@ rule tokenizer:
 
 rule init_model:
     input:
-        pair=lambda w: GRID.pair_file(w.pair),
-        tokenizer=f"{RES}/tokenizer",
+        unpack(init_model_inputs),
     output:
         directory(f"{RES}/models/{{pair}}/{{role}}-init"),
+    params:
+        tokenizer=lambda w: " ".join(f"--tokenizer {path}" for key, path in init_model_inputs(w).items() if key == "tokenizer"),
     log:
         f"{RES}/logs/init_model/{{pair}}/{{role}}.log",
     conda:
         ENV
     shell:
-        "kdbench init-model --pair {input.pair} --role {wildcards.role} --tokenizer {input.tokenizer}"
+        "kdbench init-model --pair {input.pair} --role {wildcards.role} {params.tokenizer}"
         " --out {output} > {log} 2>&1"

@@ -1,4 +1,22 @@
-# One evaluation job per (run, set), looping over decoding seeds without reloading the model.
+# Evaluation: one job per (run, set) by default, looping over decoding seeds without reloading the
+# model; with `evaluation.job: run`, one job per run over every set of the grid (the model and the
+# libraries are loaded once: on small models that start-up is most of the time).
+
+EVAL_OUT = f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}"
+EVAL_ARGS = (
+    " --seeds {params.seeds} --max-new-tokens {params.ev[max_new_tokens]}"
+    " --max-prompt-tokens {params.ev[max_prompt_tokens]} --batch-size {params.ev[batch_size]}"
+    " --no-repeat-ngram-size {params.ev[no_repeat_ngram_size]} --prompt-format {params.ev[prompt_format]}"
+    " {params.greedy} --threads {threads}"
+)
+
+if CFG["evaluation"]["job"] == "run":
+
+    ruleorder: evaluate_run > evaluate
+
+else:
+
+    ruleorder: evaluate > evaluate_run
 
 
 rule evaluate:
@@ -6,25 +24,44 @@ rule evaluate:
         model=eval_model,
         data=lambda w: GRID.data_files[w.set],
     output:
-        result=f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.json",
-        predictions=f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.predictions.jsonl",
+        result=f"{EVAL_OUT}/{{set}}.json",
+        predictions=f"{EVAL_OUT}/{{set}}.predictions.jsonl",
     params:
         seeds=" ".join(str(s) for s in CFG["evaluation"]["decoding_seeds"]),
         ev=CFG["evaluation"],
         greedy="--greedy" if CFG["evaluation"]["greedy"] else "",
     log:
-        f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}/{{set}}.log",
+        f"{EVAL_OUT}/{{set}}.log",
     threads: 1
     conda:
         ENV
     shell:
         "kdbench evaluate --model {input.model} --data {input.data} --set {wildcards.set}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --seeds {params.seeds}"
-        " --max-new-tokens {params.ev[max_new_tokens]} --max-prompt-tokens {params.ev[max_prompt_tokens]}"
-        " --batch-size {params.ev[batch_size]} --no-repeat-ngram-size {params.ev[no_repeat_ngram_size]}"
-        " --prompt-format {params.ev[prompt_format]} {params.greedy} --threads {threads} --out {output.result} --predictions {output.predictions}"
-        " > {log} 2>&1"
+        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
+        " --predictions {output.predictions}" + EVAL_ARGS + " > {log} 2>&1"
 
+
+rule evaluate_run:
+    input:
+        model=eval_model,
+        data=[GRID.data_files[x] for x in GRID.axes["sets"]],
+    output:
+        result=[f"{EVAL_OUT}/{x}.json" for x in GRID.axes["sets"]],
+        predictions=[f"{EVAL_OUT}/{x}.predictions.jsonl" for x in GRID.axes["sets"]],
+    params:
+        sets=" ".join(GRID.axes["sets"]),
+        seeds=" ".join(str(s) for s in CFG["evaluation"]["decoding_seeds"]),
+        ev=CFG["evaluation"],
+        greedy="--greedy" if CFG["evaluation"]["greedy"] else "",
+    log:
+        f"{EVAL_OUT}/evaluate.log",
+    threads: 1
+    conda:
+        ENV
+    shell:
+        "kdbench evaluate --model {input.model} --data {input.data} --set {params.sets}"
+        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
+        " --predictions {output.predictions}" + EVAL_ARGS + " > {log} 2>&1"
 
 rule lm_eval:
     """Any list of lm-eval tasks (evaluation/tasks/ or the library's own) on one trained model:
