@@ -32,7 +32,8 @@ TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "war
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
                      "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
                      "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False, "gpus": 1,
-                     "select": "final", "select_every": 100, "select_examples": 100}
+                     "select": "final", "select_every": 100, "select_examples": 100,
+                     "nonfinite": "stop", "max_nonfinite": 10}
 
 
 def load_yaml(path: Path) -> Any:

@@ -11,6 +11,7 @@ token policy; log. Finally save the student in Hugging Face format with `provena
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -173,7 +174,9 @@ def train(run: dict) -> None:
     selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best")) \
         if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
-    fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", -1))  # fault-injection tests only
+    fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", "-1"))  # fault-injection tests only
+    fault_nan_step = int(os.environ.get("KDBENCH_FAULT_NAN_AT_STEP", "-1"))
+    nonfinite_in_a_row, skipped_total = 0, 0  # non-finite micro-batches (training.nonfinite)
 
     start, tokens_seen, tokens_here = time.perf_counter(), state["tokens_seen"], 0
     for step in tqdm(range(state["step"], tr["steps"]), desc=f"{run['run']['pair']}/{method['label']}/seed{seed}",
@@ -183,9 +186,18 @@ def train(run: dict) -> None:
         lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
         micro = [collate(source.next(step), tokenizer.pad_token_id) for _ in range(tr["gradient_accumulation_steps"])]
         n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
-        kd_weighted, ce_sum, n_selected, temps = 0.0, 0.0, 0, []
+        kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
         for mb in micro:
             parts = micro_batch_loss(mb, n_global, step / tr["steps"])
+            if step == fault_nan_step:
+                parts = dataclasses.replace(parts, loss=parts.loss * float("nan"))
+            if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
+                nonfinite_in_a_row = _nonfinite(out, step, parts.loss.item(), tr, nonfinite_in_a_row + 1, checkpoints)
+                engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
+                engine.step()
+                n_skipped += losses.count_valid(mb["labels"])
+                continue
+            nonfinite_in_a_row = 0
             engine.backward(parts.loss, scale_wrt_gas=False)
             engine.step()
             kd_weighted += parts.kd_mean * parts.n_tokens
@@ -193,14 +205,11 @@ def train(run: dict) -> None:
             n_selected += parts.n_selected
             if parts.temperature is not None:
                 temps.append(parts.temperature)
-        kd_loss = _all_reduce_sum(kd_weighted, engine.device) / n_global
-        ce = _all_reduce_sum(ce_sum, engine.device) / n_global
-        if not math.isfinite(kd_loss) or not math.isfinite(ce):
-            last = checkpoints.complete()
-            raise KDBenchError(f"run {out}: the loss became {ce if not math.isfinite(ce) else kd_loss} at step "
-                               f"{step}; last good checkpoint: {last[-1] if last else 'none'}. Lower the "
-                               "learning rate or check the data, then rerun (it resumes from that checkpoint).")
-        if policy is not None:
+        n_used = n_global - _all_reduce_sum(n_skipped, engine.device)
+        skipped_total += n_global - n_used
+        kd_loss = _all_reduce_sum(kd_weighted, engine.device) / max(n_used, 1)
+        ce = _all_reduce_sum(ce_sum, engine.device) / max(n_used, 1)
+        if policy is not None and n_used:
             policy.observe(kd_loss)
         if source.needs_validation and (step + 1) % steps_per_epoch == 0:
             source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], kd_loss_of))
@@ -213,6 +222,8 @@ def train(run: dict) -> None:
                                      temps, tokens_here / (time.perf_counter() - start))
             if valid_rouge is not None:
                 record["valid_rougeL"] = valid_rouge
+            if skipped_total:
+                record["skipped_tokens"] = skipped_total
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
         if tr["checkpoint_every"] and (step + 1) % tr["checkpoint_every"] == 0 and step + 1 < tr["steps"]:
@@ -252,6 +263,29 @@ def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, polic
         t = torch.cat(temps)
         record.update(tau_mean=float(t.mean()), tau_min=float(t.min()), tau_max=float(t.max()))
     return record
+
+
+def _nonfinite(out: Path, step: int, value: float, tr: dict, in_a_row: int, checkpoints: Checkpoints) -> int:
+    """A micro-batch whose loss is NaN/inf, seen before its backward (so the weights never take it):
+    stop the run (`training.nonfinite: stop`), or skip it and go on, stopping once
+    `training.max_nonfinite` come in a row. Returns how many came in a row."""
+    last = checkpoints.complete()
+    what = (f"run {out}: the loss became {value} at step {step}; last good checkpoint: "
+            f"{last[-1] if last else 'none'}.")
+    advice = "Lower the learning rate or check the data, then rerun (it resumes from that checkpoint)"
+    if tr["nonfinite"] == "stop":
+        raise KDBenchError(f"{what} {advice}; or set training.nonfinite: skip to skip such micro-batches.")
+    if in_a_row >= tr["max_nonfinite"]:
+        raise KDBenchError(f"{what} {in_a_row} micro-batches in a row were non-finite (training.max_nonfinite "
+                           f"{tr['max_nonfinite']}), so the weights have likely diverged. {advice}.")
+    print(f"kdbench: {what} Skipping that micro-batch (training.nonfinite: skip).", file=sys.stderr)
+    return in_a_row
+
+
+def _no_gradient(module: torch.nn.Module) -> torch.Tensor:
+    """A zero loss over every trainable parameter: its backward adds no gradient but runs the same
+    hooks and collectives as a real micro-batch, so data-parallel ranks stay in step."""
+    return sum((p * 0.0).sum() for p in module.parameters() if p.requires_grad)
 
 
 class Stream:

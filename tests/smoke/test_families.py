@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from tests.conftest import grid_config, run_cli, workflow_copy
 
 FAMILIES = ["gpt2-tiny-s_from_gpt2-tiny-t", "qwen2-tiny-s_from_qwen2-tiny-t", "llama-tiny-s_from_llama-tiny-t"]
+LORA_PAIR = "openllama2-3b_from_openllama2-7b"  # its LoRA settings, on the tiny LLaMA student
 
 
 @pytest.fixture(scope="module")
@@ -21,9 +22,14 @@ def root(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("pair", FAMILIES)
+@pytest.mark.parametrize("pair", [*FAMILIES, "llama-lora-s_from_llama-tiny-t"])
 def test_tiny_pair_trains(root, pair):
-    spec = yaml.safe_load((root / f"config/pairs/{pair}.yaml").read_text())
+    """Each family's tiny pair trains; the LoRA case is the tiny LLaMA student with the real pair's adapters."""
+    if pair.startswith("llama-lora"):
+        spec = yaml.safe_load((root / f"config/pairs/{FAMILIES[2]}.yaml").read_text())
+        spec["student"]["lora"] = yaml.safe_load((root / f"config/pairs/{LORA_PAIR}.yaml").read_text())["student"]["lora"]
+    else:
+        spec = yaml.safe_load((root / f"config/pairs/{pair}.yaml").read_text())
     spec["teacher"].pop("sft", None)
     spec["training"].update(steps=12, micro_batch_size=4, log_every=1, checkpoint_every=0)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))

@@ -117,8 +117,9 @@ def test_init_model_copies_a_pretrained_model_with_its_own_tokenizer(repo, tok_d
 
 @pytest.fixture
 def lora_student(repo, tok):
+    """The tiny LLaMA student under the real OpenLLaMA2 pair's LoRA settings."""
     spec = pair(repo, TINY["llama"])["student"]
-    return build_random("llama", spec["config"], tok, 0), spec["lora"]
+    return build_random("llama", spec["config"], tok, 0), pair(repo, REAL[1])["student"]["lora"]
 
 
 def test_lora_trains_only_the_adapters_and_saves_a_plain_merged_model(lora_student, tok, tmp_path):
