@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import random
 import shutil
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance
 from kdbench.checkpoints import Checkpoints
-from kdbench.config import TRAINING_DEFAULTS
+from kdbench.config import TRAINING_DEFAULTS, accumulation_steps
 from kdbench.errors import KDBenchError
 from kdbench.gpus import claim, gpu_count
 from kdbench.policies import Composed
@@ -75,17 +74,20 @@ def train(run: dict) -> None:
     tr = run["training"]
     seed = run["run"]["seed"]
     _single_process_env()
+    _job_settings(run)  # what depends on where the job runs: accumulation for this world size, tensorboard
     import deepspeed
     from transformers import AutoTokenizer, get_scheduler
 
     from kdbench.jsonl import read_jsonl
     from kdbench.models import (
+        Heads,
         LastHidden,
         apply_lora,
         check_vocab,
         enable_gradient_checkpointing,
         load_causal_lm,
         save_student,
+        zero3_inference_engine,
     )
 
     random.seed(seed)
@@ -121,36 +123,51 @@ def train(run: dict) -> None:
     examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
 
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=tr["lr"],
-                                  weight_decay=tr["weight_decay"])
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if run["deepspeed"].get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
+        from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO-Offload: AdamW steps on the CPU copies
+
+        optimizer = DeepSpeedCPUAdam(trainable, lr=tr["lr"], weight_decay=tr["weight_decay"], adamw_mode=True)
+    else:
+        optimizer = torch.optim.AdamW(trainable, lr=tr["lr"], weight_decay=tr["weight_decay"])
     scheduler = get_scheduler(tr["schedule"], optimizer, num_warmup_steps=int(tr["warmup_ratio"] * tr["steps"]),
                               num_training_steps=tr["steps"])
     ds_config = {**run["deepspeed"], "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
                  "gradient_accumulation_steps": tr["gradient_accumulation_steps"], "gradient_clipping": tr["grad_clip"],
                  "bf16": {"enabled": tr["bf16"]}}
+    if tr.get("tensorboard"):  # DeepSpeed's own monitor writes <run dir>/tensorboard/
+        ds_config["tensorboard"] = {"enabled": True, "output_path": str(out), "job_name": "tensorboard"}
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     engine.train()  # from_pretrained returns eval mode: dropout must be on for training
     world = engine.world_size
-    if teacher is not None:
+    teacher_forward = teacher
+    if teacher is not None and run.get("teacher_zero3"):  # partitioned over the ranks (pair key teacher.zero3)
+        teacher_forward = zero3_inference_engine(teacher, dtype=run["teacher_dtype"], offload=run["teacher_zero3"]["offload"],
+                                                 micro_batch_size=tr["micro_batch_size"])
+    elif teacher is not None:
         teacher.to(engine.device)
+    heads = Heads(engine.module, teacher)  # the output heads the loss applies (gathered per micro-batch under ZeRO-3)
 
     def micro_batch_loss(mb, n_global, progress, policy=policy):
         """Teacher without grad, student with grad (final hidden states), then the harness."""
         mb = {k: v.to(engine.device) for k, v in mb.items()}
         with torch.no_grad():
-            t_hidden = teacher(mb["input_ids"], mb["attention_mask"]) if teacher is not None else None
+            t_hidden = teacher_forward(mb["input_ids"], mb["attention_mask"]) if teacher is not None else None
         s_hidden = engine(mb["input_ids"], mb["attention_mask"])
+        student_head, teacher_head = heads.gather()  # released after this micro-batch's backward
         return losses.objective(
             s_hidden, t_hidden, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
             n_global=n_global, world_size=world, divergence=divergence,
             hparams=method["divergence"]["hp"] if divergence else None, policy=policy, progress=progress,
-            student_head=engine.module.head, teacher_head=teacher.head if teacher is not None else None,
+            student_head=student_head, teacher_head=teacher_head,
             chunk_size=tr["loss_chunk_size"])
 
     def kd_loss_of(mb):
         """Plain token-mean loss (no token policy) of one batch, for validation."""
         with torch.no_grad():
-            return micro_batch_loss(mb, losses.count_valid(mb["labels"]), 1.0, policy=None).loss.item() / world
+            loss = micro_batch_loss(mb, losses.count_valid(mb["labels"]), 1.0, policy=None).loss.item() / world
+        heads.release()
+        return loss
 
     # Resume from the newest good checkpoint of this exact run config, if any.
     out.mkdir(parents=True, exist_ok=True)
@@ -164,15 +181,16 @@ def train(run: dict) -> None:
         print(f"kdbench: resuming {out} at step {state['step']}", file=sys.stderr)
     stream = Stream(examples, tr["micro_batch_size"], seed, start=state["micro_batches"])
     sampler = partial(sample_responses, engine.module.lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                      max_new_tokens=tr["sample_max_new_tokens"], max_length=tr["max_length"])
+                      max_new_tokens=tr["sample_max_new_tokens"], max_length=tr["max_length"],
+                      synced_gpus=_zero3(engine) and world > 1)
     source = make_source(method["source"], method["source_hp"], stream, sampler, tr["steps"], tr["micro_batch_size"])
     if state["step"]:
         source.load_state_dict(state["source"])
     if source.needs_validation:
         valid = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["valid"])]
         steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
-    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best")) \
-        if tr["select"] == "valid_rougeL" else None
+    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"),
+                                synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
     fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", "-1"))  # fault-injection tests only
     fault_nan_step = int(os.environ.get("KDBENCH_FAULT_NAN_AT_STEP", "-1"))
@@ -199,6 +217,7 @@ def train(run: dict) -> None:
                 continue
             nonfinite_in_a_row = 0
             engine.backward(parts.loss, scale_wrt_gas=False)
+            heads.release()
             engine.step()
             kd_weighted += parts.kd_mean * parts.n_tokens
             ce_sum += parts.ce_sum
@@ -226,6 +245,9 @@ def train(run: dict) -> None:
                 record["skipped_tokens"] = skipped_total
             metrics.write(json.dumps(record) + "\n")
             metrics.flush()
+            if engine.monitor.enabled:  # training.tensorboard: the same scalars, by step
+                engine.monitor.write_events([(f"kdbench/{key}", value, step) for key, value in record.items()
+                                             if key != "step" and isinstance(value, (int, float))])
         if tr["checkpoint_every"] and (step + 1) % tr["checkpoint_every"] == 0 and step + 1 < tr["steps"]:
             checkpoints.save(engine, step + 1, {
                 "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
@@ -233,24 +255,27 @@ def train(run: dict) -> None:
                 "best": selector.best if selector else None,
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
     metrics.close()
+    heads.release()
     if selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
         selector.restore_best(engine.module.lm)
 
-    # Save the student (HF format, safetensors) atomically: write beside, then rename.
-    if engine.global_rank == 0:
-        tmp = out / ".model.tmp"
-        save_student(engine.module.lm, tmp)
-        tokenizer.save_pretrained(tmp)
-        if len(engine.module.extras):
-            save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")
-        if (out / "model").exists():  # a rerun by hand into a finished run directory
-            shutil.rmtree(out / "model")
-        os.replace(tmp, out / "model")
-        atomic.write_json(out / "provenance.json", provenance.collect(
-            Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
-            methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
-            steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
-            selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
+    # Save the student (HF format, safetensors) atomically: write beside, then rename. Under ZeRO-3 every
+    # rank first gathers the full weights (GatheredParameters is a no-op for ZeRO stages 0-2).
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        if engine.global_rank == 0:
+            tmp = out / ".model.tmp"
+            save_student(engine.module.lm, tmp)
+            tokenizer.save_pretrained(tmp)
+            if len(engine.module.extras):
+                save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")
+            if (out / "model").exists():  # a rerun by hand into a finished run directory
+                shutil.rmtree(out / "model")
+            os.replace(tmp, out / "model")
+            atomic.write_json(out / "provenance.json", provenance.collect(
+                Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
+                methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
+                steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
+                selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
 
 
 def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
@@ -319,10 +344,11 @@ class BestByValidRouge:
     validation examples): the trainable weights of the best step are kept beside the run and put
     back into the model before it is saved. Its state (best step and score) resumes with the run."""
 
-    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None):
+    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None, synced_gpus: bool = False):
         from kdbench.jsonl import read_jsonl
 
         self.path, self.tokenizer, self.tr = out / "best_trainable.safetensors", tokenizer, tr
+        self.synced_gpus = synced_gpus  # ZeRO-3 on several ranks: generation steps in lockstep
         self.examples = read_jsonl(valid_path)[:tr["select_examples"]]
         self.best = best or {"step": None, "valid_rougeL": -1.0}
 
@@ -332,12 +358,17 @@ class BestByValidRouge:
         was_training = lm.training
         lm.eval()
         summary, _ = evaluate_set(lm, self.tokenizer, self.examples, set_name="valid", seeds=[0], protocol={
-            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16})
+            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16},
+            synced_gpus=self.synced_gpus)
         lm.train(was_training)
         value = summary["rougeL_mean"]
         if value > self.best["valid_rougeL"]:
+            import deepspeed
+
             self.best = {"step": step, "valid_rougeL": value}
-            trainable = {n: p.detach().cpu().contiguous() for n, p in lm.named_parameters() if p.requires_grad}
+            named = [(n, p) for n, p in lm.named_parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):  # ZeRO-3: full weights
+                trainable = {n: p.detach().cpu().clone() for n, p in named}
             tmp = self.path.with_suffix(".tmp")
             save_file(trainable, tmp)
             os.replace(tmp, self.path)
@@ -347,9 +378,12 @@ class BestByValidRouge:
         from safetensors.torch import load_file
 
         if self.path.is_file():
+            import deepspeed
+
             best = load_file(self.path)
             params = dict(lm.named_parameters())
-            with torch.no_grad():
+            # ZeRO-3: gather, overwrite, and partition rank 0's values again (a no-op for stages 0-2).
+            with deepspeed.zero.GatheredParameters([params[n] for n in best], modifier_rank=0), torch.no_grad():
                 for name, value in best.items():
                     params[name].copy_(value.to(params[name].device, params[name].dtype))
 
@@ -371,6 +405,29 @@ def _open_metrics(path: Path, keep_before: int):
         kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < keep_before]
     atomic.write_text(path, "".join(line + "\n" for line in kept))
     return open(path, "a")
+
+
+def _job_settings(run: dict) -> None:
+    """Settings that depend on where the job runs, checked at its start: with
+    `training.global_batch_size`, the gradient accumulation for this job's world size; with
+    `training.tensorboard`, that the tensorboard package is installed."""
+    tr = run["training"]
+    if tr.get("global_batch_size"):
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        tr["gradient_accumulation_steps"] = accumulation_steps(tr, world, run["pair_file"])
+        print(f"kdbench: global batch {tr['global_batch_size']} = micro-batch {tr['micro_batch_size']} × "
+              f"accumulation {tr['gradient_accumulation_steps']} × {world} rank(s)", file=sys.stderr)
+    if tr.get("tensorboard"):
+        try:
+            import tensorboard  # noqa: F401  (DeepSpeed's monitor writes through torch.utils.tensorboard)
+        except ImportError:
+            raise KDBenchError(f"{run['pair_file']}: training.tensorboard is true, but the tensorboard package is not "
+                               'installed; install it with `pip install -e ".[tensorboard]"` (or set '
+                               "training.tensorboard: false).") from None
+
+
+def _zero3(engine) -> bool:
+    return bool(engine.zero_optimization_partition_weights())
 
 
 def _all_reduce_sum(value: float, device) -> float:

@@ -118,7 +118,7 @@ def c_unknown_method_data_source(cfg, ctx):
 
 def c_duplicate_label(cfg, ctx):
     cfg["methods"] = ["fkl", "rkl", "fkl"]
-    return ["{cfg}", "key 'methods'", "label 'fkl' is listed twice"]
+    return ["{cfg}", "key 'methods'", "'fkl' is listed twice"]
 
 
 def c_unknown_method(cfg, ctx):
@@ -134,6 +134,21 @@ def c_unknown_policy(cfg, ctx):
 def c_reserved_label(cfg, ctx):
     cfg["methods"] = ["teacher"]
     return ["{cfg}", "label 'teacher'", "reserved for the teacher's row"]
+
+
+def c_table_named_like_a_rule(cfg, ctx):
+    cfg["tables"][0]["name"] = "train"
+    return ["{cfg}", "key 'tables.0' (train)", "'train' is the name of a workflow rule"]
+
+
+def c_duplicate_table(cfg, ctx):
+    cfg["tables"].append(dict(cfg["tables"][0]))
+    return ["{cfg}", "key 'tables.1' (main)", "table name 'main' is used twice"]
+
+
+def c_selection_in_no_table(cfg, ctx):
+    cfg["methods"] = ["rkl"]
+    return ["{cfg}", "key 'methods'", "'rkl' is in no table (main)"]
 
 
 def c_unknown_pair(cfg, ctx):
@@ -198,7 +213,7 @@ def c_unknown_source_hp(cfg, ctx):
 def c_pair_negative_lr(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["training"]["lr"] = -0.001
-    cfg["pairs"] = [name := "neg-lr_from_gpt2-tiny-t"]
+    cfg["tables"][0]["pairs"] = [name := "neg-lr_from_gpt2-tiny-t"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "key 'training.lr'", "-0.001 is less than or equal to the minimum of 0"]
 
@@ -206,13 +221,13 @@ def c_pair_negative_lr(cfg, ctx):
 def c_pair_unknown_key(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["training"]["epochs"] = 3
-    cfg["pairs"] = [name := "epochs_from_gpt2-tiny-t"]
+    cfg["tables"][0]["pairs"] = [name := "epochs_from_gpt2-tiny-t"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "key 'training'", "'epochs' was unexpected"]
 
 
 def c_pair_malformed_yaml(cfg, ctx):
-    cfg["pairs"] = [name := "broken-yaml_from_gpt2-tiny-t"]
+    cfg["tables"][0]["pairs"] = [name := "broken-yaml_from_gpt2-tiny-t"]
     file = _write_pair(ctx["root"], name, "family: gpt2\nteacher: {init: random\nstudent: [\n")
     return [file, "not valid YAML", "line 3"]
 
@@ -220,7 +235,7 @@ def c_pair_malformed_yaml(cfg, ctx):
 def c_pair_missing_deepspeed(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["training"]["deepspeed"] = "config/deepspeed/zero9.json"
-    cfg["pairs"] = [name := "no-ds_from_gpt2-tiny-t"]
+    cfg["tables"][0]["pairs"] = [name := "no-ds_from_gpt2-tiny-t"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "key 'training.deepspeed'", "zero9.json not found"]
 
@@ -260,7 +275,7 @@ def c_data_not_utf8(cfg, ctx):
 def c_model_missing_local_dir(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["teacher"] = {"init": "pretrained", "path": str(ctx["case"] / "no-such-model")}
-    cfg["pairs"] = [name := "missing-dir_from_gpt2-tiny-t"]
+    cfg["tables"][0]["pairs"] = [name := "missing-dir_from_gpt2-tiny-t"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "key 'teacher.path'", "no local model directory", "no-such-model"]
 
@@ -269,7 +284,7 @@ def c_model_tokenizer_mismatch(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["teacher"] = {"init": "pretrained", "path": str(ctx["models"]["teacher"])}
     pair["student"] = {"init": "pretrained", "path": str(ctx["models"]["student"])}
-    cfg["pairs"] = [name := "mismatch_from_local"]
+    cfg["tables"][0]["pairs"] = [name := "mismatch_from_local"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "the teacher and student tokenizers differ", "the student's 300"]
 

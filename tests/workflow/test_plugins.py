@@ -14,12 +14,13 @@ def test_a_new_method_file_joins_the_dry_run(tmp_path):
     shutil.copy(root / "methods/_template.py", root / "methods/halfkl.py")
     text = (root / "methods/halfkl.py").read_text().replace("def my_divergence(", "def halfkl(")
     (root / "methods/halfkl.py").write_text(text)
-    dry = run_cli("snakemake", "-n", "--config", "methods=[fkl,halfkl,halfkl+adakd]", cwd=root)
+    dry = run_cli("snakemake", "-n", "--config", "extra_methods=[halfkl,halfkl+adakd]", cwd=root)
     assert dry.returncode == 0, dry.stderr[-3000:]
     out = dry.stdout + dry.stderr
-    for label in ("halfkl", "halfkl+adakd"):
-        assert f"method={label}, seed=1" in out
-    bad = run_cli("snakemake", "-n", "--config", "methods=[halfkl]",
+    for label in ("halfkl", "halfkl+adakd"):  # in every table of the default: each of its pairs trains it
+        for pair in ("gpt2-tiny-s_from_gpt2-tiny-t", "qwen2-tiny-s_from_qwen2-tiny-t", "llama-tiny-s_from_llama-tiny-t"):
+            assert f"pair={pair}, method={label}, seed=1" in out
+    bad = run_cli("snakemake", "-n", "--config", "extra_methods=[halfkl]",
                   "method_defs={halfkl: {divergence: halfkl, hp: {alpah: 0.1}}}", cwd=root)
     assert bad.returncode != 0 and "unknown hyper-parameter(s) alpah" in bad.stdout + bad.stderr
 

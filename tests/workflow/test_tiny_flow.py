@@ -2,6 +2,7 @@
 evaluation → the main table, through the real Snakefile and the `kdbench` console script."""
 
 import json
+import os
 import re
 
 import pandas as pd
@@ -17,6 +18,7 @@ SETS = ["dolly", "selfinst", "vicuna", "sni", "unni"]
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory):
+    """A partial grid first (sft and fkl), then the whole grid on the same results directory."""
     root = workflow_copy(tmp_path_factory.mktemp("flow"))
     pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
     pair["teacher"]["sft"]["steps"] = 60
@@ -26,9 +28,29 @@ def flow(tmp_path_factory):
     cfg["data"].update(n_train=400, n_eval=6)
     cfg["evaluation"].update(decoding_seeds=[10, 20], max_new_tokens=12)
     (root / "smoke.yaml").write_text(yaml.safe_dump(cfg))
-    first = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=root, timeout=1200)
-    assert first.returncode == 0, first.stderr[-4000:]
+    partial = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", "--config", "methods=[sft,fkl]",
+                      cwd=root, timeout=1200)
+    assert partial.returncode == 0, partial.stderr[-4000:]
+    PARTIAL["table"] = (root / "results/tables/main.md").read_text()
+    PARTIAL["mtimes"] = _mtimes(root)
+    full = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=root, timeout=1200)
+    assert full.returncode == 0, full.stderr[-4000:]
+    PARTIAL["full_log"] = full.stdout + full.stderr
     return root
+
+
+PARTIAL: dict = {}
+
+
+def trained_methods(log):
+    """The method label of every train job a Snakemake log lists."""
+    return re.findall(r"rule train:.*?wildcards: pair=[^,]+, method=([^,]+),", log, re.S)
+
+
+def _mtimes(root):
+    """Modification times of every training and evaluation output."""
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for d in ("runs", "evals")
+            for p in (root / "results" / d).rglob("*") if p.is_file()}
 
 
 def test_table_has_every_method_and_set_filled(flow):
@@ -59,6 +81,32 @@ def test_each_run_trained_and_recorded_provenance(flow):
     assert [p["key"] for p in resolved["method"]["policies"]] == ["adakd"]
 
 
+def test_a_partial_grid_draws_the_whole_table_with_missing_cells_marked(flow):
+    rows = {line.split("|")[1].strip(): line for line in PARTIAL["table"].splitlines() if line.startswith("| ")}
+    assert re.search(r"\d+\.\d\d ±", rows["fkl"])
+    cells = [c.strip() for c in rows["fkl+adakd"].split("|")[2:-1]]
+    assert len(cells) == 6 and set(cells) == {"–"}  # not run yet: marked, not dropped
+
+
+def test_the_full_grid_after_a_partial_one_reuses_every_finished_cell(flow):
+    before, after = PARTIAL["mtimes"], _mtimes(flow)
+    assert before and all(after[path] == mtime for path, mtime in before.items())
+    assert trained_methods(PARTIAL["full_log"]) == ["fkl+adakd"]
+
+
+def test_editing_a_method_file_reruns_only_its_runs(flow):
+    plugin = flow / "methods/adakd.py"
+    text, stat = plugin.read_bytes(), plugin.stat()
+    try:
+        plugin.write_bytes(text + b"\n# edited\n")
+        dry = run_cli("snakemake", "-n", "--configfile", "smoke.yaml", cwd=flow)
+    finally:
+        plugin.write_bytes(text)
+        os.utime(plugin, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert trained_methods(dry.stdout) == ["fkl+adakd"]
+
+
 def test_second_invocation_has_nothing_to_do(flow):
     again = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=flow)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -81,13 +129,13 @@ def test_lm_eval_rule_runs_the_kdbench_tasks_on_a_student(flow):
 
 
 def test_published_numbers_significance_claims_plots_and_report(flow):
-    tables = flow / "results/tables" / PAIR
+    tables = flow / "results/tables/main" / PAIR
     main = (tables / "main.md").read_text()
     assert "23.3" in main  # MiniLLM's published GPT-2 SFT Dolly number, beside our sft row
     assert (tables / "main.tex").read_text().lstrip().startswith("\\begin{table}")
     significance = (tables / "significance.md").read_text()
     assert "fkl+adakd" in significance and "bootstrap" in significance.lower()
-    assert "not measured" in (tables / "claims.md").read_text()  # the ablation runs are not in this grid
+    assert "not measured" in (flow / f"results/tables/claims/{PAIR}/claims.md").read_text()  # the ablation runs are not in this grid
     for png in ("latf_ratio", "training_curves", "temperature", "ours_vs_published"):
         data = (flow / f"results/plots/{PAIR}/{png}.png").read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 5000
@@ -100,7 +148,7 @@ def test_published_numbers_significance_claims_plots_and_report(flow):
 def test_seqkd_plugin_rule_trains_on_teacher_responses(flow):
     """methods/seqkd.smk adds a teacher-generation step; the `seqkd` label trains on its output."""
     target = f"results/runs/{PAIR}/seqkd/seed1/model"
-    done = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", "--config", "methods=[seqkd]",
+    done = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", "--config", "extra_methods=[seqkd]",
                    "--", target, cwd=flow)
     assert done.returncode == 0, done.stderr[-3000:]
     data = [json.loads(line) for line in (flow / f"results/data/seqkd/{PAIR}/train.jsonl").read_text().splitlines()]

@@ -1,0 +1,94 @@
+"""The paper grid (config/config.yaml): its dry run lists every job, a named table builds only its
+own cells, a selection narrows the grid, and table names cannot shadow workflow rules."""
+
+import json
+import re
+import time
+
+import pytest
+import yaml
+
+from kdbench.config import RULE_NAMES
+from tests.conftest import run_cli, workflow_copy
+
+pytestmark = pytest.mark.workflow
+PAPER = "config/config.yaml"
+QWEN = "qwen2-1.5b_from_qwen2-7b"
+
+
+@pytest.fixture(scope="module")
+def paper(tmp_path_factory):
+    """A checkout with the paper grid's data files present (two records each; the models are never
+    loaded at DAG time, so no network is needed)."""
+    root = workflow_copy(tmp_path_factory.mktemp("paper"))
+    cfg = yaml.safe_load((root / PAPER).read_text())
+    record = json.dumps({"instruction": "Name a colour.", "input": "", "output": "Red is a colour."})
+    for path in [cfg["data"]["train"], cfg["data"]["valid"], *cfg["data"]["sets"].values()]:
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(f"{record}\n{record}\n")
+    return root
+
+
+def dry_run(root, *args, target=()):
+    """`snakemake -n [target]` → ({rule: job count}, seconds)."""
+    start = time.perf_counter()
+    done = run_cli("snakemake", "-n", *target, "--configfile", PAPER, *args, cwd=root)
+    seconds = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats = done.stdout.split("Job stats:")[1].split("total")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}, seconds
+
+
+def expected_cells(cfg, selection=None):
+    """Training runs and evaluations the config asks for, counted straight from the YAML."""
+    sel = selection or {}
+    runs, evals = set(), set()
+    for t in cfg["tables"]:
+        pairs = [p for p in t["pairs"] if p in sel.get("pairs", t["pairs"])]
+        methods = [m for m in t["methods"] if m in sel.get("methods", t["methods"])]
+        sets = [x for x in t.get("sets", ["dolly", "selfinst", "vicuna", "sni", "unni"]) if x in sel.get("sets", [x])]
+        if not (pairs and methods and sets):
+            continue
+        for p in pairs:
+            runs |= {(p, m) for m in methods} | {(p, "teacher")}  # every paper pair has a teacher SFT stage
+            evals |= {(p, m, x) for m in [*methods, "teacher"] for x in sets}
+    return runs, evals
+
+
+def test_the_full_paper_grid_dry_runs_with_every_job(paper):
+    cfg = yaml.safe_load((paper / PAPER).read_text())
+    counts, seconds = dry_run(paper)
+    runs, evals = expected_cells(cfg)
+    assert counts["train"] == len(runs) == 68  # 65 student runs + 3 teacher SFT runs
+    assert counts["evaluate"] == len(evals) == 298
+    assert counts["tables"] == sum(len(t["pairs"]) for t in cfg["tables"]) and counts["combine_table"] == 7
+    assert counts["claims"] == counts["plots"] == 3 and counts["init_model"] == 6
+    assert "tokenizer" not in counts and "data" not in counts  # the real pairs bring tokenizers; data is given
+    print(f"paper grid dry run: {sum(counts.values())} jobs in {seconds:.1f} s")
+
+
+def test_a_named_table_builds_only_its_cells(paper):
+    cfg = yaml.safe_load((paper / PAPER).read_text())
+    table3 = next(t for t in cfg["tables"] if t["name"] == "table3")
+    counts, _ = dry_run(paper, target=["table3"])
+    assert counts["train"] == len(table3["methods"]) + 1  # + the Qwen2 teacher's SFT
+    assert counts["evaluate"] == (len(table3["methods"]) + 1) * len(table3["sets"])
+    assert counts["tables"] == counts["combine_table"] == 1 and "claims" not in counts
+
+
+def test_a_selection_narrows_every_table(paper):
+    cfg = yaml.safe_load((paper / PAPER).read_text())
+    sel = {"pairs": [QWEN], "methods": ["rkl", "rkl+adakd", "sft"], "sets": ["dolly", "unni"]}
+    counts, _ = dry_run(paper, "--config", f"pairs=[{QWEN}]", "methods=[rkl,rkl+adakd,sft]", "sets=[dolly,unni]")
+    runs, evals = expected_cells(cfg, sel)
+    assert counts["train"] == len(runs) == 4 and counts["evaluate"] == len(evals) == 8
+    # table1, design, table2, table3, table4, table5 keep a cell; the EGAD table has none and is dropped
+    assert counts["combine_table"] == 6
+
+
+def test_table_names_cannot_shadow_a_rule(repo):
+    listed = run_cli("snakemake", "--list-rules", cwd=repo)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    tables = {t["name"] for t in yaml.safe_load((repo / "config/tiny.yaml").read_text())["tables"]}
+    rules = {line.split()[0] for line in listed.stdout.splitlines() if line and not line[0].isspace()} - tables
+    assert rules and rules <= RULE_NAMES, rules - RULE_NAMES
