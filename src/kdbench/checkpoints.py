@@ -6,7 +6,9 @@ state, RNG states), under `<run dir>/checkpoints/<fingerprint>/step<N>/`. The fi
 resolved run config, so a changed config never resumes from an old run's checkpoint. A checkpoint
 counts only once its `kdbench_complete.json` marker exists (written last); a truncated or corrupted
 one is reported and skipped in favour of the previous good one. Every file is verified to load with
-`torch.load(weights_only=True)` before DeepSpeed (which unpickles) is allowed to read it.
+`torch.load(weights_only=True)` before DeepSpeed (which unpickles) is allowed to read it; the only
+classes allowed beyond tensors and containers are the three plain-data DeepSpeed classes that its
+ZeRO 1-3 optimizer states hold (`DS_CHECKPOINT_CLASSES`).
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ class Checkpoints:
         """Load the newest good checkpoint into the engine; its client state, or None to start fresh."""
         for ckpt in reversed(self.complete()):
             try:
-                for f in ckpt.glob("*.pt"):
-                    torch.load(f, map_location="cpu", weights_only=True)
+                with torch.serialization.safe_globals(_ds_checkpoint_classes()):
+                    for f in ckpt.glob("*.pt"):
+                        torch.load(f, map_location="cpu", weights_only=True)
                 _, client = engine.load_checkpoint(str(self.root), tag=ckpt.name)
                 if client is None:
                     raise RuntimeError("DeepSpeed found no checkpoint there")
@@ -62,3 +65,14 @@ class Checkpoints:
                 print(f"kdbench: checkpoint {ckpt} is unreadable ({type(exc).__name__}: {exc}); "
                       "trying the previous one.", file=sys.stderr)
         return None
+
+
+def _ds_checkpoint_classes() -> list:
+    """What DeepSpeed's ZeRO 1-3 optimizer states pickle besides tensors (checked with
+    `torch.serialization.get_unsafe_globals_in_checkpoint` on ZeRO 1, 2, 3, fp32 and bf16): the ZeRO
+    stage enum, the static loss scaler's settings and ZeRO-1/2's fragment addresses (two ints)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, fragment_address]

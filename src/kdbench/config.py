@@ -219,6 +219,10 @@ class Grid:
                 raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
                                    "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
         check_pair_vocab(pair, str(path))  # local directories only; hub ids are checked at job start
+        _check_batch_sizes(pair, str(path))
+        if pair["teacher"].get("offload", "none") != "none" and not pair["teacher"].get("zero3"):
+            raise KDBenchError(f"{path}: key 'teacher.offload': offloading the teacher to the CPU moves its ZeRO-3 "
+                               "partitions, so it needs teacher.zero3: true; set that, or remove offload.")
         ds = self.workdir / pair["training"]["deepspeed"]
         if not ds.is_file():
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
@@ -321,6 +325,8 @@ class Grid:
                 else f"{res}/models/{pair}/student-init"
             teacher = self.teacher_path(pair) if method["kd_ratio"] > 0 else None
         role = "teacher" if label == "teacher" else "student"  # the model this run trains
+        # With global_batch_size: the accumulation for training.gpus (the job derives it again for its own ranks).
+        training["gradient_accumulation_steps"] = accumulation_steps(training, training["gpus"], f"config/pairs/{pair}.yaml")
         # A pretrained model brings its own tokenizer (init-model saves it beside the weights).
         tokenizer = f"{res}/models/{pair}/{role}-init" if spec[role]["init"] == "pretrained" else f"{res}/tokenizer"
         ds_file = self.workdir / training["deepspeed"]
@@ -329,6 +335,8 @@ class Grid:
             "student": start,
             "teacher": teacher,
             "teacher_dtype": spec["teacher"].get("dtype", "fp32"),
+            **({"teacher_zero3": {"offload": spec["teacher"].get("offload", "none")}}  # a ZeRO-3 inference engine
+               if spec["teacher"].get("zero3") and teacher else {}),
             "lora": spec[role].get("lora"),
             "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
             "tokenizer": tokenizer,
@@ -372,6 +380,40 @@ def _union(lists: Any) -> list:
                 seen.add(item)
                 out.append(item)
     return out
+
+
+def accumulation_steps(training: dict, world: int, where: str, key: str = "training") -> int:
+    """Gradient accumulation steps so that micro_batch_size × accumulation × world is
+    `training.global_batch_size`; without a global batch size, the configured accumulation. `world`
+    is training.gpus at config time and the job's own rank count at its start; `where` (the pair
+    file) and `key` name the section in the error."""
+    total = training.get("global_batch_size")
+    if total is None:
+        return training.get("gradient_accumulation_steps", 1)
+    micro = training["micro_batch_size"]
+    if total % (micro * world):
+        raise KDBenchError(
+            f"{where}: key '{key}.global_batch_size': {total} is not a multiple of micro_batch_size {micro} × "
+            f"{world} GPU(s) = {micro * world}, so no whole number of accumulation steps gives it. Change "
+            f"global_batch_size to a multiple of {micro * world}, or micro_batch_size or the GPU count "
+            "(training.gpus) so that micro_batch_size × GPUs divides it.")
+    return total // (micro * world)
+
+
+def _check_batch_sizes(pair: dict, where: str) -> None:
+    """training and teacher.sft: a global batch size must divide into whole accumulation steps for
+    training.gpus, and a section that has one (given or inherited) must not also fix the accumulation."""
+    sections = [("training", pair["training"], pair["training"])]
+    if "sft" in pair["teacher"]:
+        sections.append(("teacher.sft", pair["teacher"]["sft"], {**pair["training"], **pair["teacher"]["sft"]}))
+    for key, own, merged in sections:
+        if "global_batch_size" in merged and "gradient_accumulation_steps" in own:
+            source = key if "global_batch_size" in own else "training"
+            raise KDBenchError(f"{where}: key '{key}.gradient_accumulation_steps': {source}.global_batch_size is "
+                               f"given{'' if source == key else ' and applies to the teacher SFT run too'}, and it "
+                               "sets the accumulation from the job's GPU count; give only one of the two"
+                               f"{'' if source == key else ' (teacher.sft.global_batch_size for the SFT run)'}.")
+        accumulation_steps(merged, merged.get("gpus", 1), where, key)
 
 
 def _local_path(name: str) -> bool:

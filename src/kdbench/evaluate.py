@@ -121,6 +121,7 @@ def generate(
     top_p: float = 1.0,
     temperature: float = 1.0,
     no_repeat_ngram_size: int = 0,
+    synced_gpus: bool = False,
 ) -> list[str]:
     """Generate one response per prompt, in the order of ``prompts``.
 
@@ -130,7 +131,8 @@ def generate(
     is set once before the first batch, so a run is reproducible for a given seed, prompt set and
     batch size. Generation stops at eos; only the new tokens are decoded, special tokens skipped,
     whitespace stripped. Sets ``tokenizer.padding_side`` and ``truncation_side`` to ``"left"`` and
-    the pad token to eos when the tokenizer has none.
+    the pad token to eos when the tokenizer has none. ``synced_gpus``: every rank keeps stepping until
+    all are done (a ZeRO-3 model on several ranks: each forward is collective); not a protocol setting.
     """
     _ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
@@ -148,6 +150,7 @@ def generate(
         repetition_penalty=1.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=_eos_token_ids(model, tokenizer),
+        synced_gpus=synced_gpus,
         **sampling,
     )
 
@@ -206,6 +209,7 @@ def evaluate_set(
     protocol: dict[str, Any],
     done: dict[int, dict[str, Any]] | None = None,
     on_seed: Callable[[int, dict[str, Any]], None] | None = None,
+    synced_gpus: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score ``model`` on one eval set under every decoding seed, without reloading it.
 
@@ -219,6 +223,7 @@ def evaluate_set(
     Resume: ``done`` maps a seed already scored to its record ``{"scores": per_seed entry,
     "predictions": its prediction records}``, which is used instead of generating again;
     ``on_seed(seed, record)`` is called with the record of each seed generated here.
+    ``synced_gpus`` is passed to :func:`generate` (checkpoint selection in a ZeRO-3 training job).
     """
     if not examples:
         raise KDBenchError(f"eval set {set_name!r} has no examples")
@@ -241,7 +246,7 @@ def evaluate_set(
             per_seed[str(seed)] = done[seed]["scores"]
             predictions.extend(done[seed]["predictions"])
             continue
-        responses = generate(model, tokenizer, prompts, seed=seed, **generation)
+        responses = generate(model, tokenizer, prompts, seed=seed, synced_gpus=synced_gpus, **generation)
         rouge = [rouge_l(r, refs) for r, refs in zip(responses, references)]
         em = [exact_match(r, refs) for r, refs in zip(responses, references)]
         record = {"scores": {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)},

@@ -73,7 +73,82 @@ class LastHidden(torch.nn.Module):
 
     @property
     def hidden_size(self) -> int:
-        return self.head.weight.shape[1]
+        weight = self.head.weight
+        return getattr(weight, "ds_shape", weight.shape)[1]  # under ZeRO-3 the local weight is an empty partition
+
+
+class Heads:
+    """The student's and teacher's output heads as `kdbench.losses` applies them: outside the
+    models' forward, chunk by chunk, and again in backward (recomputed chunks).
+
+    A head of a model that is not under ZeRO-3 is the module itself, and `gather`/`release` do
+    nothing. Under ZeRO-3 (the student's engine with config/deepspeed/zero3*.json, or the teacher's
+    inference engine, `teacher.zero3`) each rank holds only a partition of the head weight.
+    Calling the head module would make DeepSpeed's module hooks all-gather and release the weight
+    once per call, and ranks whose micro-batches have different token counts make different numbers
+    of chunked calls, so their collectives would no longer match. Instead `gather` all-gathers the
+    partitioned head weights once per micro-batch on every rank (`deepspeed.zero.GatheredParameters`,
+    read-only: modifier_rank None) and returns heads that apply the full weights with `F.linear`;
+    the weight is the engine's own parameter, so the student head's gradient reaches ZeRO-3's
+    gradient reduction like any other. `release` partitions them again, after the micro-batch's
+    backward. Call `gather` after the models' forward: a head tied to the input embeddings is
+    released by the embedding's own hooks at the end of that forward."""
+
+    def __init__(self, *models: LastHidden | None):
+        self.modules = [m.head if m is not None else None for m in models]
+        self.partitioned = [h is not None and hasattr(h.weight, "ds_id") for h in self.modules]
+        for head, partitioned in zip(self.modules, self.partitioned):
+            if partitioned and type(head) is not torch.nn.Linear:
+                raise KDBenchError(
+                    f"under ZeRO-3 kdbench applies the gathered output-head weight as a plain linear layer, but "
+                    f"this model's head is a {type(head).__name__} (LoRA on the head?); keep lm_head out of "
+                    "lora.target_modules or train with config/deepspeed/zero2.json.")
+        self._gathered = None
+
+    def gather(self) -> list:
+        """The heads, in the order given, ready for one micro-batch's loss and backward."""
+        self.release()
+        params = [p for head, partitioned in zip(self.modules, self.partitioned) if partitioned
+                  for p in head.parameters()]
+        if params:
+            import deepspeed
+
+            self._gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+            self._gathered.__enter__()
+        return [(lambda h, head=head: torch.nn.functional.linear(h, head.weight, head.bias)) if partitioned else head
+                for head, partitioned in zip(self.modules, self.partitioned)]
+
+    def release(self) -> None:
+        if self._gathered is not None:
+            self._gathered.__exit__(None, None, None)
+            self._gathered = None
+
+
+def zero3_inference_engine(model: LastHidden, *, dtype: str, offload: str, micro_batch_size: int):
+    """A frozen model (the teacher) as a ZeRO-3 inference engine: `deepspeed.initialize` without an
+    optimizer, parameters partitioned over the job's ranks and all-gathered layer by layer in its
+    forward; `offload: cpu` keeps the partitions in (pinned) CPU memory. Bucket sizes follow TRL's
+    `prepare_deepspeed` for its teacher and reference models."""
+    import deepspeed
+
+    hidden = model.hidden_size
+    config = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {
+            "stage": 3,
+            "offload_param": {"device": "cpu", "pin_memory": True} if offload == "cpu" else {"device": "none"},
+            "stage3_param_persistence_threshold": 10 * hidden,
+            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden),
+            "reduce_bucket_size": hidden * hidden,
+        },
+        "bf16": {"enabled": dtype == "bf16"},
+        "fp16": {"enabled": dtype == "fp16"},
+        "steps_per_print": 1_000_000,
+    }
+    engine, *_ = deepspeed.initialize(model=model, config=config)
+    engine.eval()  # DeepSpeedEngine.eval returns None
+    return engine
 
 
 def load_causal_lm(path: str, revision: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,

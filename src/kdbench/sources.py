@@ -33,8 +33,10 @@ def prompt_length(example: dict) -> int:
 
 @torch.no_grad()
 def sample_responses(lm, batch: list[dict], *, pad_id: int, eos_id: int, max_new_tokens: int,
-                     max_length: int) -> list[dict]:
-    """Replace each example's response by one sampled from `lm` (top-k 0, top-p 1.0, T 1.0)."""
+                     max_length: int, synced_gpus: bool = False) -> list[dict]:
+    """Replace each example's response by one sampled from `lm` (top-k 0, top-p 1.0, T 1.0).
+    `synced_gpus`: keep generating until every rank is done (a ZeRO-3 model on several ranks, whose
+    every forward is collective)."""
     prompts = [ex["input_ids"][:prompt_length(ex)] for ex in batch]
     width = max(len(p) for p in prompts)
     device = next(lm.parameters()).device
@@ -44,7 +46,7 @@ def sample_responses(lm, batch: list[dict], *, pad_id: int, eos_id: int, max_new
     lm.eval()
     out = lm.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0, top_p=1.0, temperature=1.0,
                       max_new_tokens=max(1, min(max_new_tokens, max_length - width)), pad_token_id=pad_id,
-                      eos_token_id=eos_id)
+                      eos_token_id=eos_id, synced_gpus=synced_gpus)
     lm.train(was_training)
     samples = []
     for prompt, row in zip(prompts, out[:, width:].tolist()):
