@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -761,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         table = main_table(df, methods, sets)
     if args.out_md:
         write_text(args.out_md, f"{header}\n\n{table.to_markdown()}\n")
+    if os.environ.get("KDBENCH_FAULT_KILL_IN") == "aggregate":  # fault-injection tests: killed half-way
+        os.kill(os.getpid(), signal.SIGKILL)
     if args.out_csv:
         write_text(args.out_csv, stats.to_csv(index=False))
     if args.out_tex:

@@ -116,64 +116,69 @@ class Grid:
         """Each table with its cells after the top-level selection; a table left empty is dropped.
         Labels are checked in every table and selection, so a typo fails even where nothing runs."""
         cfg, where = self.config, self.where
-        declared = cfg.get("tables")
-        if declared is None:
+        if cfg.get("tables") is None:  # the axes are the grid: one table, nothing to select
             missing = [axis for axis in AXES if axis not in cfg]
             if missing:
                 raise KDBenchError(f"{where}: key '{missing[0]}' is required when the config has no 'tables' "
                                    f"(give the axes {', '.join(AXES)}, or declare tables).")
-            declared = [{"name": "main", **{axis: cfg[axis] for axis in AXES}}]
-            selection: dict[str, list] = {}
+            declared, selection = [{"name": "main", **{axis: cfg[axis] for axis in AXES}}], {}
         else:
-            selection = {axis: cfg[axis] for axis in AXES if axis in cfg}
-        tables: dict[str, dict] = {}
-        tables_all: list[dict] = []
-        for i, spec in enumerate(declared):
-            name, at = spec["name"], f"{where}: key 'tables.{i}' ({spec['name']})"
-            if name in tables:
-                raise KDBenchError(f"{at}: table name '{name}' is used twice.")
-            if name in RULE_NAMES:
-                raise KDBenchError(f"{at}: '{name}' is the name of a workflow rule; a table becomes a target "
-                                   f"rule of its own name, so choose another (not {', '.join(sorted(RULE_NAMES))}).")
-            table = {"name": name, "title": spec.get("title", name), "reference": spec.get("reference"),
-                     "pairs": spec.get("pairs", cfg.get("pairs")), "seeds": spec.get("seeds", cfg.get("seeds", [1])),
-                     "sets": spec.get("sets", cfg.get("sets", list(ALL_SETS))),
-                     "methods": spec.get("methods", cfg.get("methods", []))}
-            if table["pairs"] is None:
-                raise KDBenchError(f"{at}: key 'pairs' is required (in the table or at the top level).")
-            if spec.get("extra_methods", True):
-                table["methods"] = table["methods"] + [m for m in cfg["extra_methods"] if m not in table["methods"]]
-            for axis in AXES:
-                for value in table[axis]:
-                    if table[axis].count(value) > 1:
-                        raise KDBenchError(f"{at}: key '{axis}': '{value}' is listed twice.")
-            for label in table["methods"]:
-                self.method(label)
-            table["all"] = {axis: list(table[axis]) for axis in AXES}  # before the selection: the full layout
-            tables_all.append(table)
-            for axis, chosen in selection.items():
-                table[axis] = [v for v in table[axis] if v in chosen]
-            if all(table[axis] for axis in AXES):
-                tables[name] = table
+            declared, selection = cfg["tables"], {axis: cfg[axis] for axis in AXES if axis in cfg}
+        full = [self._table(i, spec) for i, spec in enumerate(declared)]
         for axis, chosen in selection.items():
-            for value in chosen:
-                if axis == "methods":
-                    self.method(value)
-                elif axis == "pairs" and not self.pair_file(value).is_file():
-                    self._load_pair(value)  # raises: unknown pair, with the known ones
-                if chosen.count(value) > 1:
-                    raise KDBenchError(f"{where}: key '{axis}': '{value}' is listed twice.")
-                if not any(value in t["all"][axis] for t in tables_all):
-                    raise KDBenchError(f"{where}: key '{axis}': '{value}' is in no table "
-                                       f"({', '.join(t['name'] for t in tables_all)}), so it selects nothing; "
-                                       "the top-level axes select from the tables (to add a method to every "
-                                       "table, list it in extra_methods).")
+            self._check_selection(axis, chosen, full)
+        tables = {}
+        for table in full:
+            table |= {axis: [v for v in table[axis] if v in selection.get(axis, table[axis])] for axis in AXES}
+            if all(table[axis] for axis in AXES):
+                tables[table["name"]] = table
         if not tables:
-            chosen = ", ".join(f"{axis}={selection[axis]}" for axis in selection)
+            chosen = ", ".join(f"{axis}={values}" for axis, values in selection.items())
             raise KDBenchError(f"{where}: the selection {chosen} leaves no cell in any table "
-                               f"({', '.join(t['name'] for t in declared)}); a selected value must appear in a "
+                               f"({', '.join(t['name'] for t in full)}); a selected value must appear in a "
                                "table (to add a method to every table, list it in extra_methods).")
         return tables
+
+    def _table(self, i: int, spec: dict) -> dict:
+        """One declared table, its axes filled from the top level and its labels checked; `all` keeps
+        its full layout (the selection narrows the axes, the table still draws every row and column)."""
+        cfg, at = self.config, f"{self.where}: key 'tables.{i}' ({spec['name']})"
+        earlier = [t["name"] for t in (cfg.get("tables") or [])[:i]]
+        if spec["name"] in earlier:
+            raise KDBenchError(f"{at}: table name '{spec['name']}' is used twice.")
+        if spec["name"] in RULE_NAMES:
+            raise KDBenchError(f"{at}: '{spec['name']}' is the name of a workflow rule; a table becomes a target "
+                               f"rule of its own name, so choose another (not {', '.join(sorted(RULE_NAMES))}).")
+        table = {"name": spec["name"], "title": spec.get("title", spec["name"]), "reference": spec.get("reference"),
+                 "pairs": spec.get("pairs", cfg.get("pairs")), "methods": spec.get("methods", cfg.get("methods", [])),
+                 "seeds": spec.get("seeds", cfg.get("seeds", [1])), "sets": spec.get("sets", cfg.get("sets", list(ALL_SETS)))}
+        if table["pairs"] is None:
+            raise KDBenchError(f"{at}: key 'pairs' is required (in the table or at the top level).")
+        if spec.get("extra_methods", True):
+            table["methods"] = table["methods"] + [m for m in cfg["extra_methods"] if m not in table["methods"]]
+        for axis in AXES:
+            for value in table[axis]:
+                if table[axis].count(value) > 1:
+                    raise KDBenchError(f"{at}: key '{axis}': '{value}' is listed twice.")
+        for label in table["methods"]:
+            self.method(label)
+        table["all"] = {axis: list(table[axis]) for axis in AXES}
+        return table
+
+    def _check_selection(self, axis: str, chosen: list, tables: list[dict]) -> None:
+        """A top-level axis given beside tables: each value valid, listed once, and in some table."""
+        for value in chosen:
+            if axis == "methods":
+                self.method(value)
+            elif axis == "pairs" and not self.pair_file(value).is_file():
+                self._load_pair(value)  # raises: unknown pair, with the known ones
+            if chosen.count(value) > 1:
+                raise KDBenchError(f"{self.where}: key '{axis}': '{value}' is listed twice.")
+            if not any(value in t["all"][axis] for t in tables):
+                raise KDBenchError(f"{self.where}: key '{axis}': '{value}' is in no table "
+                                   f"({', '.join(t['name'] for t in tables)}), so it selects nothing; the top-level "
+                                   "axes select from the tables (to add a method to every table, list it in "
+                                   "extra_methods).")
 
     def _check_data(self) -> dict[str, str]:
         """Where train/valid and each eval set live; with `source: files`, each file is read and

@@ -4,6 +4,7 @@ evaluation → the main table, through the real Snakefile and the `kdbench` cons
 import json
 import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ def flow(tmp_path_factory):
     root = workflow_copy(tmp_path_factory.mktemp("flow"))
     pair = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
     pair["teacher"]["sft"]["steps"] = 60
-    pair["training"].update(steps=30, micro_batch_size=8, log_every=5, sample_max_new_tokens=16)
+    pair["training"].update(steps=30, micro_batch_size=8, log_every=5, sample_max_new_tokens=16, checkpoint_every=10)
     (root / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
     cfg = grid_config(root, pairs=[PAIR], methods=["sft", "fkl", "fkl+adakd"])
     cfg["data"].update(n_train=400, n_eval=6)
@@ -157,3 +158,45 @@ def test_seqkd_plugin_rule_trains_on_teacher_responses(flow):
     assert sum(d["output"] != o["output"] for d, o in zip(data, original)) > 0  # the teacher's words, not the data's
     resolved = yaml.safe_load((flow / f"results/runs/{PAIR}/seqkd/seed1/run.yaml").read_text())
     assert resolved["data"]["train"] == f"results/data/seqkd/{PAIR}/train.jsonl" and resolved["teacher"] is None
+
+
+# --- faults inside the grid: the table after the fault equals the undisturbed one --------------------
+
+def _tables(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted((root / "results/tables").rglob("*"))
+            if p.is_file() and p.suffix in {".md", ".csv", ".tex"}}
+
+
+def test_a_training_job_killed_mid_grid_resumes_and_the_tables_are_unchanged(flow):
+    """SIGKILL of one training job mid-run: the other jobs go on (--keep-going), nothing downstream
+    of the killed run is made; the rerun resumes it from its checkpoint and the tables are
+    byte-identical to the undisturbed run's."""
+    undisturbed = _tables(flow)
+    run_dir, evals = flow / f"results/runs/{PAIR}/fkl+adakd/seed1", flow / f"results/evals/{PAIR}/fkl+adakd"
+    shutil.rmtree(run_dir / "model"), shutil.rmtree(run_dir / "checkpoints"), shutil.rmtree(evals)
+    (run_dir / "metrics.jsonl").unlink()
+    shutil.rmtree(flow / f"results/evals/{PAIR}/sft")  # independent work the grid must still do
+    shutil.rmtree(flow / "results/tables")  # mid-grid: no table yet
+    killed = run_cli("env", "KDBENCH_FAULT_KILL_AT_STEP=15", "snakemake", "--cores", "2", "--keep-going",
+                     "--configfile", "smoke.yaml", cwd=flow, timeout=1200)
+    assert killed.returncode != 0
+    assert (flow / f"results/evals/{PAIR}/sft/seed1/dolly.json").is_file()  # the grid went on
+    assert not (run_dir / "model").exists() and not evals.exists()
+    resumed = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=flow, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in (run_dir / "train.log").read_text() and "at step 10" in (run_dir / "train.log").read_text()
+    assert _tables(flow) == undisturbed
+
+
+def test_aggregation_killed_half_way_leaves_no_table_and_the_rerun_rebuilds_it(flow):
+    undisturbed = _tables(flow)
+    shutil.rmtree(flow / "results/tables")
+    killed = run_cli("env", "KDBENCH_FAULT_KILL_IN=aggregate", "snakemake", "--cores", "2", "--keep-going",
+                     "--configfile", "smoke.yaml", cwd=flow)
+    assert killed.returncode != 0
+    pair_tables = flow / f"results/tables/main/{PAIR}"
+    assert not (pair_tables / "main.md").exists() and not (pair_tables / "main.csv").exists()  # no half table
+    assert not (flow / "results/tables/main.md").exists()
+    again = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=flow)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _tables(flow) == undisturbed
