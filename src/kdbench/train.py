@@ -276,6 +276,11 @@ def train(run: dict) -> None:
                 methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
                 steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
                 selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
+    # Ranks leave together once rank 0 has saved; a rank that exits with its process group alive can
+    # abort in interpreter teardown (seen with ZeRO-3 on two CPU ranks, about 1 exit in 20).
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
