@@ -13,7 +13,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kdbench.config import Grid, check_schema, load_yaml, schema_path
+from kdbench.config import Grid, accumulation_steps, check_schema, load_yaml, schema_path
 from kdbench.datagen import generate
 from kdbench.errors import KDBenchError
 from kdbench.models import (
@@ -266,7 +266,8 @@ def test_paper_pair_files_are_valid_and_pinned(repo, name):
 def test_gpt2_paper_pair_is_the_full_fine_tune_recipe(repo):
     t = pair(repo, "gpt2-base_from_gpt2-xl")["training"]
     assert (t["lr"], t["weight_decay"], t["grad_clip"], t["schedule"]) == (5e-4, 0.01, 1.0, "cosine")
-    assert t["micro_batch_size"] * t["gradient_accumulation_steps"] * 4 == 128  # on 4 GPUs
+    assert t["global_batch_size"] == 128 and t["gpus"] == 4
+    assert [accumulation_steps(t, gpus, "p.yaml") for gpus in (4, 2, 1)] == [1, 2, 4]  # 32 per GPU
     assert t["steps"] == 20 * (11_400 // 128)  # 20 epochs of Dolly's ≈11.4K training examples
 
 
