@@ -125,7 +125,8 @@ def train(run: dict) -> None:
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
     trainable = [p for p in student.parameters() if p.requires_grad]
     if run["deepspeed"].get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
-        from deepspeed.ops.adam import DeepSpeedCPUAdam  # ZeRO-Offload: AdamW steps on the CPU copies
+        # ZeRO-Offload: AdamW steps on the CPU copies, with DeepSpeed's vectorised CPU kernel.
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
 
         optimizer = DeepSpeedCPUAdam(trainable, lr=tr["lr"], weight_decay=tr["weight_decay"], adamw_mode=True)
     else:

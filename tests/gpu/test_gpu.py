@@ -1,6 +1,9 @@
 """Checks that need a CUDA GPU (skipped elsewhere; select with `pytest -m gpu`).
 
 - DeepSpeed ZeRO-2 with bf16 trains the tiny GPT-2 pair through `kdbench train` on cuda.
+- ZeRO-3 with bf16 (every student parameter partitioned, the teacher a ZeRO-3 inference engine
+  offloaded to pinned CPU memory) trains it too and saves the full student (the CPU counterpart,
+  fp32: tests/smoke/test_zero3.py).
 - Gradient accumulation does not change the step under ZeRO-2 on cuda: micro-batch 8 × accumulation
   1 and micro-batch 1 × accumulation 8 give the same weights (fp32). As in
   tests/smoke/test_accumulation.py (the CPU / ZeRO 0 counterpart, which explains the design), once
@@ -92,6 +95,23 @@ def test_zero2_bf16_trains_on_cuda(prepared):
     assert weights.keys() == start.keys()
     assert all(torch.isfinite(w.float()).all() for w in weights.values())
     _, moved = max_abs(weights, {k: w.to(weights[k].dtype) for k, w in start.items()})  # bf16 student: rounded start
+    assert moved > 1e-4
+
+
+def test_zero3_bf16_with_an_offloaded_zero3_teacher_trains_on_cuda(prepared):
+    root, run, start = prepared
+    zero3 = json.loads((root / "config/deepspeed/zero3.json").read_text())
+    zero3["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even the tiny weights
+    run = {**run, "teacher_zero3": {"offload": "cpu"}}
+    _, run_dir = train_variant(root, run, "zero3-bf16", steps=2, micro_batch_size=4, bf16=True,
+                               deepspeed={**zero3, "bf16": {"enabled": True}})
+    recs = records(run_dir)
+    assert [r["step"] for r in recs] == [0, 1]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and r["tokens"] > 0 for r in recs)
+    weights = load_file(run_dir / "model/model.safetensors")
+    assert weights.keys() == start.keys() and all(weights[k].shape == start[k].shape for k in start)
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+    _, moved = max_abs(weights, {k: w.to(weights[k].dtype) for k, w in start.items()})
     assert moved > 1e-4
 
 

@@ -98,8 +98,8 @@ def training(**keys):
      r"key 'training.gradient_accumulation_steps': training.global_batch_size is given, .*give only one of the two"),
     (lambda p: (p["training"].pop("gradient_accumulation_steps"), p["training"].update(global_batch_size=64),
                 p["teacher"]["sft"].update(gradient_accumulation_steps=2)),
-     r"key 'teacher.sft.gradient_accumulation_steps': training.global_batch_size is given and applies to the "
-     r"teacher SFT run too.*teacher.sft.global_batch_size for the SFT run"),
+     (r"key 'teacher.sft.gradient_accumulation_steps': training.global_batch_size is given and applies to the "
+      r"teacher SFT run too.*teacher.sft.global_batch_size for the SFT run")),
     (lambda p: p["teacher"]["sft"].update(micro_batch_size=16, global_batch_size=24),
      r"key 'teacher.sft.global_batch_size': 24 is not a multiple of micro_batch_size 16 × 1 GPU\(s\) = 16"),
     (lambda p: p["teacher"].update(offload="cpu"), r"key 'teacher.offload': .*needs teacher.zero3: true"),
