@@ -15,12 +15,14 @@ loads a plain model directory, and the adapters on their own under `adapter/`.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 
 FAMILIES = {"gpt2": "gpt2", "qwen2": "qwen2", "llama": "llama"}  # pair family → transformers model_type
@@ -264,6 +266,15 @@ def check_pair_vocab(pair: dict[str, Any], where: str) -> int | None:
     return check_vocab(teacher_tok, student_tok, teacher_cfg.vocab_size, student_cfg.vocab_size, where)
 
 
+SOURCE_FILE = "kdbench_source.json"  # beside a pretrained model's initial weights: path, revision, hub commit
+
+
+def model_source(model_dir: str | Path | None) -> dict | None:
+    """Where a model directory's pretrained weights came from (init-model's record), if anywhere."""
+    path = Path(model_dir) / SOURCE_FILE if model_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`kdbench init-model`: write the initial weights of a pair's teacher or student."""
     from transformers import AutoTokenizer
@@ -290,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         model = load_causal_lm(spec["path"], spec.get("revision"), trust_remote_code=remote, allow_bin=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
+    if spec["init"] == "pretrained":  # what was loaded, for provenance: a branch like `main` moves
+        write_json(Path(args.out) / SOURCE_FILE, {"path": spec["path"], "revision": spec.get("revision"),
+                                                  "commit": getattr(model.config, "_commit_hash", None)})
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{args.role} of {Path(args.pair).stem}: {n_params:,} parameters → {args.out}")
     return 0

@@ -85,7 +85,9 @@ def train(run: dict) -> None:
         apply_lora,
         check_vocab,
         enable_gradient_checkpointing,
+        SOURCE_FILE,
         load_causal_lm,
+        model_source,
         save_student,
         zero3_inference_engine,
     )
@@ -269,12 +271,16 @@ def train(run: dict) -> None:
             tokenizer.save_pretrained(tmp)
             if len(engine.module.extras):
                 save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")
+            origin = model_source(run["student"])  # pretrained weights: carried into every model trained from them
+            if origin:
+                atomic.write_json(tmp / SOURCE_FILE, origin)
             if (out / "model").exists():  # a rerun by hand into a finished run directory
                 shutil.rmtree(out / "model")
             os.replace(tmp, out / "model")
             atomic.write_json(out / "provenance.json", provenance.collect(
                 Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
                 methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
+                models={"start": model_source(run["student"]), "teacher": model_source(run["teacher"])},
                 steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
                 selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
     # Ranks leave together once rank 0 has saved; a rank that exits with its process group alive can

@@ -25,6 +25,7 @@ from kdbench.models import (
     enable_gradient_checkpointing,
     load_causal_lm,
     main,
+    model_source,
     save_student,
 )
 from kdbench.tokenizer import train_tokenizer
@@ -111,6 +112,8 @@ def test_init_model_copies_a_pretrained_model_with_its_own_tokenizer(repo, tok_d
     copied = AutoTokenizer.from_pretrained(out)
     assert copied.get_vocab() == source_tok.get_vocab() and copied.pad_token == copied.eos_token
     assert (out / "model.safetensors").is_file()
+    # what was loaded is recorded for provenance (a local directory has no hub commit)
+    assert model_source(out) == {"path": str(source), "revision": None, "commit": None}
 
 
 # --- the LoRA student --------------------------------------------------------------------------------
