@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +49,16 @@ def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
     return AutoModelForCausalLM.from_config(cfg)
 
 
+def is_peft(model) -> bool:
+    """Whether `model` is a peft wrapper. peft is imported only where LoRA is applied or loaded (its
+    import costs ~2 s of every job's start-up), so while it is not imported nothing can be one."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
 def hf_model(lm):
     """The Hugging Face model itself: `lm`, or the model inside a peft wrapper."""
-    from peft import PeftModel
-
-    return lm.get_base_model() if isinstance(lm, PeftModel) else lm
+    return lm.get_base_model() if is_peft(lm) else lm
 
 
 class LastHidden(torch.nn.Module):
@@ -213,10 +219,8 @@ def save_student(model, out_dir: Path) -> None:
     with `PeftModel.from_pretrained` over the start weights), then the model with the adapters merged
     into its weights, so `out_dir` loads as a plain model. Merging happens in place: afterwards
     `model` no longer holds separate adapters, so save it last."""
-    from peft import PeftModel
-
     out_dir = Path(out_dir)
-    if isinstance(model, PeftModel):
+    if is_peft(model):
         model.save_pretrained(out_dir / "adapter")
         model = model.merge_and_unload()
     model.save_pretrained(out_dir)
