@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("config", type=Path, nargs="+", help="config files, merged in order (as --configfile)")
     args = ap.parse_args(argv)
     grid = load_grid(*args.config)
-    print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs over pairs {grid.config['pairs']}, "
-          f"methods {grid.config['methods']}, seeds {grid.config['seeds']}")
+    print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
+          f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
     return 0
 
 

@@ -85,3 +85,13 @@ def test_malformed_tables_name_the_table_and_key(cfg, repo, edit, needle):
     with pytest.raises(KDBenchError, match=needle) as err:
         grid(bad, repo)
     assert str(err.value).startswith("grid.yaml")
+
+
+def test_kdbench_check_summarises_a_valid_grid(repo, monkeypatch, capsys):
+    from kdbench.check import main
+
+    monkeypatch.chdir(repo)
+    assert main(["config/tiny.yaml", "config/variants.yaml"]) == 0
+    out = capsys.readouterr().out
+    # 31 student runs; 3 teachers + 31 runs on 5 sets = 170 evaluations
+    assert "ok — 31 runs, 170 evaluations, tables main, design; pairs" in out and LLAMA in out
