@@ -200,3 +200,17 @@ def test_aggregation_killed_half_way_leaves_no_table_and_the_rerun_rebuilds_it(f
     again = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", cwd=flow)
     assert again.returncode == 0, again.stderr[-3000:]
     assert _tables(flow) == undisturbed
+
+
+def test_one_job_per_set_scores_what_one_job_per_run_scored(flow):
+    """`evaluation.job: set` (the paper grid's) and `run` (the default's) are two schedules of the
+    same evaluation: one set evaluated alone gives the scores the per-run job wrote."""
+    result = flow / f"results/evals/{PAIR}/sft/seed1/dolly.json"
+    per_run = json.loads(result.read_text())
+    result.unlink()
+    alone = run_cli("snakemake", "--cores", "1", "--configfile", "smoke.yaml", "--config", "evaluation={job: set}",
+                    "--", str(result.relative_to(flow)), cwd=flow)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "rule evaluate:" in alone.stdout + alone.stderr and "evaluate_run" not in alone.stdout + alone.stderr
+    per_set = json.loads(result.read_text())
+    assert per_set["per_seed"] == per_run["per_seed"] and per_set["rougeL_mean"] == per_run["rougeL_mean"]

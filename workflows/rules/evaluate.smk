@@ -3,11 +3,12 @@
 # libraries are loaded once: on small models that start-up is most of the time).
 
 EVAL_OUT = f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}"
-EVAL_ARGS = (
-    " --seeds {params.seeds} --max-new-tokens {params.ev[max_new_tokens]}"
-    " --max-prompt-tokens {params.ev[max_prompt_tokens]} --batch-size {params.ev[batch_size]}"
-    " --no-repeat-ngram-size {params.ev[no_repeat_ngram_size]} --prompt-format {params.ev[prompt_format]}"
-    " {params.greedy} --threads {threads}"
+EV = CFG["evaluation"]
+EVAL_PROTOCOL = (  # the decoding protocol, identical for every evaluation job
+    f"--seeds {' '.join(str(s) for s in EV['decoding_seeds'])} --max-new-tokens {EV['max_new_tokens']}"
+    f" --max-prompt-tokens {EV['max_prompt_tokens']} --batch-size {EV['batch_size']}"
+    f" --no-repeat-ngram-size {EV['no_repeat_ngram_size']} --prompt-format {EV['prompt_format']}"
+    + (" --greedy" if EV["greedy"] else "")
 )
 
 if CFG["evaluation"]["job"] == "run":
@@ -27,9 +28,7 @@ rule evaluate:
         result=f"{EVAL_OUT}/{{set}}.json",
         predictions=f"{EVAL_OUT}/{{set}}.predictions.jsonl",
     params:
-        seeds=" ".join(str(s) for s in CFG["evaluation"]["decoding_seeds"]),
-        ev=CFG["evaluation"],
-        greedy="--greedy" if CFG["evaluation"]["greedy"] else "",
+        protocol=EVAL_PROTOCOL,
     log:
         f"{EVAL_OUT}/{{set}}.log",
     threads: 1
@@ -38,7 +37,7 @@ rule evaluate:
     shell:
         "kdbench evaluate --model {input.model} --data {input.data} --set {wildcards.set}"
         " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
-        " --predictions {output.predictions}" + EVAL_ARGS + " > {log} 2>&1"
+        " --predictions {output.predictions} {params.protocol} --threads {threads} > {log} 2>&1"
 
 
 rule evaluate_run:
@@ -50,9 +49,7 @@ rule evaluate_run:
         predictions=[f"{EVAL_OUT}/{x}.predictions.jsonl" for x in GRID.axes["sets"]],
     params:
         sets=" ".join(GRID.axes["sets"]),
-        seeds=" ".join(str(s) for s in CFG["evaluation"]["decoding_seeds"]),
-        ev=CFG["evaluation"],
-        greedy="--greedy" if CFG["evaluation"]["greedy"] else "",
+        protocol=EVAL_PROTOCOL,
     log:
         f"{EVAL_OUT}/evaluate.log",
     threads: 1
@@ -61,7 +58,7 @@ rule evaluate_run:
     shell:
         "kdbench evaluate --model {input.model} --data {input.data} --set {params.sets}"
         " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
-        " --predictions {output.predictions}" + EVAL_ARGS + " > {log} 2>&1"
+        " --predictions {output.predictions} {params.protocol} --threads {threads} > {log} 2>&1"
 
 rule lm_eval:
     """Any list of lm-eval tasks (evaluation/tasks/ or the library's own) on one trained model:
