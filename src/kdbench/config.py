@@ -106,11 +106,9 @@ class Grid:
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
         self.methods: dict[str, dict] = {}
         self.tables = self._tables()
-        self.axes = {axis: _union(t[axis] for t in self.tables.values()) for axis in AXES}
+        self.axes = {axis: _unique(v for t in self.tables.values() for v in t[axis]) for axis in AXES}
         self.data_files = self._check_data()
-        self.pairs = {name: self._load_pair(name) for name in self.axes["pairs"]}
-        for label in self.axes["methods"]:
-            self.method(label)
+        self.pairs = {name: self._load_pair(name) for name in self.axes["pairs"]}  # labels: checked in _table
 
     def _tables(self) -> dict[str, dict]:
         """Each table with its cells after the top-level selection; a table left empty is dropped.
@@ -295,15 +293,15 @@ class Grid:
     def runs(self, table: str | None = None, pair: str | None = None) -> list[tuple[str, str, int]]:
         """Every (pair, method label, seed) run of the grid (or of one table, one pair), teacher rows
         excluded, in table order without repeats."""
-        return _union([[(p, m, s) for t in self._chosen(table) for p in t["pairs"] if pair in (None, p)
-                        for m in t["methods"] for s in t["seeds"]]])
+        return _unique((p, m, s) for t in self._chosen(table) for p in t["pairs"] if pair in (None, p)
+                       for m in t["methods"] for s in t["seeds"])
 
     def evals(self, table: str | None = None, pair: str | None = None) -> list[tuple[str, str, int, str]]:
         """Every (pair, label, seed, set) evaluation the grid (or one table, one pair) needs, the
         teacher's row included."""
-        return _union([[(p, m, s, x) for t in self._chosen(table) for p in t["pairs"] if pair in (None, p)
-                        for m, s in [("teacher", self.teacher_seed(p)), *((m, s) for m in t["methods"] for s in t["seeds"])]
-                        for x in t["sets"]]])
+        return _unique((p, m, s, x) for t in self._chosen(table) for p in t["pairs"] if pair in (None, p)
+                       for m, s in [("teacher", self.teacher_seed(p)), *((m, s) for m in t["methods"] for s in t["seeds"])]
+                       for x in t["sets"])
 
     def _chosen(self, table: str | None) -> list[dict]:
         return list(self.tables.values()) if table is None else [self.tables[table]]
@@ -375,16 +373,9 @@ def _check_source_hp(source: str, hp: dict, where: str) -> None:
                            f"It accepts: {', '.join(params) or 'none'}.")
 
 
-def _union(lists: Any) -> list:
-    """Concatenate, keeping the first of repeats (order matters: it is the table's row order)."""
-    out: list = []
-    seen: set = set()
-    for items in lists:
-        for item in items:
-            if item not in seen:
-                seen.add(item)
-                out.append(item)
-    return out
+def _unique(items: Any) -> list:
+    """The items without repeats, first occurrence kept (order matters: it is the table's row order)."""
+    return list(dict.fromkeys(items))
 
 
 def accumulation_steps(training: dict, world: int, where: str, key: str = "training") -> int:
