@@ -1,5 +1,5 @@
 """The public releases behind the paper grid's data, in one table: where each lies (the config key
-``data.releases.<key>``), what file or folder is expected there, where to get it, and the
+``data.releases.<format>.<key>``), what file or folder is expected there, where to get it, and the
 `kdbench prepare-eval` arguments that turn it into each prepared file.
 
 One table serves three readers: the workflow's preparation rules (`prepare_job`), the check that a
@@ -32,7 +32,7 @@ HUB = "hub:"
 
 @dataclass(frozen=True)
 class Release:
-    key: str  # data.releases.<key>
+    key: str  # data.releases.<format>.<key>
     fmt: str
     expected: str  # the file or folder that must be at the configured path
     where: str  # where to get it
@@ -128,7 +128,8 @@ def missing(fmt: str, paths: dict[str, str], keys: list[str], workdir: Path) -> 
         value, release = paths[key], RELEASES[fmt][key]
         if value.startswith(HUB) or (workdir / value).exists():
             continue
-        lines.append(f"data.releases.{key}: {value} not found; expected {release.expected}. Get it from {release.where}.")
+        lines.append(f"data.releases.{fmt}.{key}: {value} not found; expected {release.expected}. "
+                     f"Get it from {release.where}.")
     return lines
 
 
