@@ -226,11 +226,14 @@ class Grid:
         inputs, args = releases.prepare_job(self.config["data"]["format"], name, self.release_paths)
         return {key: path for key, path in inputs.items() if (self.workdir / path).exists()}, args
 
-    def missing_releases(self) -> list[str]:
-        """One line per release the grid needs that is not on disk (empty unless `source: releases`)."""
+    def missing_releases(self, prepared: list[str] | None = None) -> list[str]:
+        """One line per release that the grid (or the prepared files `prepared`) needs and that is not
+        on disk; empty unless `source: releases`."""
         if self.config["data"]["source"] != "releases":
             return []
-        return releases.missing(self.config["data"]["format"], self.release_paths, self.release_keys, self.workdir)
+        fmt = self.config["data"]["format"]
+        keys = self.release_keys if prepared is None else releases.needed(fmt, prepared)
+        return releases.missing(fmt, self.release_paths, keys, self.workdir)
 
     @property
     def results(self) -> str:

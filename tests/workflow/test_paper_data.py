@@ -1,7 +1,8 @@
 """The paper grid's data as workflow rules: with small stand-ins for every public release, each in its
 real layout at the path config/config.yaml names, `snakemake` prepares the seven data files and
 the grid's first training job runs on them (a local tiny pair stands in for the hub models, which
-this machine cannot reach); with a release missing, a real run stops before any job and names it."""
+this machine cannot reach); with a release missing, a real run that needs it stops before any job
+and names it."""
 
 import json
 from pathlib import Path
@@ -103,3 +104,8 @@ def test_a_missing_release_stops_a_real_run_before_any_job(tmp_path: Path) -> No
             "instances). Get it from github.com/orhonovich/unnatural-instructions, file `data/core_data.jsonl`.")
     assert out.count(line) == 1 and "1 data release(s)" in out and "nothing was run" in out
     assert not (root / "results").exists()  # no job started, not even the preparation of the releases present
+    # a target that prepares no data runs: only the releases its jobs need are asked for
+    run_yaml = "results/runs/qwen2-1.5b_from_qwen2-7b/rkl/seed1/run.yaml"
+    done = run_cli("snakemake", "--cores", "1", run_yaml, "--configfile", "config/config.yaml", cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert yaml.safe_load((root / run_yaml).read_text())["data"]["train"] == "results/data/real/train.jsonl"

@@ -15,15 +15,18 @@ except KDBenchError as exc:
     sys.exit(f"kdbench: config error: {exc}")
 
 RES = GRID.results
-MISSING_RELEASES = GRID.missing_releases()  # the raw data a real run needs and this machine lacks
 
 
 onstart:
-    # a dry run plans without the data; a real run stops here, before any job, and says what to fetch
-    if MISSING_RELEASES:
+    # A dry run plans without the data; a real run whose jobs prepare data stops here, before any
+    # job, naming each release those jobs need and this machine lacks, and where to get it.
+    missing = GRID.missing_releases(
+        [job.wildcards.name for job in workflow.dag.needrun_jobs() if job.rule.name == "prepare_data"]
+    )
+    if missing:
         sys.exit(
-            f"kdbench: {len(MISSING_RELEASES)} data release(s) of {CONFIG_SOURCE} are missing; nothing was run.\n  "
-            + "\n  ".join(MISSING_RELEASES)
+            f"kdbench: {len(missing)} data release(s) of {CONFIG_SOURCE} are missing; nothing was run.\n  "
+            + "\n  ".join(missing)
             + "\n(data/README.md lists every release and where to get it; data.releases in the config says where "
             "each is looked for.)"
         )
