@@ -85,3 +85,10 @@ def test_release_keys_are_checked(tmp_path: Path) -> None:
     with pytest.raises(KDBenchError, match=r"key 'data.releases.raw.dolly': required: the path of "
                                            r"`databricks-dolly-15k.jsonl`"):
         paper_grid(root)
+
+
+def test_a_hub_release_has_no_input_file() -> None:
+    paths = {**PAPER["data"]["releases"]["raw"], "dolly": "hub:databricks/databricks-dolly-15k"}
+    assert releases.prepare_job("raw", "train", paths) == (
+        {}, "--set dolly --format raw --hub databricks/databricks-dolly-15k --split train")
+    assert releases.missing("raw", paths, ["dolly"], REPO) == []  # the hub is asked only when the job runs
