@@ -1,8 +1,8 @@
 """How long `snakemake -n` takes on the paper grid (config/config.yaml), beside Snakemake's floor.
 
-The paper grid's bar is ≤ 5 s for its hundreds of jobs. This script copies the workflow into a
-temporary directory, writes two-record stand-ins for the paper's data files (the DAG never loads
-models or reads more than the records' validity), and times, side by side in one run:
+The paper grid's bar is ≤ 5 s for its hundreds of jobs, on a fresh clone. This script copies the
+workflow into a temporary directory, with no data at all (the DAG never loads models or reads the
+data releases: their preparation jobs are part of the plan), and times, side by side in one run:
 
 - `floor`: `snakemake -n` of the same workflow asked for nothing but its tokenizer of the default
   grid (Snakemake and kdbench start-up, config validation: what every invocation pays);
@@ -17,7 +17,6 @@ Each is run `--repeat` times; the median is printed with the job count and the r
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import statistics
@@ -26,19 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def copy_workflow(dest: Path) -> None:
+    """The workflow as a fresh clone has it: no data, no results (the paper grid plans its data)."""
     for name in ("Snakefile", "workflows", "config", "methods", "evaluation"):
         shutil.copytree(REPO / name, dest / name) if (REPO / name).is_dir() else shutil.copy2(REPO / name, dest)
-    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
-    record = json.dumps({"instruction": "Name a colour.", "input": "", "output": "Red is a colour."})
-    for path in [cfg["data"]["train"], cfg["data"]["valid"], *cfg["data"]["sets"].values()]:
-        (dest / path).parent.mkdir(parents=True, exist_ok=True)
-        (dest / path).write_text(f"{record}\n{record}\n")
 
 
 def dry_run(root: Path, *args: str) -> tuple[float, int]:

@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     grid = load_grid(*args.config)
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
+    missing = grid.missing_releases()
+    if missing:  # not an error: the DAG plans without them; a real run stops before any job
+        print(f"{len(missing)} data release(s) still to fetch (data/README.md):\n  " + "\n  ".join(missing))
     return 0
 
 

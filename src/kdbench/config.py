@@ -20,7 +20,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from kdbench import registry
+from kdbench import registry, releases
 from kdbench.errors import KDBenchError
 from kdbench.models import check_pair_vocab
 
@@ -80,7 +80,7 @@ def _fill_defaults(data: dict, schema: dict) -> dict:
 AXES = ("pairs", "methods", "seeds", "sets")
 # Rule names of the workflow (workflows/rules/*.smk, methods/*.smk): a table becomes a target rule of
 # its own name, so it may not take one of these (tests/workflow/test_grid.py keeps the list complete).
-RULE_NAMES = {"all", "data", "tokenizer", "init_model", "resolve_run", "train", "evaluate", "evaluate_run",
+RULE_NAMES = {"all", "data", "prepare_data", "tokenizer", "init_model", "resolve_run", "train", "evaluate", "evaluate_run",
               "lm_eval", "lm_eval_all", "tables", "combine_table", "claims", "plots", "seqkd_data"}
 
 
@@ -180,11 +180,15 @@ class Grid:
 
     def _check_data(self) -> dict[str, str]:
         """Where train/valid and each eval set live; with `source: files`, each file is read and
-        checked now (file and line of the first bad record), before any job starts."""
+        checked now (file and line of the first bad record), before any job starts; with `source:
+        releases`, the workflow prepares them (rule prepare_data) from the releases named in
+        `data.releases` (only the names are checked here: the DAG never needs the files)."""
         data, res = self.config["data"], self.config["results"]
         if data["source"] == "generated":
             return {"train": f"{res}/data/train.jsonl", "valid": f"{res}/data/valid.jsonl",
                     **{name: f"{res}/data/eval/{name}.jsonl" for name in self.axes["sets"]}}
+        if data["source"] == "releases":
+            return self._check_releases(data, res)
         from kdbench.jsonl import read_jsonl
 
         files = {"train": data.get("train"), "valid": data.get("valid"), **data.get("sets", {})}
@@ -197,6 +201,39 @@ class Grid:
             except KDBenchError as exc:
                 raise KDBenchError(f"{self.where}: key 'data' ({name}): {exc}") from exc
         return files
+
+    def _check_releases(self, data: dict, res: str) -> dict[str, str]:
+        """`data.releases.<format>` must name every release the grid's files are made from, and no other."""
+        fmt = data["format"]
+        table, given = releases.RELEASES[fmt], (data.get("releases") or {}).get(fmt) or {}
+        where = f"{self.where}: key 'data.releases.{fmt}"
+        unknown = sorted(set(given) - set(table))
+        if unknown:
+            raise KDBenchError(f"{where}': unknown release '{unknown[0]}'; the {fmt} releases are "
+                               f"{', '.join(table)} (data/README.md).")
+        self.prepared = ["train", "valid", *self.axes["sets"]]
+        self.release_keys = releases.needed(fmt, self.prepared)
+        for key in self.release_keys:
+            if not given.get(key):
+                raise KDBenchError(f"{where}.{key}': required: the path of {table[key].expected} "
+                                   f"(from {table[key].where}), relative to the repository.")
+        self.release_paths = {key: given[key] for key in self.release_keys}
+        return {name: f"{res}/data/real/{name}.jsonl" for name in self.prepared}
+
+    def prepare_job(self, name: str) -> tuple[dict[str, str], str]:
+        """The releases present on disk that prepared file `name` reads (absent ones are reported by
+        `missing_releases`, not by the DAG) and its `kdbench prepare-eval` arguments."""
+        inputs, args = releases.prepare_job(self.config["data"]["format"], name, self.release_paths)
+        return {key: path for key, path in inputs.items() if (self.workdir / path).exists()}, args
+
+    def missing_releases(self, prepared: list[str] | None = None) -> list[str]:
+        """One line per release that the grid (or the prepared files `prepared`) needs and that is not
+        on disk; empty unless `source: releases`."""
+        if self.config["data"]["source"] != "releases":
+            return []
+        fmt = self.config["data"]["format"]
+        keys = self.release_keys if prepared is None else releases.needed(fmt, prepared)
+        return releases.missing(fmt, self.release_paths, keys, self.workdir)
 
     @property
     def results(self) -> str:

@@ -107,7 +107,7 @@ def test_the_prompt_lm_eval_sends_is_build_prompt(tasks: dict) -> None:
             assert task.doc_to_text(doc) == expected
             assert task.fewshot_context(doc, 0) == expected  # the full context, as lm-eval builds it
     sni = [(d["input"], d["output"]) for d in tasks["kdbench_real_sni"].eval_docs]
-    assert sni == [("Once upon a time", [LONG, "short"])]  # prepare-eval kept the >= 11-word instance only
+    assert sni == [("Once upon a time", [LONG, "short"])]  # prepare-eval kept the >= 11-GPT-2-token instance only
 
 
 def test_lm_eval_rouge_l_equals_kdbench(tasks: dict) -> None:

@@ -107,7 +107,7 @@ def c_unknown_set(cfg, ctx):
 
 def c_unknown_data_source(cfg, ctx):
     cfg["data"]["source"] = "hub"
-    return ["{cfg}", "key 'data.source'", "'hub' is not one of ['generated', 'files']"]
+    return ["{cfg}", "key 'data.source'", "'hub' is not one of ['generated', 'releases', 'files']"]
 
 
 def c_unknown_method_data_source(cfg, ctx):

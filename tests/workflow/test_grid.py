@@ -1,7 +1,7 @@
-"""The paper grid (config/config.yaml): its dry run lists every job, a named table builds only its
-own cells, a selection narrows the grid, and table names cannot shadow workflow rules."""
+"""The paper grid (config/config.yaml): on a fresh clone with no data its dry run lists every job
+(preparation, training, evaluation, tables), a named table builds only its own cells, a selection
+narrows the grid, and table names cannot shadow workflow rules."""
 
-import json
 import re
 import time
 
@@ -18,15 +18,9 @@ QWEN = "qwen2-1.5b_from_qwen2-7b"
 
 @pytest.fixture(scope="module")
 def paper(tmp_path_factory):
-    """A checkout with the paper grid's data files present (two records each; the models are never
-    loaded at DAG time, so no network is needed)."""
-    root = workflow_copy(tmp_path_factory.mktemp("paper"))
-    cfg = yaml.safe_load((root / PAPER).read_text())
-    record = json.dumps({"instruction": "Name a colour.", "input": "", "output": "Red is a colour."})
-    for path in [cfg["data"]["train"], cfg["data"]["valid"], *cfg["data"]["sets"].values()]:
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(f"{record}\n{record}\n")
-    return root
+    """A fresh clone: no data, no results. The DAG is built from the config alone (the models are
+    never loaded and the data releases never read at DAG time, so no network and no files needed)."""
+    return workflow_copy(tmp_path_factory.mktemp("paper"))
 
 
 def dry_run(root, *args, target=()):
@@ -63,7 +57,8 @@ def test_the_full_paper_grid_dry_runs_with_every_job(paper):
     assert counts["evaluate"] == len(evals) == 298
     assert counts["tables"] == sum(len(t["pairs"]) for t in cfg["tables"]) and counts["combine_table"] == 7
     assert counts["claims"] == counts["plots"] == 3 and counts["init_model"] == 6
-    assert "tokenizer" not in counts and "data" not in counts  # the real pairs bring tokenizers; data is given
+    assert counts["prepare_data"] == 7  # train, valid and the five sets, from the public releases
+    assert "tokenizer" not in counts and "data" not in counts  # the real pairs bring tokenizers; no generated data
     print(f"paper grid dry run: {sum(counts.values())} jobs in {seconds:.1f} s")
 
 
@@ -74,6 +69,7 @@ def test_a_named_table_builds_only_its_cells(paper):
     assert counts["train"] == len(table3["methods"]) + 1  # + the Qwen2 teacher's SFT
     assert counts["evaluate"] == (len(table3["methods"]) + 1) * len(table3["sets"])
     assert counts["tables"] == counts["combine_table"] == 1 and "claims" not in counts
+    assert counts["prepare_data"] == 2 + len(table3["sets"])  # train, valid and its own sets
 
 
 def test_a_selection_narrows_every_table(paper):
@@ -82,6 +78,7 @@ def test_a_selection_narrows_every_table(paper):
     counts, _ = dry_run(paper, "--config", f"pairs=[{QWEN}]", "methods=[rkl,rkl+adakd,sft]", "sets=[dolly,unni]")
     runs, evals = expected_cells(cfg, sel)
     assert counts["train"] == len(runs) == 4 and counts["evaluate"] == len(evals) == 8
+    assert counts["prepare_data"] == 4  # train, valid, dolly, unni
     # table1, design, table2, table3, table4, table5 keep a cell; the EGAD table has none and is dropped
     assert counts["combine_table"] == 6
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from kdbench.config import Grid
 from kdbench.errors import KDBenchError
 from kdbench.gpus import gpu_count
+from kdbench.releases import PREPARED
 
 try:
     CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
@@ -14,6 +15,22 @@ except KDBenchError as exc:
     sys.exit(f"kdbench: config error: {exc}")
 
 RES = GRID.results
+
+
+onstart:
+    # A dry run plans without the data; a real run whose jobs prepare data stops here, before any
+    # job, naming each release those jobs need and this machine lacks, and where to get it.
+    missing = GRID.missing_releases(
+        [job.wildcards.name for job in workflow.dag.needrun_jobs() if job.rule.name == "prepare_data"]
+    )
+    if missing:
+        sys.exit(
+            f"kdbench: {len(missing)} data release(s) of {CONFIG_SOURCE} are missing; nothing was run.\n  "
+            + "\n  ".join(missing)
+            + "\n(data/README.md lists every release and where to get it; data.releases in the config says where "
+            "each is looked for.)"
+        )
+
 GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --resources gpu=<GPUs on the node>
 CFG = GRID.config
 ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))  # absolute: plugin rules in methods/ use it too
@@ -43,6 +60,7 @@ wildcard_constraints:
     seed=r"\d+",
     set=r"[a-z0-9_]+",
     role=r"teacher|student",
+    name="|".join(PREPARED),
     table="|".join(GRID.tables),
 
 
@@ -55,18 +73,30 @@ def resolved_run(w):
 
 
 def train_inputs(w):
-    """What a run reads: its run.yaml, start weights, teacher, tokenizer, data and method files."""
+    """What a run reads: its run.yaml, start weights, teacher, tokenizer, data (training and
+    validation) and method files."""
     run = resolved_run(w)
     inputs = {
         "run": f"{run_dir(w)}/run.yaml",
         "student": run["student"],
         "tokenizer": run["tokenizer"],
         "data": run["data"]["train"],
+        "valid": run["data"]["valid"],
         "methods": [m["path"] for m in (run["method"]["divergence"], *run["method"]["policies"]) if m],
     }
     if run["teacher"]:
         inputs["teacher"] = run["teacher"]
     return inputs
+
+
+def prepare_inputs(w):
+    """The releases a prepared data file is made from (those on disk: a missing one stops a real run
+    in onstart, with what to fetch, and never breaks a dry run's DAG)."""
+    return GRID.prepare_job(w.name)[0]
+
+
+def prepare_args(w):
+    return GRID.prepare_job(w.name)[1]
 
 
 def init_model_inputs(w):

@@ -1,4 +1,5 @@
-# The embedded default's inputs: generated instruction data, a local tokenizer, initial models.
+# The grid's inputs: generated instruction data (the embedded default) or the real sets prepared
+# from the public releases (data.source: releases), a local tokenizer, initial models.
 
 
 rule data:
@@ -16,6 +17,22 @@ rule data:
     shell:
         "kdbench data --out {params.out} --seed {params.data[seed]} --n-train {params.data[n_train]}"
         " --n-valid {params.data[n_valid]} --n-eval {params.data[n_eval]} > {log} 2>&1"
+
+
+rule prepare_data:
+    """One real data file (train, valid or an eval set) from its public release (data/README.md)."""
+    input:
+        unpack(prepare_inputs),
+    output:
+        f"{RES}/data/real/{{name}}.jsonl",
+    params:
+        args=prepare_args,
+    log:
+        f"{RES}/logs/prepare_data/{{name}}.log",
+    conda:
+        ENV
+    shell:
+        "kdbench prepare-eval {params.args} --out {output} > {log} 2>&1"
 
 
 rule tokenizer:
