@@ -7,27 +7,31 @@ from pathlib import Path
 
 import yaml
 
-from kdbench.config import load_grid
+from kdbench.config import BASE_CONFIGS, workflow_grid
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="kdbench check", description="Validate a grid config.")
+    ap = argparse.ArgumentParser(
+        prog="kdbench check", description=f"Validate a grid config as `snakemake --configfile <config>` reads it: "
+        f"{', '.join(BASE_CONFIGS)}, then the given files merged over them in order.")
     ap.add_argument("config", type=Path, nargs="+", help="config files, merged in order (as --configfile)")
     args = ap.parse_args(argv)
-    grid = load_grid(*args.config)
+    grid = workflow_grid(*args.config, require_data=False)
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
+    if grid.absent_data:  # the config is valid; the workflow refuses to start until these exist
+        print(f"data not made yet (the workflow needs them before it starts; data/README.md gives the "
+              f"`kdbench prepare-eval` command for each): {', '.join(grid.absent_data)}")
     return 0
 
 
 def resolve_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench resolve", description="Print one run's resolved run.yaml.")
-    ap.add_argument("config", type=Path, help="grid config (config/variants.yaml is merged in when present)")
+    ap.add_argument("config", type=Path, help=f"grid config, read over {', '.join(BASE_CONFIGS)} as Snakemake does")
     ap.add_argument("pair")
     ap.add_argument("method")
     ap.add_argument("seed", type=int)
     args = ap.parse_args(argv)
-    files = [p for p in (args.config, Path("config/variants.yaml")) if p.is_file()]
-    grid = load_grid(*files)
+    grid = workflow_grid(args.config)
     print(yaml.safe_dump(grid.resolve_run(args.pair, args.method, args.seed), sort_keys=False))
     return 0

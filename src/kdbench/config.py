@@ -25,6 +25,10 @@ from kdbench.errors import KDBenchError
 from kdbench.models import check_pair_vocab
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
+# The Snakefile's own config files (its `configfile:` directives, in this order): Snakemake loads them
+# first and merges every --configfile over them, so a grid config is always read on top of the
+# default grid and the shared labelled variants. `kdbench check`/`resolve`/`run` read them the same way.
+BASE_CONFIGS = ("config/tiny.yaml", "config/variants.yaml")
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
 KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
@@ -97,8 +101,10 @@ def _coerce_cli(config: dict) -> dict:
 class Grid:
     """A validated grid config plus everything it refers to (pairs, plugins), checked up front."""
 
-    def __init__(self, config: dict, where: str, workdir: Path | None = None):
+    def __init__(self, config: dict, where: str, workdir: Path | None = None, require_data: bool = True):
         self.where, self.workdir = where, Path(workdir or Path.cwd())
+        self.require_data = require_data  # False: absent data files are listed in `absent_data`, not an error
+        self.absent_data: list[str] = []
         config = _coerce_cli(copy.deepcopy(config))
         schema = load_yaml(schema_path(workdir, "config"))
         check_schema(config, schema, where)
@@ -192,6 +198,13 @@ class Grid:
             if not files.get(name):
                 key = f"data.sets.{name}" if name not in ("train", "valid") else f"data.{name}"
                 raise KDBenchError(f"{self.where}: key '{key}' is required with data.source 'files'.")
+            if not (self.workdir / files[name]).is_file():
+                if not self.require_data:
+                    self.absent_data.append(files[name])
+                    continue
+                raise KDBenchError(f"{self.where}: key 'data' ({name}): {files[name]}: file not found; make it with "
+                                   "`kdbench prepare-eval` (data/README.md gives the command for each file) or "
+                                   "correct the path.")
             try:
                 read_jsonl(self.workdir / files[name])
             except KDBenchError as exc:
@@ -431,13 +444,26 @@ def _load_json(path: Path) -> dict:
         raise KDBenchError(f"{path}: not valid JSON: {exc}") from exc
 
 
-def load_grid(*paths: Path, workdir: Path | None = None) -> Grid:
+def load_grid(*paths: Path, workdir: Path | None = None, require_data: bool = True) -> Grid:
     """A grid from config files merged in order (later keys win; mappings merge), as Snakemake does."""
     workdir = Path(workdir or Path.cwd())
     merged: dict = {}
     for path in paths:
-        _merge(merged, load_yaml(path) or {})
-    return Grid(merged, ", ".join(str(p) for p in paths), workdir)
+        config = load_yaml(path)
+        if config is not None and not isinstance(config, dict):
+            raise KDBenchError(f"{path}: a grid config is a mapping of keys (results, tables, data, ...), "
+                               f"not a {type(config).__name__}.")
+        _merge(merged, config or {})
+    return Grid(merged, ", ".join(str(p) for p in paths), workdir, require_data)
+
+
+def workflow_grid(*configfiles: Path, workdir: Path | None = None, require_data: bool = True) -> Grid:
+    """The grid `snakemake --configfile <configfiles>` builds: the Snakefile's BASE_CONFIGS first
+    (those present, as Snakemake skips an absent one when --configfile is given), then `configfiles`."""
+    workdir = Path(workdir or Path.cwd())
+    here = workdir.resolve() == Path.cwd().resolve()  # then name them as the user sees them
+    base = [Path(name) if here else workdir / name for name in BASE_CONFIGS if (workdir / name).is_file()]
+    return load_grid(*base, *configfiles, workdir=workdir, require_data=require_data)
 
 
 def _merge(into: dict, update: dict) -> None:

@@ -143,3 +143,30 @@ def test_data_files_are_checked_before_any_job(tiny, repo, tmp_path):
     (tmp_path / "dolly.jsonl").write_text(good)
     with pytest.raises(KDBenchError, match=r"key 'data.sets.sni' is required"):
         grid({**tiny, "sets": ["dolly", "sni"], "data": data}, repo)
+
+
+def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsys):
+    """`kdbench check <file>` merges <file> over the Snakefile's own config files (config/tiny.yaml,
+    then config/variants.yaml) as `snakemake --configfile <file>` does: the paper grid's `gkd` and
+    `distillm` come from variants.yaml, and a label the file redefines is the file's."""
+    from kdbench.check import main
+    from kdbench.config import BASE_CONFIGS, workflow_grid
+
+    monkeypatch.chdir(repo)
+    assert main(["config/config.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config/config.yaml: ok — 65 runs, 298 evaluations")
+    absent = [p for p in ("data/paper/train.jsonl", "data/paper/unni.jsonl") if not (repo / p).is_file()]
+    assert all(p in out.split("data not made yet")[1] for p in absent)  # listed, not an error: make them first
+    assert BASE_CONFIGS == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"tables": [{"name": "t", "pairs": [PAIR], "methods": ["gkd"], "sets": ["dolly"]}],
+                                    "method_defs": {"gkd": {"divergence": "js", "source": "on_policy_mixed",
+                                                            "source_hp": {"p": 0.25}}}}))
+    grid = workflow_grid(mine)
+    assert grid.method("gkd")["source_hp"] == {"p": 0.25}  # the file's own definition wins over variants.yaml
+    assert grid.method("distillm")["init_from"] == "sft"  # and every other variants.yaml label is there
+    assert grid.config["data"]["source"] == "generated"  # keys the file leaves out come from config/tiny.yaml
+    with pytest.raises(KDBenchError, match="mine.yaml: a grid config is a mapping"):
+        mine.write_text("- a\n- b\n")
+        workflow_grid(mine)
