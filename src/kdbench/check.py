@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from kdbench.config import BASE_CONFIGS, workflow_grid
+from kdbench.models import describe_shape
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     grid = workflow_grid(*args.config, require_data=False)
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
+    for pair in grid.axes["pairs"]:  # what init-model will build: a misread config shows here
+        for role in ("teacher", "student"):
+            spec, shape = grid.pairs[pair][role], grid.shape(pair, role)
+            built = describe_shape(shape) if shape else (f"{spec['path']} (a hub id: only init-model reads it; each "
+                                                          "run's provenance.json records its shape)")
+            print(f"  {pair} {role}: {built}")
     if grid.absent_data:  # the config is valid; the workflow refuses to start until these exist
         print(f"data not made yet (the workflow needs them before it starts; data/README.md gives the "
               f"`kdbench prepare-eval` command for each): {', '.join(grid.absent_data)}")

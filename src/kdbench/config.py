@@ -22,7 +22,7 @@ import yaml
 
 from kdbench import registry
 from kdbench.errors import KDBenchError
-from kdbench.models import check_pair_vocab
+from kdbench.models import check_model_config, check_pair_vocab, planned_shape
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 # The Snakefile's own config files (its `configfile:` directives, in this order): Snakemake loads them
@@ -234,6 +234,13 @@ class Grid:
             if spec["init"] == "pretrained" and _local_path(spec["path"]) and not Path(spec["path"]).is_dir():
                 raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
                                    "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
+            if spec["init"] == "pretrained" and "config" in spec:
+                raise KDBenchError(f"{path}: key '{role}.config': a pretrained model is built as its checkpoint's "
+                                   "config.json says, so these settings would be ignored; remove them (config "
+                                   "is for init: random).")
+            if spec["init"] == "random":  # a misspelt key would silently build the family's default
+                check_model_config(pair["family"], spec["config"], str(path), f"{role}.config",
+                                   vocab_size=self.config["tokenizer"]["vocab_size"])
         check_pair_vocab(pair, str(path))  # local directories only; hub ids are checked at job start
         _check_batch_sizes(pair, str(path))
         if pair["teacher"].get("offload", "none") != "none" and not pair["teacher"].get("zero3"):
@@ -243,6 +250,14 @@ class Grid:
         if not ds.is_file():
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
         return pair
+
+    def shape(self, pair: str, role: str) -> dict | None:
+        """The shape init-model will build for a pair's teacher or student (built on the meta device;
+        None for a hub id): `kdbench check` prints it. A random-init model's vocabulary is
+        tokenizer.vocab_size, the most the generated tokenizer can have."""
+        spec = self.pairs[pair]
+        return planned_shape(spec["family"], spec[role], self.config["tokenizer"]["vocab_size"],
+                             str(self.pair_file(pair)), role)
 
     def method(self, label: str) -> dict:
         """The resolved method of a label (cached); labels outside the grid (e.g. `init_from`) too."""

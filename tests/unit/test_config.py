@@ -170,3 +170,93 @@ def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsy
     with pytest.raises(KDBenchError, match="mine.yaml: a grid config is a mapping"):
         mine.write_text("- a\n- b\n")
         workflow_grid(mine)
+
+
+# --- model config keys: checked against the family's transformers config class -----------------------
+
+def _with_pair(repo, tmp_path, name, edit):
+    """A workflow directory whose pair `name` is `edit(pair)` of a shipped tiny pair."""
+    import shutil
+
+    for folder in ("config", "methods", "workflows"):
+        shutil.copytree(repo / folder, tmp_path / folder, dirs_exist_ok=True)
+    spec = yaml.safe_load((repo / "config/pairs" / f"{name}.yaml").read_text())
+    edit(spec)
+    (tmp_path / "config/pairs" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "config/pairs" / f"{name}.yaml"
+
+
+@pytest.mark.parametrize("name, role, right, typo", [
+    (PAIR, "student", "n_layer", "n_layerz"),
+    (PAIR, "teacher", "n_embd", "n_embdd"),
+    ("qwen2-tiny-s_from_qwen2-tiny-t", "student", "num_hidden_layers", "num_hidden_layer"),
+    ("llama-tiny-s_from_llama-tiny-t", "teacher", "intermediate_size", "intermediate_sise"),
+])
+def test_a_misspelt_model_config_key_names_pair_key_and_the_nearest_setting(tiny, repo, tmp_path, name, role,
+                                                                           right, typo):
+    def misspell(spec):
+        spec[role]["config"][typo] = spec[role]["config"].pop(right)
+
+    path = _with_pair(repo, tmp_path, name, misspell)
+    with pytest.raises(KDBenchError) as err:
+        Grid({**tiny, "pairs": [name]}, "test.yaml", tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key '{role}.config.{typo}': ") and f"no setting '{typo}'" in message
+    assert f"Did you mean '{right}'" in message and "build the model with its default" in message
+
+
+@pytest.mark.parametrize("role, setting, needle", [
+    ("student", {"n_layer": "2"}, r"key 'student.config.n_layer': transformers' GPT2Config refuses it: .*expected int"),
+    ("teacher", {"n_embd": 128.0}, r"key 'teacher.config.n_embd': .*expected int, got float"),
+    ("student", {"scale_attn_weights": "yes"}, r"key 'student.config.scale_attn_weights': .*expected bool"),
+    ("student", {"vocab_size": 500}, r"key 'student.config.vocab_size': kdbench sets vocab_size from the tokenizer"),
+    ("teacher", {"foo": 1}, r"key 'teacher.config.foo': .*no setting 'foo'; .*default. \(The settings"),
+])
+def test_model_config_values_are_checked_against_the_declared_types(tiny, repo, tmp_path, role, setting, needle):
+    path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec[role]["config"].update(setting))
+    with pytest.raises(KDBenchError, match=needle) as err:
+        Grid(tiny, "test.yaml", tmp_path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_config_beside_a_pretrained_model_is_refused(tiny, repo, tmp_path):
+    """init-model builds a pretrained model from its checkpoint, so `config` there would be ignored."""
+    def pretrained(spec):
+        spec["student"] = {"init": "pretrained", "path": "openai-community/gpt2", "config": {"n_layer": 2}}
+
+    path = _with_pair(repo, tmp_path, PAIR, pretrained)
+    with pytest.raises(KDBenchError, match=rf"{path}: key 'student.config': a pretrained model is built as its "):
+        Grid(tiny, "test.yaml", tmp_path)
+
+
+def test_a_new_family_gets_the_same_check_with_no_code(monkeypatch):
+    """The check reads whatever config class the family's model_type names (here Mistral's)."""
+    from kdbench import models
+    from kdbench.models import check_model_config
+
+    monkeypatch.setitem(models.FAMILIES, "mistral", "mistral")
+    check_model_config("mistral", {"num_hidden_layers": 2, "sliding_window": 64, "hidden_size": 64}, "m.yaml",
+                       "student.config", vocab_size=1000)
+    with pytest.raises(KDBenchError, match=r"m.yaml: key 'student.config.sliding_windw': transformers' MistralConfig "
+                                           r"\(family mistral\) has no setting .* Did you mean 'sliding_window'"):
+        check_model_config("mistral", {"sliding_windw": 64}, "m.yaml", "student.config", vocab_size=1000)
+    with pytest.raises(KDBenchError, match=r"key 'student.config.sliding_window': .*expected int"):
+        check_model_config("mistral", {"sliding_window": "wide"}, "m.yaml", "student.config", vocab_size=1000)
+
+
+def test_check_prints_the_shape_init_model_builds(repo, monkeypatch, capsys, tmp_path):
+    """`kdbench check` builds each random-init model on the meta device and prints its shape; a
+    setting the config class accepts but the model class refuses fails there, naming pair and key."""
+    from kdbench.check import main
+
+    monkeypatch.chdir(repo)
+    assert main(["config/tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {PAIR} student: 2 layers × 64 hidden, 2 heads, vocab 1,000, 0.20M parameters (196,864)" in out
+    assert "  qwen2-tiny-s_from_qwen2-tiny-t teacher: 4 layers × 128 hidden, 4 heads, vocab 1,000" in out
+    assert main(["config/config.yaml"]) == 0
+    assert "qwen2-1.5b_from_qwen2-7b teacher: Qwen/Qwen2-7B (a hub id" in capsys.readouterr().out
+    path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec["student"]["config"].update(activation_function="nope"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KDBenchError, match=rf"{path}: key 'student.config': transformers cannot build this GPT2Config"):
+        main(["config/tiny.yaml"])
