@@ -1,14 +1,16 @@
-"""`kdbench check <config>` and `kdbench resolve <config> <pair> <method> <seed>`."""
+"""`kdbench check <config>`, `kdbench resolve <config> <pair> <method> <seed>` and
+`kdbench run <snakemake arguments>`."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 import yaml
 
-from kdbench.config import BASE_CONFIGS, workflow_grid
-from kdbench.models import describe_shape
+from kdbench.config import BASE_CONFIGS, read_config, workflow_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(BASE_CONFIGS)}, then the given files merged over them in order.")
     ap.add_argument("config", type=Path, nargs="+", help="config files, merged in order (as --configfile)")
     args = ap.parse_args(argv)
+    from kdbench.models import describe_shape
+
     grid = workflow_grid(*args.config, require_data=False)
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
@@ -42,3 +46,18 @@ def resolve_main(argv: list[str] | None = None) -> int:
     grid = workflow_grid(args.config)
     print(yaml.safe_dump(grid.resolve_run(args.pair, args.method, args.seed), sort_keys=False))
     return 0
+
+
+def run_main(argv: list[str] | None = None) -> int:
+    """`kdbench run <snakemake arguments>`: Snakemake parses a --configfile before the Snakefile runs
+    and reports a malformed one without file or line (a missing or non-UTF-8 one with a traceback).
+    This reads each --configfile first, with the file-and-line messages of `kdbench check`, then
+    replaces itself with `python -m snakemake <the same arguments>`, which checks the grid as always."""
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(prog="kdbench run", add_help=False, allow_abbrev=False)  # what Snakemake reads first
+    ap.add_argument("--configfile", "--configfiles", nargs="+", action="extend", type=Path, default=[])
+    known, _ = ap.parse_known_args(argv)
+    for path in known.configfile:
+        read_config(path)
+    os.execv(sys.executable, [sys.executable, "-m", "snakemake", *argv])
+    return 0  # not reached

@@ -22,7 +22,6 @@ import yaml
 
 from kdbench import registry
 from kdbench.errors import KDBenchError
-from kdbench.models import check_model_config, check_pair_vocab, planned_shape
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 # The Snakefile's own config files (its `configfile:` directives, in this order): Snakemake loads them
@@ -224,6 +223,8 @@ class Grid:
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise KDBenchError(f"{self.where}: key 'pairs': unknown pair '{name}' (no file {path}). "
                                f"Known pairs: {', '.join(known)}.")
+        from kdbench.models import check_model_config, check_pair_vocab  # torch: not needed to read a config file
+
         pair = load_yaml(path)
         check_schema(pair, load_yaml(schema_path(self.workdir, "pair")), str(path))
         for role in ("teacher", "student"):
@@ -255,6 +256,8 @@ class Grid:
         """The shape init-model will build for a pair's teacher or student (built on the meta device;
         None for a hub id): `kdbench check` prints it. A random-init model's vocabulary is
         tokenizer.vocab_size, the most the generated tokenizer can have."""
+        from kdbench.models import planned_shape
+
         spec = self.pairs[pair]
         return planned_shape(spec["family"], spec[role], self.config["tokenizer"]["vocab_size"],
                              str(self.pair_file(pair)), role)
@@ -459,16 +462,21 @@ def _load_json(path: Path) -> dict:
         raise KDBenchError(f"{path}: not valid JSON: {exc}") from exc
 
 
+def read_config(path: Path) -> dict:
+    """One grid config file as a mapping (an empty file is {}), or an error naming the file (and line)."""
+    config = load_yaml(path)
+    if config is not None and not isinstance(config, dict):
+        raise KDBenchError(f"{path}: a grid config is a mapping of keys (results, tables, data, ...), "
+                           f"not a {type(config).__name__}.")
+    return config or {}
+
+
 def load_grid(*paths: Path, workdir: Path | None = None, require_data: bool = True) -> Grid:
     """A grid from config files merged in order (later keys win; mappings merge), as Snakemake does."""
     workdir = Path(workdir or Path.cwd())
     merged: dict = {}
     for path in paths:
-        config = load_yaml(path)
-        if config is not None and not isinstance(config, dict):
-            raise KDBenchError(f"{path}: a grid config is a mapping of keys (results, tables, data, ...), "
-                               f"not a {type(config).__name__}.")
-        _merge(merged, config or {})
+        _merge(merged, read_config(path))
     return Grid(merged, ", ".join(str(p) for p in paths), workdir, require_data)
 
 
