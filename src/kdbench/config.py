@@ -242,6 +242,10 @@ class Grid:
             if spec["init"] == "random":  # a misspelt key would silently build the family's default
                 check_model_config(pair["family"], spec["config"], str(path), f"{role}.config",
                                    vocab_size=self.config["tokenizer"]["vocab_size"])
+        if "reference" in pair and "random" in (pair["teacher"]["init"], pair["student"]["init"]):
+            raise KDBenchError(f"{path}: key 'reference': published numbers belong beside the paper's own pretrained "
+                               "teacher and student; beside a random-init model the difference would mean nothing, "
+                               "so remove reference from this pair.")
         check_pair_vocab(pair, str(path))  # local directories only; hub ids are checked at job start
         _check_batch_sizes(pair, str(path))
         if pair["teacher"].get("offload", "none") != "none" and not pair["teacher"].get("zero3"):
@@ -336,6 +340,17 @@ class Grid:
 
     def _chosen(self, table: str | None) -> list[dict]:
         return list(self.tables.values()) if table is None else [self.tables[table]]
+
+    def reference(self, pair: str, table: str) -> dict | None:
+        """The published table and model family shown beside this pair's rows of `table`, or None.
+        Only the paper's pair on the paper's data gets published numbers: the pair names them
+        (`reference:`, refused for random-init models) and the grid trains and evaluates on given
+        files (`data.source: files`, the sets of `kdbench prepare-eval`); on generated data a Δ
+        against the paper would mean nothing. The table's own `reference` picks which paper table."""
+        ref = self.pairs[pair].get("reference")
+        if not ref or self.config["data"]["source"] != "files":
+            return None
+        return {"table": self.tables[table]["reference"] or ref["table"], "family": ref["family"]}
 
     def teacher_seed(self, pair: str) -> int:
         return self.pairs[pair]["teacher"].get("seed", 0)

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from kdbench.config import Grid, load_grid
+from kdbench.config import ALL_SETS, Grid, load_grid
 from kdbench.errors import KDBenchError
 
 PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
@@ -260,3 +260,41 @@ def test_check_prints_the_shape_init_model_builds(repo, monkeypatch, capsys, tmp
     monkeypatch.chdir(tmp_path)
     with pytest.raises(KDBenchError, match=rf"{path}: key 'student.config': transformers cannot build this GPT2Config"):
         main(["config/tiny.yaml"])
+
+
+# --- published numbers: beside the paper's pair on the paper's data only ---------------------------------
+
+def test_published_numbers_only_beside_the_paper_pairs_on_the_paper_data(repo, tmp_path):
+    """A table shows the paper's numbers for a pair that names them (pretrained, the paper's
+    checkpoints) when the grid runs on given data files; never on generated data, and a random-init
+    pair may not name them at all."""
+    cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
+    record = '{"instruction": "Name a colour.", "input": "", "output": "Red."}\n'
+    for name in ("train", "valid", *ALL_SETS):
+        (tmp_path / f"{name}.jsonl").write_text(record * 2)
+    cfg["data"] = {"source": "files", "train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "valid.jsonl"),
+                   "sets": {name: str(tmp_path / f"{name}.jsonl") for name in ALL_SETS}}
+    paper = workflow_grid_of(repo, tmp_path, cfg)
+    assert paper.reference("qwen2-1.5b_from_qwen2-7b", "table1") == {"table": "table1", "family": "Qwen2"}
+    assert paper.reference("qwen2-1.5b_from_qwen2-7b", "table3") == {"table": "table3", "family": "Qwen2"}
+    assert paper.reference("gpt2-base_from_gpt2-xl", "design") == {"table": "minillm_table1", "family": "gpt2"}
+    generated = yaml.safe_load((repo / "config/tiny.yaml").read_text())["data"]
+    assert workflow_grid_of(repo, tmp_path, {**cfg, "data": generated}).reference("qwen2-1.5b_from_qwen2-7b",
+                                                                                 "table1") is None
+    tiny = workflow_grid_of(repo, tmp_path, {**cfg, "tables": [{"name": "t", "reference": "table1", "pairs": [PAIR],
+                                                                "methods": ["fkl"]}]})
+    assert tiny.reference(PAIR, "t") is None  # a table's reference does not make a tiny pair the paper's
+
+
+def workflow_grid_of(repo, tmp_path, cfg):
+    from kdbench.config import workflow_grid
+
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    return workflow_grid(tmp_path / "grid.yaml", workdir=repo)
+
+
+def test_a_random_init_pair_may_not_name_published_numbers(tiny, repo, tmp_path):
+    path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec.update(reference={"table": "minillm_table1",
+                                                                                 "family": "gpt2"}))
+    with pytest.raises(KDBenchError, match=rf"{path}: key 'reference': published numbers belong beside the paper's"):
+        Grid(tiny, "test.yaml", tmp_path)
