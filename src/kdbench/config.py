@@ -30,7 +30,7 @@ ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 BASE_CONFIGS = ("config/tiny.yaml", "config/variants.yaml")
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
-KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
+KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (docs/METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
                      "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
