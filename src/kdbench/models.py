@@ -421,6 +421,5 @@ def main(argv: list[str] | None = None) -> int:
     if spec["init"] == "pretrained":  # what was loaded, for provenance: a branch like `main` moves
         write_json(Path(args.out) / SOURCE_FILE, {"path": spec["path"], "revision": spec.get("revision"),
                                                   "commit": getattr(model.config, "_commit_hash", None)})
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.role} of {Path(args.pair).stem}: {n_params:,} parameters → {args.out}")
+    print(f"{args.role} of {Path(args.pair).stem}: {describe_shape(model_shape(model))} → {args.out}")
     return 0
