@@ -4,11 +4,15 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
+from kdbench.config import BASE_CONFIGS
+
 min_version("8.20")
 
 
-configfile: "config/tiny.yaml"
-configfile: "config/variants.yaml"
+for base_config in BASE_CONFIGS:  # config/tiny.yaml, config/variants.yaml; --configfile merges over them
+
+    configfile: base_config
+
 
 
 include: "workflows/rules/common.smk"

@@ -30,7 +30,7 @@ def abkd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, alpha: float
     cancels: in fp32 its relative error is about 3e-8/min(|α|, |β|) (3e-5 at 1e-3), so set an exact
     0 to get the closed form (α + β → 0 is not affected).
     Direction: interpolates; forward at (1, 0), reverse at (0, 1).
-    Hyper-parameters: alpha = 0.2, beta = 0.7 (METHODS.md §1). Range: α ≥ 0, β ≥ 0, not both 0,
+    Hyper-parameters: alpha = 0.2, beta = 0.7 (docs/METHODS.md §1). Range: α ≥ 0, β ≥ 0, not both 0,
     for a finite value on every input. The formula is a divergence for any real α, β and the plugin
     computes it there too, but a negative exponent (this includes the α = −β ≠ 0 case) or α = β = 0
     makes it unbounded wherever p or q is 0 (vocabulary padding, underflow on extreme logits), and

@@ -135,7 +135,7 @@ class AdaKD:
 
     1. indicator: token difficulty s_i (untempered, no grad; larger = harder, minimal when q = p
        except "ce", which does not look at the teacher). Drives the selection and IDTS.
-       - "hellinger" (default; METHODS.md §2): s = (1/√2)·sqrt(Σ_v (√p − √q)²) ∈ [0, 1].
+       - "hellinger" (default; docs/METHODS.md §2): s = (1/√2)·sqrt(Σ_v (√p − √q)²) ∈ [0, 1].
        - "fkl": KL(p‖q) = Σ_v p (log p − log q) ∈ [0, ∞)   (Table 3 "FKD").
        - "rkl": KL(q‖p) = Σ_v q (log q − log p) ∈ [0, ∞)   (Table 3 "RKD").
        - "ce": cross-entropy vs the ground truth, −log q(y_i) ∈ [0, ∞) (Table 3). Needs the target ids:
@@ -152,7 +152,7 @@ class AdaKD:
     2. schedule: the kept ratio r; the top max(1, floor(N·r)) tokens by s_i are kept, over all N
        valid tokens of the micro-batch (flattened, not per sequence). r is `self.ratio` (logged as
        `latf_ratio`).
-       - "latf" (default; LATF, METHODS.md §2): EMA of the step's global mean distillation loss
+       - "latf" (default; LATF, docs/METHODS.md §2): EMA of the step's global mean distillation loss
          L̄_t = β·L̄_{t−1} + (1−β)·L_t (initialised with the first value), ratio r (starts at 1),
          reference L_ref. The first floor(`warmup`·total_steps) steps keep r = 1 and end with
          L_ref = L̄. After warm-up, each step: L̄ < L_ref(1−ε) → r ← max(r_min, r(1−δ));
@@ -166,7 +166,7 @@ class AdaKD:
        then only keeps the EMA of the loss (for logging/inspection) and the step count, never r/ref.
 
     3. temperature: the per-token temperature rule (detached).
-       - "idts" (default; IDTS, METHODS.md §2): ŝ_i = tanh(log(s_i / median_{selected} s)),
+       - "idts" (default; IDTS, docs/METHODS.md §2): ŝ_i = tanh(log(s_i / median_{selected} s)),
          τ_i = τ_base·exp(−c·ŝ_i) ∈ [τ_base·e^{−|c|}, τ_base·e^{|c|}]; c > 0: hard tokens get a low τ,
          easy ones a high τ. `tau_base` = 1.0 (> 0), `c` = 0.5 (any finite real; c < 0 is the
          Table 5 "inverse direction" ablation, hard tokens get a HIGH τ: c = −0.5).
@@ -208,7 +208,7 @@ class AdaKD:
     (0, 1]; tau_base, tau_fixed, tau_min, tau_max ≤ 0; beta, eps, delta, warmup outside [0, 1);
     c not finite; topk_k not an integer ≥ 1.
 
-    The AdaKD paper's ablations (Qwen2 RKL base; METHODS.md §2) as hyper-parameters, everything not
+    The AdaKD paper's ablations (Qwen2 RKL base; docs/METHODS.md §2) as hyper-parameters, everything not
     named at its default:
     - Table 2: base = no policy; "+IDTS only" = schedule "fixed", r_fixed 1.0; "+LATF only" =
       temperature "fixed", tau_fixed 1.0; "AdaKD (full)" = defaults.

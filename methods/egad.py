@@ -34,7 +34,7 @@ def pacing(t: float, *, lambda0: float, t_full: float, kind: str) -> float:
 @token_policy
 class EGAD(torch.nn.Module):
     """EGAD, "Entropy-Guided Adaptive Distillation for Token-Level Knowledge Transfer"
-    (arXiv 2605.01732). Only the abstract is public; this is kdbench's instantiation (METHODS.md §4).
+    (arXiv 2605.01732). Only the abstract is public; this is kdbench's instantiation (docs/METHODS.md §4).
 
     Signal: teacher entropy per token, h_i = H(p_i)/log|V| ∈ [0, 1], untempered, no grad;
     u_i = h_i's percentile within the micro-batch's valid tokens (rank/(N−1)).

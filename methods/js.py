@@ -19,7 +19,7 @@ def js(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, lam: float = 0
         JSD_i = λ Σ_v q_v (log q_v − log m_v) + (1−λ) Σ_v p_v (log p_v − log m_v)
     λ = 0.5 is the classic Jensen-Shannon divergence; λ → 0 and λ → 1 both give 0 (so the value
     scales like λ(1−λ)). log m is a log-sum-exp of the log-probabilities, floored at log 1e-8
-    (METHODS.md's clamp: it also stops the gradient through m where m < 1e-8, so values within
+    (docs/METHODS.md's clamp: it also stops the gradient through m where m < 1e-8, so values within
     ~1e-8 per entry of that floor are approximate). The τ² factor and τ are applied by the harness.
     Direction: both (λ weighs the reverse, student-side term).
     Hyper-parameters: lam = 0.9, range [0, 1]; outside it m is a signed mixture whose log is NaN, so

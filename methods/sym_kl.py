@@ -9,7 +9,7 @@ from kdbench.registry import divergence
 def sym_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, lam: float = 0.9) -> torch.Tensor:
     """Symmetric KL mixture, (1−λ)·KL(p ‖ q) + λ·KL(q ‖ p): interpolates mean- and mode-seeking.
 
-    Paper: none of its own; the convex FKL/RKL mixture that METHODS.md §1 lists beside the
+    Paper: none of its own; the convex FKL/RKL mixture that docs/METHODS.md §1 lists beside the
     DistiLLM (Ko et al., ICML 2024) skew losses. Named `sym_kl` so nobody confuses it with
     DistiLLM's skew KL `skl`.
     Formula (per token i, p = teacher, q = student, both softmax(z/τ)):

@@ -13,6 +13,7 @@ COMMANDS = {
     "init-model": ("kdbench.models", "write the initial teacher or student of a pair"),
     "check": ("kdbench.check", "validate a grid config (schema, pairs, methods, hyper-parameters)"),
     "resolve": ("kdbench.check", "print the resolved run.yaml of one grid cell"),
+    "run": ("kdbench.check", "snakemake with the same arguments, after reading each --configfile (file and line)"),
     "train": ("kdbench.train", "train one resolved run: kdbench train results/runs/.../run.yaml"),
     "evaluate": ("kdbench.evaluate", "generate and score one model on one eval set over decoding seeds"),
     "aggregate": ("kdbench.aggregate", "build the results tables from evaluation results"),
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kdbench: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    entry = getattr(module, {"resolve": "resolve_main", "combine-tables": "combine_main"}.get(name, "main"))
+    entry = getattr(module, {"resolve": "resolve_main", "run": "run_main", "combine-tables": "combine_main"}.get(name, "main"))
     try:
         return entry(rest) or 0
     except KDBenchError as exc:

@@ -22,12 +22,15 @@ import yaml
 
 from kdbench import registry, releases
 from kdbench.errors import KDBenchError
-from kdbench.models import check_pair_vocab
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
+# The Snakefile's own config files (its `configfile:` directives, in this order): Snakemake loads them
+# first and merges every --configfile over them, so a grid config is always read on top of the
+# default grid and the shared labelled variants. `kdbench check`/`resolve`/`run` read them the same way.
+BASE_CONFIGS = ("config/tiny.yaml", "config/variants.yaml")
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
-KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (METHODS.md §1)
+KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (docs/METHODS.md §1)
 TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
                      "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
                      "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
@@ -97,8 +100,10 @@ def _coerce_cli(config: dict) -> dict:
 class Grid:
     """A validated grid config plus everything it refers to (pairs, plugins), checked up front."""
 
-    def __init__(self, config: dict, where: str, workdir: Path | None = None):
+    def __init__(self, config: dict, where: str, workdir: Path | None = None, require_data: bool = True):
         self.where, self.workdir = where, Path(workdir or Path.cwd())
+        self.require_data = require_data  # False: absent data files are listed in `absent_data`, not an error
+        self.absent_data: list[str] = []
         config = _coerce_cli(copy.deepcopy(config))
         schema = load_yaml(schema_path(workdir, "config"))
         check_schema(config, schema, where)
@@ -196,6 +201,13 @@ class Grid:
             if not files.get(name):
                 key = f"data.sets.{name}" if name not in ("train", "valid") else f"data.{name}"
                 raise KDBenchError(f"{self.where}: key '{key}' is required with data.source 'files'.")
+            if not (self.workdir / files[name]).is_file():
+                if not self.require_data:
+                    self.absent_data.append(files[name])
+                    continue
+                raise KDBenchError(f"{self.where}: key 'data' ({name}): {files[name]}: file not found; make it with "
+                                   "`kdbench prepare-eval` (data/README.md gives the command for each file) or "
+                                   "correct the path.")
             try:
                 read_jsonl(self.workdir / files[name])
             except KDBenchError as exc:
@@ -248,6 +260,8 @@ class Grid:
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise KDBenchError(f"{self.where}: key 'pairs': unknown pair '{name}' (no file {path}). "
                                f"Known pairs: {', '.join(known)}.")
+        from kdbench.models import check_model_config, check_pair_vocab  # torch: not needed to read a config file
+
         pair = load_yaml(path)
         check_schema(pair, load_yaml(schema_path(self.workdir, "pair")), str(path))
         for role in ("teacher", "student"):
@@ -258,6 +272,17 @@ class Grid:
             if spec["init"] == "pretrained" and _local_path(spec["path"]) and not Path(spec["path"]).is_dir():
                 raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
                                    "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
+            if spec["init"] == "pretrained" and "config" in spec:
+                raise KDBenchError(f"{path}: key '{role}.config': a pretrained model is built as its checkpoint's "
+                                   "config.json says, so these settings would be ignored; remove them (config "
+                                   "is for init: random).")
+            if spec["init"] == "random":  # a misspelt key would silently build the family's default
+                check_model_config(pair["family"], spec["config"], str(path), f"{role}.config",
+                                   vocab_size=self.config["tokenizer"]["vocab_size"])
+        if "reference" in pair and "random" in (pair["teacher"]["init"], pair["student"]["init"]):
+            raise KDBenchError(f"{path}: key 'reference': published numbers belong beside the paper's own pretrained "
+                               "teacher and student; beside a random-init model the difference would mean nothing, "
+                               "so remove reference from this pair.")
         check_pair_vocab(pair, str(path))  # local directories only; hub ids are checked at job start
         _check_batch_sizes(pair, str(path))
         if pair["teacher"].get("offload", "none") != "none" and not pair["teacher"].get("zero3"):
@@ -267,6 +292,16 @@ class Grid:
         if not ds.is_file():
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
         return pair
+
+    def shape(self, pair: str, role: str) -> dict | None:
+        """The shape init-model will build for a pair's teacher or student (built on the meta device;
+        None for a hub id): `kdbench check` prints it. A random-init model's vocabulary is
+        tokenizer.vocab_size, the most the generated tokenizer can have."""
+        from kdbench.models import planned_shape
+
+        spec = self.pairs[pair]
+        return planned_shape(spec["family"], spec[role], self.config["tokenizer"]["vocab_size"],
+                             str(self.pair_file(pair)), role)
 
     def method(self, label: str) -> dict:
         """The resolved method of a label (cached); labels outside the grid (e.g. `init_from`) too."""
@@ -342,6 +377,17 @@ class Grid:
 
     def _chosen(self, table: str | None) -> list[dict]:
         return list(self.tables.values()) if table is None else [self.tables[table]]
+
+    def reference(self, pair: str, table: str) -> dict | None:
+        """The published table and model family shown beside this pair's rows of `table`, or None.
+        Only the paper's pair on the paper's data gets published numbers: the pair names them
+        (`reference:`, refused for random-init models) and the grid trains and evaluates on given
+        files (`data.source: files`, the sets of `kdbench prepare-eval`); on generated data a Δ
+        against the paper would mean nothing. The table's own `reference` picks which paper table."""
+        ref = self.pairs[pair].get("reference")
+        if not ref or self.config["data"]["source"] != "files":
+            return None
+        return {"table": self.tables[table]["reference"] or ref["table"], "family": ref["family"]}
 
     def teacher_seed(self, pair: str) -> int:
         return self.pairs[pair]["teacher"].get("seed", 0)
@@ -468,13 +514,31 @@ def _load_json(path: Path) -> dict:
         raise KDBenchError(f"{path}: not valid JSON: {exc}") from exc
 
 
-def load_grid(*paths: Path, workdir: Path | None = None) -> Grid:
+def read_config(path: Path) -> dict:
+    """One grid config file as a mapping (an empty file is {}), or an error naming the file (and line)."""
+    config = load_yaml(path)
+    if config is not None and not isinstance(config, dict):
+        raise KDBenchError(f"{path}: a grid config is a mapping of keys (results, tables, data, ...), "
+                           f"not a {type(config).__name__}.")
+    return config or {}
+
+
+def load_grid(*paths: Path, workdir: Path | None = None, require_data: bool = True) -> Grid:
     """A grid from config files merged in order (later keys win; mappings merge), as Snakemake does."""
     workdir = Path(workdir or Path.cwd())
     merged: dict = {}
     for path in paths:
-        _merge(merged, load_yaml(path) or {})
-    return Grid(merged, ", ".join(str(p) for p in paths), workdir)
+        _merge(merged, read_config(path))
+    return Grid(merged, ", ".join(str(p) for p in paths), workdir, require_data)
+
+
+def workflow_grid(*configfiles: Path, workdir: Path | None = None, require_data: bool = True) -> Grid:
+    """The grid `snakemake --configfile <configfiles>` builds: the Snakefile's BASE_CONFIGS first
+    (those present, as Snakemake skips an absent one when --configfile is given), then `configfiles`."""
+    workdir = Path(workdir or Path.cwd())
+    here = workdir.resolve() == Path.cwd().resolve()  # then name them as the user sees them
+    base = [Path(name) if here else workdir / name for name in BASE_CONFIGS if (workdir / name).is_file()]
+    return load_grid(*base, *configfiles, workdir=workdir, require_data=require_data)
 
 
 def _merge(into: dict, update: dict) -> None:

@@ -1,6 +1,6 @@
 """Evaluate a causal LM on an instruction set: generate responses, score ROUGE-L and exact match.
 
-The protocol is the MiniLLM / DistiLLM / AdaKD one (METHODS.md §5): the shared prompt template,
+The protocol is the MiniLLM / DistiLLM / AdaKD one (docs/METHODS.md §5): the shared prompt template,
 prompts truncated to their last 256 tokens, sampling with top-k 0, top-p 1.0, temperature 1.0,
 256 new tokens, decoding seeds 10-50, ROUGE-L F-measure (rouge-score, Porter stemmer) maximised
 over an example's references, averaged over examples, ×100; exact match alongside.

@@ -15,7 +15,9 @@ loads a plain model directory, and the adapters on their own under `adapter/`.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,20 +33,131 @@ FAMILIES = {"gpt2": "gpt2", "qwen2": "qwen2", "llama": "llama"}  # pair family �
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "auto": "auto"}
 
 
-def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
-    """A random-init causal LM of `family`, its vocabulary and special tokens taken from `tokenizer`."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+# Config keys kdbench sets itself from the tokenizer when it builds a random-init model.
+FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def config_class(family: str):
+    """The transformers config class of a pair family (a local import: no network)."""
+    from transformers import AutoConfig
 
     if family not in FAMILIES:
         raise KDBenchError(f"unknown model family '{family}'; known: {', '.join(FAMILIES)}")
-    cfg = AutoConfig.for_model(
-        FAMILIES[family],
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **config,
-    )
+    return type(AutoConfig.for_model(FAMILIES[family]))
+
+
+def config_keys(cls) -> set[str]:
+    """Every setting a transformers config class takes: the arguments of each `__init__` in its
+    MRO, its dataclass fields (transformers ≥ 5), the aliases of its `attribute_map`, the properties
+    it lets one set, and the names its docstrings document as arguments (transformers 4 documents
+    the common ones, e.g. `tie_word_embeddings`, on PretrainedConfig and takes them through
+    **kwargs). Anything else the class would keep as an unused attribute."""
+    import dataclasses
+    import inspect
+
+    names = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    for klass in cls.__mro__[:-1]:
+        if "__init__" in vars(klass):
+            names |= {p.name for p in inspect.signature(klass.__init__).parameters.values()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        names |= set(vars(klass).get("attribute_map", {}))
+        names |= {n for n, v in vars(klass).items() if isinstance(v, property) and v.fset is not None}
+        names |= set(re.findall(r"^\s+(\w+) \(`", klass.__doc__ or "", re.M))
+    return {n for n in names if not n.startswith("_")} - {"self"}
+
+
+def random_config(family: str, config: dict[str, Any], vocab_size: int, **special_ids):
+    """The transformers config of a random-init model: the pair's `config` overrides over the
+    family's defaults, the vocabulary (and bos/eos/pad ids) of its tokenizer."""
+    from transformers import AutoConfig
+
+    config_class(family)  # a known family
+    return AutoConfig.for_model(FAMILIES[family], vocab_size=vocab_size, **special_ids, **config)
+
+
+def check_model_config(family: str, config: dict[str, Any], where: str, key: str, vocab_size: int) -> None:
+    """Config time: every key of a pair's `<role>.config` is a setting of the family's config class
+    (a misspelt one would be kept as an unused attribute and the model built with the default), none
+    is one kdbench sets from the tokenizer, and the class accepts the values (transformers ≥ 5 checks
+    each against its declared type). `where` is the pair file, `key` e.g. `student.config`."""
+    import difflib
+
+    cls = config_class(family)
+    valid = config_keys(cls)
+    for name in config:
+        if name in FROM_TOKENIZER:
+            raise KDBenchError(f"{where}: key '{key}.{name}': kdbench sets {name} from the tokenizer the models "
+                               f"share; remove it from the pair file.")
+        if name not in valid:
+            near = difflib.get_close_matches(name, sorted(valid), n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+            raise KDBenchError(
+                f"{where}: key '{key}.{name}': transformers' {cls.__name__} (family {family}) has no setting "
+                f"'{name}'; it would keep it as an unused attribute and build the model with its default.{hint} "
+                f"(The settings are {cls.__name__}'s arguments, documented with it.)")
+    try:  # transformers ≥ 5 validates each field against its declared type (huggingface_hub strict dataclasses)
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:
+        StrictDataclassError = ValueError
+    try:
+        random_config(family, copy.deepcopy(config), vocab_size, bos_token_id=None, eos_token_id=None,
+                      pad_token_id=None)
+    except (TypeError, ValueError, StrictDataclassError) as exc:
+        field = re.search(r"field '(\w+)'", str(exc))
+        at = f"{key}.{field[1]}" if field and field[1] in config else key
+        detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+        raise KDBenchError(f"{where}: key '{at}': transformers' {cls.__name__} refuses it: {detail}") from exc
+
+
+def model_shape(model) -> dict[str, int]:
+    """What a model is: layers, hidden size, attention heads, vocabulary (its config's vocab_size,
+    the embedding rows) and parameter count (a tied head counted once; LoRA adapters not counted when
+    taken before `apply_lora`). Works on the meta device, where parameters hold no memory."""
+    lm = hf_model(model)
+    cfg = lm.config
+    return {"layers": cfg.num_hidden_layers, "hidden": cfg.hidden_size, "heads": cfg.num_attention_heads,
+            "vocab": cfg.vocab_size, "parameters": sum(p.numel() for p in lm.parameters())}
+
+
+def planned_shape(family: str, spec: dict[str, Any], vocab_size: int, where: str, role: str) -> dict[str, int] | None:
+    """The shape `kdbench init-model` will build for a pair's model, found by building it on the meta
+    device (no weights, no memory): a random-init model from its `config` (with `vocab_size`, the
+    generated tokenizer's), a local pretrained directory from its config.json. None for a hub id,
+    which only init-model reads (the training run's provenance.json records its shape)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    remote = spec.get("trust_remote_code", False)
+    if spec["init"] == "random":
+        cfg = random_config(family, copy.deepcopy(spec.get("config", {})), vocab_size, bos_token_id=None,
+                            eos_token_id=None, pad_token_id=None)
+    elif Path(spec["path"]).is_dir():
+        cfg = AutoConfig.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True)
+    else:
+        return None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=remote)
+    except Exception as exc:  # whatever the model class raises for settings its config accepted
+        key = f"{role}.config" if spec["init"] == "random" else f"{role}.path"
+        raise KDBenchError(f"{where}: key '{key}': transformers cannot build this {type(cfg).__name__} model: "
+                           f"{type(exc).__name__}: {exc}") from exc
+    return model_shape(model)
+
+
+def describe_shape(shape: dict[str, int]) -> str:
+    """`4 layers × 128 hidden, 4 heads, vocab 1,000, 0.99M parameters`."""
+    n = shape["parameters"]
+    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+    return (f"{shape['layers']} layers × {shape['hidden']} hidden, {shape['heads']} heads, vocab {shape['vocab']:,}, "
+            f"{size} parameters ({n:,})")
+
+
+def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
+    """A random-init causal LM of `family`, its vocabulary and special tokens taken from `tokenizer`."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = random_config(family, config, len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(cfg)
 
@@ -308,6 +421,5 @@ def main(argv: list[str] | None = None) -> int:
     if spec["init"] == "pretrained":  # what was loaded, for provenance: a branch like `main` moves
         write_json(Path(args.out) / SOURCE_FILE, {"path": spec["path"], "revision": spec.get("revision"),
                                                   "commit": getattr(model.config, "_commit_hash", None)})
-    n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.role} of {Path(args.pair).stem}: {n_params:,} parameters → {args.out}")
+    print(f"{args.role} of {Path(args.pair).stem}: {describe_shape(model_shape(model))} → {args.out}")
     return 0

@@ -1,6 +1,6 @@
 """Prompt templates shared by training and evaluation.
 
-`build_prompt` renders the MiniLLM / DistiLLM / AdaKD template (METHODS.md §5), the protocol's
+`build_prompt` renders the MiniLLM / DistiLLM / AdaKD template (docs/METHODS.md §5), the protocol's
 prompt for every model. `build_chat_prompt` is the chat variant for chat-tuned models (Qwen2 and
 the like): the same instruction and input as one user turn, rendered by the tokenizer's own chat
 template with the assistant header appended.

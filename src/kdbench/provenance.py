@@ -1,4 +1,6 @@
-"""Provenance of every number: code version, packages, device, seeds, method versions."""
+"""Provenance of every number: code version, packages, device, seeds, method versions, and (from the
+training job, `shapes`) the shape of the student and teacher actually loaded (`kdbench.models.model_shape`:
+layers, hidden size, heads, vocabulary, parameter count), so a reader sees what was built."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where a step's training responses come from (METHODS.md §1); the loop picks one source, once.
+"""Where a step's training responses come from (docs/METHODS.md §1); the loop picks one source, once.
 
 - `off_policy`: the dataset's responses.
 - `on_policy_mixed` (GKD, Agarwal et al. ICLR 2024): with probability `p` (0.5) per step the batch's

@@ -87,6 +87,7 @@ def train(run: dict) -> None:
         enable_gradient_checkpointing,
         SOURCE_FILE,
         load_causal_lm,
+        model_shape,
         model_source,
         save_student,
         zero3_inference_engine,
@@ -107,6 +108,7 @@ def train(run: dict) -> None:
                                  teacher_lm.get_output_embeddings().weight.shape[0],
                                  student_lm.get_output_embeddings().weight.shape[0], where=run["pair_file"])
         teacher = LastHidden(teacher_lm).eval().requires_grad_(False)
+    shapes = {"student": model_shape(student_lm), "teacher": model_shape(teacher_lm) if teacher else None}  # provenance
     if run["lora"]:
         student_lm, n_trainable = apply_lora(student_lm, run["lora"])
         print(f"kdbench: LoRA: {n_trainable:,} trainable parameters", file=sys.stderr)
@@ -280,7 +282,7 @@ def train(run: dict) -> None:
             atomic.write_json(out / "provenance.json", provenance.collect(
                 Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
                 methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
-                models={"start": model_source(run["student"]), "teacher": model_source(run["teacher"])},
+                models={"start": model_source(run["student"]), "teacher": model_source(run["teacher"])}, shapes=shapes,
                 steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
                 selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
     # Ranks leave together once rank 0 has saved; a rank that exits with its process group alive can

@@ -6,6 +6,9 @@ import json
 import pytest
 import yaml
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
+
+from kdbench.models import planned_shape
 
 from tests.conftest import grid_config, run_cli, workflow_copy
 
@@ -48,6 +51,9 @@ def test_tiny_pair_trains(root, pair):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 12 and all(m["kd_loss"] < 1e3 for m in metrics)
+    vocab = len(AutoTokenizer.from_pretrained(root / "results/tokenizer"))
+    shapes = json.loads((run_dir / "provenance.json").read_text())["shapes"]  # what was built, as check plans it
+    assert shapes == {role: planned_shape(spec["family"], spec[role], vocab, "p.yaml", role) for role in shapes}
     merged = load_file(run_dir / "model/model.safetensors")
     init = load_file(root / f"results/models/{pair}/student-init/model.safetensors")
     changed = {k for k in init if not (merged[k] == init[k]).all()}

@@ -1,5 +1,5 @@
 """AdaKD's swappable parts (difficulty indicator, ratio schedule, temperature rule) against independent
-float64 computations, and every ablation variant of the paper's Tables 2-5 (METHODS.md §2)."""
+float64 computations, and every ablation variant of the paper's Tables 2-5 (docs/METHODS.md §2)."""
 
 import csv
 import json

@@ -5,7 +5,7 @@ import copy
 import pytest
 import yaml
 
-from kdbench.config import Grid, load_grid
+from kdbench.config import ALL_SETS, Grid, load_grid
 from kdbench.errors import KDBenchError
 
 PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
@@ -143,3 +143,158 @@ def test_data_files_are_checked_before_any_job(tiny, repo, tmp_path):
     (tmp_path / "dolly.jsonl").write_text(good)
     with pytest.raises(KDBenchError, match=r"key 'data.sets.sni' is required"):
         grid({**tiny, "sets": ["dolly", "sni"], "data": data}, repo)
+
+
+def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsys):
+    """`kdbench check <file>` merges <file> over the Snakefile's own config files (config/tiny.yaml,
+    then config/variants.yaml) as `snakemake --configfile <file>` does: the paper grid's `gkd` and
+    `distillm` come from variants.yaml, and a label the file redefines is the file's."""
+    from kdbench.check import main
+    from kdbench.config import BASE_CONFIGS, workflow_grid
+
+    monkeypatch.chdir(repo)
+    assert main(["config/config.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("config/config.yaml: ok — 65 runs, 298 evaluations")
+    absent = [p for p in ("data/paper/train.jsonl", "data/paper/unni.jsonl") if not (repo / p).is_file()]
+    assert all(p in out.split("data not made yet")[1] for p in absent)  # listed, not an error: make them first
+    assert BASE_CONFIGS == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"tables": [{"name": "t", "pairs": [PAIR], "methods": ["gkd"], "sets": ["dolly"]}],
+                                    "method_defs": {"gkd": {"divergence": "js", "source": "on_policy_mixed",
+                                                            "source_hp": {"p": 0.25}}}}))
+    grid = workflow_grid(mine)
+    assert grid.method("gkd")["source_hp"] == {"p": 0.25}  # the file's own definition wins over variants.yaml
+    assert grid.method("distillm")["init_from"] == "sft"  # and every other variants.yaml label is there
+    assert grid.config["data"]["source"] == "generated"  # keys the file leaves out come from config/tiny.yaml
+    with pytest.raises(KDBenchError, match="mine.yaml: a grid config is a mapping"):
+        mine.write_text("- a\n- b\n")
+        workflow_grid(mine)
+
+
+# --- model config keys: checked against the family's transformers config class -----------------------
+
+def _with_pair(repo, tmp_path, name, edit):
+    """A workflow directory whose pair `name` is `edit(pair)` of a shipped tiny pair."""
+    import shutil
+
+    for folder in ("config", "methods", "workflows"):
+        shutil.copytree(repo / folder, tmp_path / folder, dirs_exist_ok=True)
+    spec = yaml.safe_load((repo / "config/pairs" / f"{name}.yaml").read_text())
+    edit(spec)
+    (tmp_path / "config/pairs" / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path / "config/pairs" / f"{name}.yaml"
+
+
+@pytest.mark.parametrize("name, role, right, typo", [
+    (PAIR, "student", "n_layer", "n_layerz"),
+    (PAIR, "teacher", "n_embd", "n_embdd"),
+    ("qwen2-tiny-s_from_qwen2-tiny-t", "student", "num_hidden_layers", "num_hidden_layer"),
+    ("llama-tiny-s_from_llama-tiny-t", "teacher", "intermediate_size", "intermediate_sise"),
+])
+def test_a_misspelt_model_config_key_names_pair_key_and_the_nearest_setting(tiny, repo, tmp_path, name, role,
+                                                                           right, typo):
+    def misspell(spec):
+        spec[role]["config"][typo] = spec[role]["config"].pop(right)
+
+    path = _with_pair(repo, tmp_path, name, misspell)
+    with pytest.raises(KDBenchError) as err:
+        Grid({**tiny, "pairs": [name]}, "test.yaml", tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key '{role}.config.{typo}': ") and f"no setting '{typo}'" in message
+    assert f"Did you mean '{right}'" in message and "build the model with its default" in message
+
+
+@pytest.mark.parametrize("role, setting, needle", [
+    ("student", {"n_layer": "2"}, r"key 'student.config.n_layer': transformers' GPT2Config refuses it: .*expected int"),
+    ("teacher", {"n_embd": 128.0}, r"key 'teacher.config.n_embd': .*expected int, got float"),
+    ("student", {"scale_attn_weights": "yes"}, r"key 'student.config.scale_attn_weights': .*expected bool"),
+    ("student", {"vocab_size": 500}, r"key 'student.config.vocab_size': kdbench sets vocab_size from the tokenizer"),
+    ("teacher", {"foo": 1}, r"key 'teacher.config.foo': .*no setting 'foo'; .*default. \(The settings"),
+])
+def test_model_config_values_are_checked_against_the_declared_types(tiny, repo, tmp_path, role, setting, needle):
+    path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec[role]["config"].update(setting))
+    with pytest.raises(KDBenchError, match=needle) as err:
+        Grid(tiny, "test.yaml", tmp_path)
+    assert str(err.value).startswith(str(path))
+
+
+def test_config_beside_a_pretrained_model_is_refused(tiny, repo, tmp_path):
+    """init-model builds a pretrained model from its checkpoint, so `config` there would be ignored."""
+    def pretrained(spec):
+        spec["student"] = {"init": "pretrained", "path": "openai-community/gpt2", "config": {"n_layer": 2}}
+
+    path = _with_pair(repo, tmp_path, PAIR, pretrained)
+    with pytest.raises(KDBenchError, match=rf"{path}: key 'student.config': a pretrained model is built as its "):
+        Grid(tiny, "test.yaml", tmp_path)
+
+
+def test_a_new_family_gets_the_same_check_with_no_code(monkeypatch):
+    """The check reads whatever config class the family's model_type names (here Mistral's)."""
+    from kdbench import models
+    from kdbench.models import check_model_config
+
+    monkeypatch.setitem(models.FAMILIES, "mistral", "mistral")
+    check_model_config("mistral", {"num_hidden_layers": 2, "sliding_window": 64, "hidden_size": 64}, "m.yaml",
+                       "student.config", vocab_size=1000)
+    with pytest.raises(KDBenchError, match=r"m.yaml: key 'student.config.sliding_windw': transformers' MistralConfig "
+                                           r"\(family mistral\) has no setting .* Did you mean 'sliding_window'"):
+        check_model_config("mistral", {"sliding_windw": 64}, "m.yaml", "student.config", vocab_size=1000)
+    with pytest.raises(KDBenchError, match=r"key 'student.config.sliding_window': .*expected int"):
+        check_model_config("mistral", {"sliding_window": "wide"}, "m.yaml", "student.config", vocab_size=1000)
+
+
+def test_check_prints_the_shape_init_model_builds(repo, monkeypatch, capsys, tmp_path):
+    """`kdbench check` builds each random-init model on the meta device and prints its shape; a
+    setting the config class accepts but the model class refuses fails there, naming pair and key."""
+    from kdbench.check import main
+
+    monkeypatch.chdir(repo)
+    assert main(["config/tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert f"  {PAIR} student: 2 layers × 64 hidden, 2 heads, vocab 1,000, 0.20M parameters (196,864)" in out
+    assert "  qwen2-tiny-s_from_qwen2-tiny-t teacher: 4 layers × 128 hidden, 4 heads, vocab 1,000" in out
+    assert main(["config/config.yaml"]) == 0
+    assert "qwen2-1.5b_from_qwen2-7b teacher: Qwen/Qwen2-7B (a hub id" in capsys.readouterr().out
+    path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec["student"]["config"].update(activation_function="nope"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(KDBenchError, match=rf"{path}: key 'student.config': transformers cannot build this GPT2Config"):
+        main(["config/tiny.yaml"])
+
+
+# --- published numbers: beside the paper's pair on the paper's data only ---------------------------------
+
+def test_published_numbers_only_beside_the_paper_pairs_on_the_paper_data(repo, tmp_path):
+    """A table shows the paper's numbers for a pair that names them (pretrained, the paper's
+    checkpoints) when the grid runs on given data files; never on generated data, and a random-init
+    pair may not name them at all."""
+    cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
+    record = '{"instruction": "Name a colour.", "input": "", "output": "Red."}\n'
+    for name in ("train", "valid", *ALL_SETS):
+        (tmp_path / f"{name}.jsonl").write_text(record * 2)
+    cfg["data"] = {"source": "files", "train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "valid.jsonl"),
+                   "sets": {name: str(tmp_path / f"{name}.jsonl") for name in ALL_SETS}}
+    paper = workflow_grid_of(repo, tmp_path, cfg)
+    assert paper.reference("qwen2-1.5b_from_qwen2-7b", "table1") == {"table": "table1", "family": "Qwen2"}
+    assert paper.reference("qwen2-1.5b_from_qwen2-7b", "table3") == {"table": "table3", "family": "Qwen2"}
+    assert paper.reference("gpt2-base_from_gpt2-xl", "design") == {"table": "minillm_table1", "family": "gpt2"}
+    generated = yaml.safe_load((repo / "config/tiny.yaml").read_text())["data"]
+    assert workflow_grid_of(repo, tmp_path, {**cfg, "data": generated}).reference("qwen2-1.5b_from_qwen2-7b",
+                                                                                 "table1") is None
+    tiny = workflow_grid_of(repo, tmp_path, {**cfg, "tables": [{"name": "t", "reference": "table1", "pairs": [PAIR],
+                                                                "methods": ["fkl"]}]})
+    assert tiny.reference(PAIR, "t") is None  # a table's reference does not make a tiny pair the paper's
+
+
+def workflow_grid_of(repo, tmp_path, cfg):
+    from kdbench.config import workflow_grid
+
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(cfg))
+    return workflow_grid(tmp_path / "grid.yaml", workdir=repo)
+
+
+def test_a_random_init_pair_may_not_name_published_numbers(tiny, repo, tmp_path):
+    path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec.update(reference={"table": "minillm_table1",
+                                                                                 "family": "gpt2"}))
+    with pytest.raises(KDBenchError, match=rf"{path}: key 'reference': published numbers belong beside the paper's"):
+        Grid(tiny, "test.yaml", tmp_path)

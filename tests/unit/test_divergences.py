@@ -1,4 +1,4 @@
-"""Every registered divergence (METHODS.md §1) against independent float64 NumPy references.
+"""Every registered divergence (docs/METHODS.md §1) against independent float64 NumPy references.
 
 Generic properties run over whatever `methods/` registers as a divergence, so a new plugin is tested
 as soon as it has an entry in REFS (a test fails until it has one). Method-specific identities
@@ -44,7 +44,7 @@ def one_thread():
 
 
 # ---------------------------------------------------------------------------------------------
-# float64 references, written from the formulas in METHODS.md §1 (p = teacher, q = student)
+# float64 references, written from the formulas in docs/METHODS.md §1 (p = teacher, q = student)
 # ---------------------------------------------------------------------------------------------
 
 def np_log_softmax(z: np.ndarray) -> np.ndarray:
@@ -123,7 +123,7 @@ def r_abkd(lq, lp, alpha=0.2, beta=0.7):
 @dataclass
 class Ref:
     fn: Callable[..., np.ndarray]  # (student_logp, teacher_logp, **hp) on float64 log-probabilities
-    defaults: dict = field(default_factory=dict)  # METHODS.md's defaults; the plugin must agree
+    defaults: dict = field(default_factory=dict)  # docs/METHODS.md's defaults; the plugin must agree
     hps: list = field(default_factory=list)  # further hyper-parameter sets to compare at
     bounded: Callable[[dict], bool] = lambda hp: True  # finite on padding / extreme logits?
     exact_gradient: bool = True  # is the gradient the derivative of the value (no detached parts)?
@@ -193,7 +193,7 @@ def test_every_registered_divergence_has_a_reference_with_its_defaults(plugins):
     missing = [k for k in registered if k not in REFS]
     assert not missing, f"add a float64 reference for {missing} to REFS in {Path(__file__).name}"
     for k in registered:
-        assert plugins[k].defaults == REFS[k].defaults, f"{k}: defaults differ from METHODS.md §1"
+        assert plugins[k].defaults == REFS[k].defaults, f"{k}: defaults differ from docs/METHODS.md §1"
 
 
 @pytest.mark.parametrize("name, hp", cases())
@@ -317,7 +317,7 @@ def test_skew_and_mixture_endpoints(plugins, pair):
     close(d["sym_kl"](lq, lp, lam=1.0), d["rkl"](lq, lp))
     close(d["skl"](lq, lp, alpha=1.0), torch.zeros(len(lq)))
     close(d["srkl"](lq, lp, alpha=1.0), torch.zeros(len(lq)))
-    # skew KL is not the symmetric mixture (the naming trap METHODS.md warns about)
+    # skew KL is not the symmetric mixture (the naming trap docs/METHODS.md warns about)
     assert not torch.allclose(d["skl"](lq, lp), d["sym_kl"](lq, lp, lam=0.1), rtol=1e-2)
 
 
@@ -397,7 +397,7 @@ def write_golden() -> None:
     s, t = golden_inputs()
     lq, lp = np_log_softmax(s), np_log_softmax(t)
     text = json.dumps({
-        "note": "Per-token values of each divergence at its METHODS.md §1 defaults on the logits below, "
+        "note": "Per-token values of each divergence at its docs/METHODS.md §1 defaults on the logits below, "
                 "computed in float64 by the NumPy references REFS in test_divergences.py (not by the "
                 "plugins): `python tests/unit/test_divergences.py` rewrites this file.",
         "student_logits": s.tolist(),

@@ -1,4 +1,4 @@
-"""EGAD (METHODS.md §4) against independent computations: entropy signal, curriculum, entropy
+"""EGAD (docs/METHODS.md §4) against independent computations: entropy signal, curriculum, entropy
 temperature, dual-branch feature loss, ablation switches, composition with AdaKD."""
 
 import math

@@ -1,4 +1,4 @@
-"""fkl and AdaKD (Hellinger, LATF, IDTS) against independent computations (METHODS.md §1-2)."""
+"""fkl and AdaKD (Hellinger, LATF, IDTS) against independent computations (docs/METHODS.md §1-2)."""
 
 import math
 import sys

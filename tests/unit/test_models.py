@@ -25,7 +25,9 @@ from kdbench.models import (
     enable_gradient_checkpointing,
     load_causal_lm,
     main,
+    model_shape,
     model_source,
+    planned_shape,
     save_student,
 )
 from kdbench.tokenizer import train_tokenizer
@@ -85,6 +87,17 @@ def test_init_model_round_trip(repo, tok_dir, tok, tmp_path, family, role):
         assert ours.dtype == torch.bfloat16
         hidden = LastHidden(loaded)(**x)
         torch.testing.assert_close(LastHidden(loaded).head(hidden), loaded(**x).logits)
+
+
+@pytest.mark.parametrize("family", TINY)
+def test_the_planned_shape_is_the_shape_init_model_builds(repo, tok, family):
+    """`kdbench check`'s shape (built on the meta device) equals the real model's, parameters included
+    (tied heads counted once: the Qwen2 student ties, its teacher does not)."""
+    for role in ("teacher", "student"):
+        spec = pair(repo, TINY[family])[role]
+        built = model_shape(build_random(family, spec["config"], tok, 0))
+        assert planned_shape(family, spec, len(tok), "p.yaml", role) == built
+        assert (built["layers"], built["hidden"], built["vocab"]) == ((4, 128) if role == "teacher" else (2, 64)) + (len(tok),)
 
 
 def test_tiny_pairs_validate_with_the_gpt2_sizes(repo):

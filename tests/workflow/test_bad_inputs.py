@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kdbench.errors import KDBenchError
 from tests.conftest import BIN, grid_config, run_cli, workflow_copy
 
 pytestmark = pytest.mark.workflow
@@ -289,7 +290,53 @@ def c_model_tokenizer_mismatch(cfg, ctx):
     return [file, "the teacher and student tokenizers differ", "the student's 300"]
 
 
+def c_model_config_misspelt_student_key(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["student"]["config"]["n_layerz"] = pair["student"]["config"].pop("n_layer")
+    cfg["tables"][0]["pairs"] = [name := "layerz_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'student.config.n_layerz'", "GPT2Config (family gpt2) has no setting 'n_layerz'",
+            "Did you mean 'n_layer'"]
+
+
+def c_model_config_misspelt_teacher_key(cfg, ctx):
+    pair = yaml.safe_load((ctx["root"] / "config/pairs/qwen2-tiny-s_from_qwen2-tiny-t.yaml").read_text())
+    pair["teacher"]["config"]["num_key_value_head"] = pair["teacher"]["config"].pop("num_key_value_heads")
+    cfg["tables"][0]["pairs"] = [name := "qwen2-kv_from_qwen2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'teacher.config.num_key_value_head'", "Qwen2Config (family qwen2) has no setting",
+            "Did you mean 'num_key_value_heads'"]
+
+
+def c_model_config_wrong_type(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["student"]["config"]["n_head"] = "two"
+    cfg["tables"][0]["pairs"] = [name := "heads-str_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'student.config.n_head'", "GPT2Config refuses it", "expected int, got str"]
+
+
+def c_model_config_sets_the_vocabulary(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["teacher"]["config"]["vocab_size"] = 50257
+    cfg["tables"][0]["pairs"] = [name := "vocab_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'teacher.config.vocab_size'", "kdbench sets vocab_size from the tokenizer"]
+
+
+def c_model_config_beside_a_pretrained_model(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["student"] = {"init": "pretrained", "path": str(ctx["models"]["student"]), "config": {"n_layer": 1}}
+    pair["teacher"] = {"init": "pretrained", "path": str(ctx["models"]["student"])}
+    cfg["tables"][0]["pairs"] = [name := "pretrained-config_from_local"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'student.config'", "a pretrained model is built as its checkpoint's config.json says"]
+
+
 CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}
+# `kdbench check` lists an absent data file instead of failing (the config itself is valid); the
+# workflow refuses it. Every other case fails the same way in both.
+ABSENT_DATA = {"data_missing_file"}
 TIMES: dict[str, float] = {}
 
 
@@ -309,11 +356,15 @@ def _dry_run(root: Path, *configfiles: str) -> tuple[subprocess.CompletedProcess
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_bad_input_fails_before_any_job(wf, model_dirs, name):
+def test_bad_input_fails_before_any_job(wf, model_dirs, name, monkeypatch, capsys):
+    """Snakemake's dry run fails naming the problem; `kdbench check` on the same file fails the same way."""
+    from kdbench.check import main as check
+
     case = wf / "cases" / name
     case.mkdir()
     cfg = grid_config(wf, pairs=[PAIR], methods=["fkl"], sets=["dolly"])
-    expected = CASES[name](cfg, {"root": wf, "case": case, "models": model_dirs})
+    expected = [f.format(cfg=f"cases/{name}/config.yaml", case=f"cases/{name}")
+                for f in CASES[name](cfg, {"root": wf, "case": case, "models": model_dirs})]
     cfg_file = f"cases/{name}/config.yaml"
     (wf / cfg_file).write_text(yaml.safe_dump(cfg))
     done, seconds = _dry_run(wf, cfg_file)
@@ -322,9 +373,16 @@ def test_bad_input_fails_before_any_job(wf, model_dirs, name):
     assert done.returncode != 0, out[-2000:]
     assert "kdbench: config error:" in out, out[-2000:]
     for fragment in expected:
-        assert fragment.format(cfg=cfg_file, case=f"cases/{name}") in out, (fragment, out[-2000:])
+        assert fragment in out, (fragment, out[-2000:])
     assert "Traceback" not in out, out[-3000:]
     assert not (wf / "results").exists() and not (wf / "pwned").exists()
+    monkeypatch.chdir(wf)
+    if name in ABSENT_DATA:
+        assert check([cfg_file]) == 0 and f"cases/{name}/dolly.jsonl" in capsys.readouterr().out.split("not made yet")[1]
+        return
+    with pytest.raises(KDBenchError) as err:
+        check([cfg_file])
+    assert [f for f in expected if f not in str(err.value)] == [], str(err.value)
 
 
 def test_the_good_base_config_passes(wf):
@@ -340,7 +398,8 @@ def test_grid_config_file_errors(wf):
     """The grid config file itself is parsed by Snakemake before the Snakefile runs, so kdbench cannot
     reword that error: Snakemake refuses malformed YAML without a traceback but names neither file nor
     line. `kdbench check` (the same checks as the workflow) names both, and covers the cases where
-    Snakemake prints a traceback (a config file that is missing or not UTF-8)."""
+    Snakemake prints a traceback (a config file that is missing or not UTF-8); so does `kdbench run`,
+    which reads each --configfile the same way before it hands the same arguments to Snakemake."""
     bad = wf / "cases/malformed.yaml"
     bad.write_text("pairs: [a\nmethods: {\n")
     done, seconds = _dry_run(wf, "cases/malformed.yaml")
@@ -355,6 +414,20 @@ def test_grid_config_file_errors(wf):
         assert "Traceback" not in check.stderr
     check = run_cli(str(BIN / "kdbench"), "check", "cases/malformed.yaml", cwd=wf)
     assert "line 2" in check.stderr
+    (wf / "cases/list.yaml").write_text("- fkl\n")
+    (wf / "cases/good.yaml").write_text(yaml.safe_dump(grid_config(wf, pairs=[PAIR], methods=["fkl"], sets=["dolly"])))
+    for file, needle in (("cases/malformed.yaml", "not valid YAML"), ("cases/latin1.yaml", "not UTF-8 text"),
+                         ("cases/absent.yaml", "file not found"), ("cases/list.yaml", "a grid config is a mapping")):
+        start = time.perf_counter()
+        run = run_cli(str(BIN / "kdbench"), "run", "-n", "--configfile", "cases/good.yaml", file, cwd=wf)
+        TIMES[f"(kdbench run: {needle})"] = time.perf_counter() - start
+        assert run.returncode == 1 and f"kdbench run: error: {file}: {needle}" in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr and "Job stats" not in run.stdout
+    assert "line 2" in run_cli(str(BIN / "kdbench"), "run", "--configfiles=cases/malformed.yaml", cwd=wf).stderr
+    good = run_cli(str(BIN / "kdbench"), "run", "-n", "--configfile", "cases/good.yaml", "--", "results/tokenizer", cwd=wf)
+    assert good.returncode == 0 and "Job stats" in good.stdout and "tokenizer" in good.stdout, good.stderr[-2000:]
+    bad = run_cli(str(BIN / "kdbench"), "run", "-n", "--configfile", "cases/good.yaml", "--config", "methods=[fkk]", cwd=wf)
+    assert bad.returncode == 1 and "unknown method 'fkk'" in bad.stderr  # then Snakemake checks the grid as always
 
 
 # --- two invocations on one results directory ---------------------------------------------------------

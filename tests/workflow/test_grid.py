@@ -89,3 +89,20 @@ def test_table_names_cannot_shadow_a_rule(repo):
     tables = {t["name"] for t in yaml.safe_load((repo / "config/tiny.yaml").read_text())["tables"]}
     rules = {line.split()[0] for line in listed.stdout.splitlines() if line and not line[0].isspace()} - tables
     assert rules and rules <= RULE_NAMES, rules - RULE_NAMES
+
+
+def test_published_numbers_beside_the_paper_pairs_only(paper):
+    """The tables rule passes the paper's numbers for the paper pairs on the paper data (each table
+    its own published table), and none for the tiny default on generated data."""
+    def table_commands(*args):
+        done = run_cli("snakemake", "-n", "-p", "--forceall", *args, cwd=paper)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return [line for line in done.stdout.splitlines() if "kdbench aggregate" in line and "--out-md" in line]
+
+    paper_runs = table_commands("--configfile", PAPER, "--", "table1", "table3")
+    assert len(paper_runs) == 3  # table1 × 2 pairs, table3 × Qwen2
+    assert sum("--reference-table table1 --family Qwen2" in c for c in paper_runs) == 1
+    assert sum("--reference-table table1 --family OpenLLaMA2" in c for c in paper_runs) == 1
+    assert sum("--reference-table table3 --family Qwen2" in c for c in paper_runs) == 1
+    tiny = table_commands("--", "main")
+    assert tiny and not any("--reference" in c for c in tiny)

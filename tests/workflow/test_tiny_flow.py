@@ -60,7 +60,7 @@ def test_table_has_every_method_and_set_filled(flow):
     assert [r.split("|")[1].strip() for r in rows] == ["teacher", "sft", "fkl", "fkl+adakd"]
     for row in rows:
         cells = [c.strip() for c in row.split("|")[2:-1]]
-        cell = r"\d+\.\d\d ± \d+\.\d\d( \(\d+\.\d\d?, [+-]\d+\.\d\d\))?"  # ours (published, Δ)
+        cell = r"\d+\.\d\d ± \d+\.\d\d"  # ours only: no published numbers beside a tiny pair
         assert len(cells) == 6 and all(re.fullmatch(cell, c) for c in cells), row
     csv = pd.read_csv(flow / "results/tables/main.csv")
     assert set(csv["set"]) == {*SETS, "Avg"} and (csv.loc[csv["set"] != "Avg", "n"] == 2).all()
@@ -132,7 +132,7 @@ def test_lm_eval_rule_runs_the_kdbench_tasks_on_a_student(flow):
 def test_published_numbers_significance_claims_plots_and_report(flow):
     tables = flow / "results/tables/main" / PAIR
     main = (tables / "main.md").read_text()
-    assert "23.3" in main  # MiniLLM's published GPT-2 SFT Dolly number, beside our sft row
+    assert "published" not in main  # no paper numbers (nor their header) beside a tiny pair on generated data
     assert (tables / "main.tex").read_text().lstrip().startswith("\\begin{table}")
     significance = (tables / "significance.md").read_text()
     assert "fkl+adakd" in significance and "bootstrap" in significance.lower()

@@ -134,13 +134,12 @@ def finished_elsewhere(w):
 
 
 def reference_args(w):
-    """`--reference ... --reference-table T --family F` when the table or the pair names a
-    published table (the family is always the pair's)."""
-    ref = GRID.pairs[w.pair].get("reference")
+    """`--reference ... --reference-table T --family F` for the paper's pair on the paper's data
+    (`Grid.reference`); nothing otherwise."""
+    ref = GRID.reference(w.pair, w.table)
     if not ref:
         return ""
-    table = GRID.tables[w.table]["reference"] or ref["table"]
-    return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {table} --family {ref['family']}"
+    return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {ref['table']} --family {ref['family']}"
 
 
 def lm_eval_results(w=None):
