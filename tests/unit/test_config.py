@@ -156,8 +156,8 @@ def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsy
     assert main(["config/config.yaml"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("config/config.yaml: ok — 65 runs, 298 evaluations")
-    absent = [p for p in ("data/paper/train.jsonl", "data/paper/unni.jsonl") if not (repo / p).is_file()]
-    assert all(p in out.split("data not made yet")[1] for p in absent)  # listed, not an error: make them first
+    absent = [p for p in ("data/raw/databricks-dolly-15k.jsonl", "data/raw/core_data.jsonl") if not (repo / p).exists()]
+    assert all(p in out.split("still to fetch")[1] for p in absent)  # listed, not an error: the DAG plans without them
     assert BASE_CONFIGS == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives
     mine = tmp_path / "mine.yaml"
     mine.write_text(yaml.safe_dump({"tables": [{"name": "t", "pairs": [PAIR], "methods": ["gkd"], "sets": ["dolly"]}],
