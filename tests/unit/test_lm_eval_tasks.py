@@ -30,6 +30,7 @@ from kdbench.evaluate import DEFAULT_PROTOCOL, generate, rouge_l
 from kdbench.lmeval import main as lm_eval_main
 from kdbench.lmeval import resolve_tasks, task_inputs
 from kdbench.prompts import build_prompt
+from tests.conftest import local_arc_task
 
 TASKS_DIR = Path(__file__).resolve().parents[2] / "evaluation" / "tasks"
 GEN_TASKS = [f"kdbench_gen_{name}" for name in SETS]
@@ -208,33 +209,12 @@ def test_every_task_reads_the_file_its_grid_writes(manager: TaskManager) -> None
 
 # --- the files a task is made of: the workflow's inputs -----------------------------------------------
 
-def _local_arc(root: Path) -> Path:
-    """lm-eval's own arc_easy (multiple choice, acc / acc_norm) on a local jsonl: a YAML that includes
-    the stock one and points its dataset at the file, as evaluation/tasks/README.md describes."""
-    import lm_eval
-
-    docs = [{"id": f"q{i}", "question": q, "choices": {"text": choices, "label": ["A", "B", "C"]}, "answerKey": key}
-            for i, (q, choices, key) in enumerate([
-                ("What does a dog do?", ["runs in the park", "sings opera", "files taxes"], "A"),
-                ("Which is a colour?", ["seven", "red", "Tuesday"], "B"),
-                ("What jumps over the lazy dog?", ["a table", "the moon", "the quick brown fox"], "C"),
-            ])]
-    write_jsonl(root / "mc" / "arc_local.jsonl", docs)
-    stock = Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"
-    task = root / "mc" / "arc_local.yaml"
-    task.write_text(yaml.safe_dump({
-        "include": str(stock), "task": "arc_local", "tag": [], "dataset_path": "json", "dataset_name": None,
-        "dataset_kwargs": {"data_files": {"test": "mc/arc_local.jsonl"}},
-        "training_split": None, "validation_split": None, "test_split": "test"}))
-    return task
-
-
 def test_task_inputs_are_the_yamls_their_functions_and_the_data(workdir: Path) -> None:
     specs = {s.name: s for s in resolve_tasks(["kdbench_gen", "kdbench_real_sni"], [TASKS_DIR])}
     assert list(specs) == [*sorted(GEN_TASKS), "kdbench_real_sni"]  # a tag's tasks, sorted as lm-eval does
     assert specs["kdbench_gen_dolly"].files == [str(TASKS_DIR / f) for f in
                                                 ("kdbench_gen_dolly.yaml", "_default_template_yaml", "utils.py")]
-    arc = _local_arc(workdir)
+    arc = local_arc_task(workdir)
     (spec,) = resolve_tasks([str(arc)], [TASKS_DIR])
     assert spec.name == "arc_local" and spec.files == [str(arc.resolve())]  # the stock YAML is the environment's
     assert spec.data == ["mc/arc_local.jsonl"]
@@ -268,7 +248,7 @@ def lm_eval_run(workdir: Path) -> dict:
     if not model.is_dir():
         _trained_tiny_model(model)
     out = workdir / "lm_eval" / "fkl.json"
-    assert lm_eval_main(["--model", str(model), "--tasks", "kdbench_gen_dolly", str(_local_arc(workdir)),
+    assert lm_eval_main(["--model", str(model), "--tasks", "kdbench_gen_dolly", str(local_arc_task(workdir)),
                          "--include-path", str(TASKS_DIR), "--seeds", "10", "20", "--max-new-tokens", "12",
                          "--max-prompt-tokens", "256", "--batch-size", "2", "--run", "p/fkl/seed1",
                          "--out", str(out)]) == 0
