@@ -92,3 +92,19 @@ def test_table_names_cannot_shadow_a_rule(repo):
     tables = {t["name"] for t in yaml.safe_load((repo / "config/tiny.yaml").read_text())["tables"]}
     rules = {line.split()[0] for line in listed.stdout.splitlines() if line and not line[0].isspace()} - tables
     assert rules and rules <= RULE_NAMES, rules - RULE_NAMES
+
+
+def test_lm_eval_on_the_paper_grid_reads_the_paper_data(paper):
+    """evaluation.lm_eval_tasks: [kdbench_real]: one lm-eval job per model (the teacher's too) and a
+    table per pair, each job's inputs the five data/paper files config/config.yaml names."""
+    (paper / "lm.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_real"]}}))
+    selection = ("--config", f"pairs=[{QWEN}]", "methods=[rkl]", "sets=[dolly]")
+    counts, _ = dry_run(paper, "lm.yaml", *selection)
+    assert counts["lm_eval"] == 2 and counts["lm_eval_table"] == 1  # the teacher and rkl
+    done = run_cli("snakemake", "-n", "--configfile", PAPER, "lm.yaml", *selection, "--",
+                   f"results/lm_eval/{QWEN}/rkl/seed1.json", cwd=paper)
+    assert done.returncode == 0, done.stderr[-3000:]
+    inputs = re.search(r"rule lm_eval:\n\s+input: (.*)", done.stdout).group(1).split(", ")
+    sets = yaml.safe_load((paper / PAPER).read_text())["data"]["sets"]
+    assert sorted(sets.values()) == sorted(i for i in inputs if i.startswith("data/"))
+    assert any(i.endswith("evaluation/tasks/kdbench_real_sni.yaml") for i in inputs)
