@@ -1,7 +1,7 @@
 """`kdbench lm-eval`: lm-eval tasks on one model, over the decoding seeds of the evaluation protocol.
 
-A task is anything lm-eval can name: a task, a tag or a group, in evaluation/tasks (kdbench's own,
-always indexed), in lm-eval's own tasks, or a task YAML given by path. A stock task with a local
+A task is anything lm-eval can name: a task, a tag or a group in the ``--include-path`` folders
+(evaluation/tasks: kdbench's own) or in lm-eval's own tasks, or a task YAML given by path. A stock task with a local
 dataset is a YAML that includes the stock one and sets ``dataset_path`` / ``dataset_kwargs``
 (evaluation/tasks/README.md). :func:`task_inputs` lists the local files each task reads (its data,
 its YAMLs and their ``!function`` modules), which the workflow declares as the rule's inputs.
@@ -29,7 +29,6 @@ from typing import Any
 
 from kdbench import atomic
 from kdbench.errors import KDBenchError
-from kdbench.evaluate import DEFAULT_PROTOCOL, DEFAULT_SEEDS, PROMPT_FORMATS, _int_at_least
 
 KDBENCH_PROTOCOL = "kdbench"  # metadata.protocol of the tasks that follow the grid's decoding protocol
 SCORED = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")  # no decoding: the seed is irrelevant
@@ -211,6 +210,8 @@ def _metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kdbench.evaluate import DEFAULT_PROTOCOL, DEFAULT_SEEDS, PROMPT_FORMATS, _int_at_least
+
     ap = argparse.ArgumentParser(prog="kdbench lm-eval", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="model directory written by save_pretrained")
     ap.add_argument("--tasks", nargs="+", required=True, help="lm-eval task names, tags, groups or YAML paths")

@@ -9,6 +9,7 @@ protocol over every decoding seed, a stock multiple-choice task on a local datas
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,23 +274,38 @@ def test_a_stock_multiple_choice_task_on_local_data_runs_once(lm_eval_run: dict)
     assert arc["per_seed"]["10"]["acc"] in {0.0, 1 / 3, 2 / 3, 1.0} and "acc_norm" in arc["per_seed"]["10"]
 
 
-def test_greedy_protocol_scores_what_kdbench_evaluate_scores(workdir: Path, lm_eval_run: dict) -> None:
+@pytest.mark.parametrize("prompt_format", ["minillm", "chat"])
+def test_greedy_protocol_scores_what_kdbench_evaluate_scores(workdir: Path, lm_eval_run: dict, prompt_format: str) -> None:
     """--greedy (evaluation.greedy): one seed, and the score of `kdbench evaluate --greedy` on the same
-    model, set and protocol."""
+    model, set and protocol; with --prompt-format chat too (the tokenizer's chat template around the
+    instruction, kdbench's rendering)."""
     from kdbench.evaluate import main as evaluate_main
 
-    model, out = workdir / "model", workdir / "lm_eval" / "greedy.json"
-    protocol = ["--max-new-tokens", "8", "--max-prompt-tokens", "256", "--batch-size", "1", "--greedy"]
+    model = workdir / "model"
+    if prompt_format == "chat":
+        chat = workdir / "chat_model"
+        shutil.copytree(model, chat, dirs_exist_ok=True)
+        config = json.loads((chat / "tokenizer_config.json").read_text())
+        # the MiniLLM no-input prompt around the user turn: the fitted model answers it with words
+        config["chat_template"] = build_prompt("{{ messages[0].content }}")
+        (chat / "tokenizer_config.json").write_text(json.dumps(config))
+        model = chat
+    out = workdir / "lm_eval" / f"greedy_{prompt_format}.json"
+    protocol = ["--max-new-tokens", "8", "--max-prompt-tokens", "256", "--batch-size", "1", "--greedy",
+                "--prompt-format", prompt_format]
     assert lm_eval_main(["--model", str(model), "--tasks", "kdbench_gen_vicuna", "--include-path", str(TASKS_DIR),
                          "--seeds", "10", "20", *protocol, "--out", str(out)]) == 0
     vicuna = json.loads(out.read_text())["tasks"]["kdbench_gen_vicuna"]
     assert vicuna["decoding"] == "greedy" and list(vicuna["per_seed"]) == ["10"] and "greedy" in vicuna["why"]
-    ours = workdir / "evals" / "vicuna.json"
+    ours = workdir / "evals" / f"vicuna_{prompt_format}.json"
     assert evaluate_main(["--model", str(model), "--data", "results/data/eval/vicuna.jsonl", "--set", "vicuna",
                           "--seeds", "10", "20", *protocol, "--out", str(ours),
-                          "--predictions", str(workdir / "evals" / "vicuna.predictions.jsonl")]) == 0
+                          "--predictions", str(ours.with_suffix(".predictions.jsonl"))]) == 0
     expected = json.loads(ours.read_text())["per_seed"]["10"]["rougeL"]
-    assert expected > 20 and vicuna["per_seed"]["10"]["rougeL"] == pytest.approx(expected, abs=1e-9)
+    records = [json.loads(line) for line in ours.with_suffix(".predictions.jsonl").read_text().splitlines()]
+    plain = [build_prompt(d["instruction"], d["input"]) for d, _ in CASES]
+    assert ([r["prompt"] for r in records] == plain) == (prompt_format == "minillm")  # chat: inputs in the user turn
+    assert expected > 0 and vicuna["per_seed"]["10"]["rougeL"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_lm_eval_table_is_mean_and_std_over_seeds(workdir: Path, lm_eval_run: dict) -> None:
