@@ -38,6 +38,7 @@ PAIR_TARGETS = [  # per pair, over every table: the paper's claims and the plots
 LM_EVAL_TASKS = CFG["evaluation"]["lm_eval_tasks"]
 LM_EVAL_INCLUDE = str(Path(workflow.basedir, "evaluation/tasks"))
 LM_EVAL_TABLES = [f"{RES}/tables/lm_eval/{pair}.md" for pair in GRID.axes["pairs"]] if LM_EVAL_TASKS else []
+LM_EVAL_INPUTS = []
 try:
     if LM_EVAL_TASKS:
         from kdbench.lmeval import task_inputs

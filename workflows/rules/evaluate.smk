@@ -66,7 +66,7 @@ rule lm_eval:
     input:
         model=eval_model,
         template=f"{LM_EVAL_INCLUDE}/_default_template_yaml",  # kdbench's tasks: their folder is indexed
-        tasks=LM_EVAL_INPUTS if LM_EVAL_TASKS else [],
+        tasks=LM_EVAL_INPUTS,
     output:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.json",
     params:
