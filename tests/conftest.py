@@ -127,9 +127,9 @@ def local_arc_task(root: Path) -> Path:
                  ("Which is a colour?", ["seven", "red", "Tuesday"], "B"),
                  ("What jumps over the lazy dog?", ["a table", "the moon", "the quick brown fox"], "C")]
     (root / "mc").mkdir(parents=True, exist_ok=True)
-    (root / "mc" / "arc_local.jsonl").write_text("".join(
-        json.dumps({"id": f"q{i}", "question": q, "choices": {"text": c, "label": ["A", "B", "C"]}, "answerKey": k}) + "\n"
-        for i, (q, c, k) in enumerate(questions)))
+    records = [{"id": f"q{i}", "question": q, "choices": {"text": c, "label": ["A", "B", "C"]}, "answerKey": k}
+               for i, (q, c, k) in enumerate(questions)]
+    (root / "mc" / "arc_local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     task = root / "mc" / "arc_local.yaml"
     task.write_text(yaml.safe_dump({
         "include": str(Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"), "task": "arc_local",

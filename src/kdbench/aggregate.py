@@ -456,7 +456,8 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP_N, seed: i
     ``a[i]`` and ``b[i]`` are the scores of example i under two systems (2-D: examples × runs, e.g.
     decoding seeds; each example's difference is first averaged over its runs, so the resampling
     unit is the example). Examples are resampled with replacement ``n`` times by
-    ``scipy.stats.bootstrap`` (numpy ``default_rng(seed)``). Returns ``diff`` (observed mean difference), ``ci_low``/``ci_high``
+    ``scipy.stats.bootstrap`` (numpy ``default_rng(seed)``). Returns ``diff`` (observed mean
+    difference), ``ci_low``/``ci_high``
     (95 % percentile interval), ``p_value`` (fraction of resamples whose mean difference is ≤ 0,
     i.e. one-sided against "a better than b"), ``n_examples`` and ``n_resamples``."""
     return _bootstrap_summary([_per_example(a, b)], n, seed)
@@ -828,7 +829,8 @@ def _read_lm_eval(path: Path) -> list[dict[str, Any]]:
     task and decoding seed, the task's primary metric."""
     seed_dir = re.fullmatch(r"seed(\d+)", path.stem)
     if path.suffix != ".json" or seed_dir is None or len(path.parts) < 3:
-        raise KDBenchError(f"{path}: lm-eval result paths must look like .../lm_eval/{{pair}}/{{method}}/seed{{n}}.json")
+        raise KDBenchError(f"{path}: lm-eval result paths must look like "
+                           ".../lm_eval/{pair}/{method}/seed{n}.json")
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
@@ -898,7 +900,8 @@ def lm_eval_main(argv: list[str] | None = None) -> int:
     """`kdbench lm-eval-table`: `kdbench lm-eval` results of one pair → a markdown table and a long
     CSV (mean ± std of each task's primary metric over the decoding and training seeds)."""
     parser = argparse.ArgumentParser(prog="kdbench lm-eval-table", description=lm_eval_main.__doc__)
-    parser.add_argument("--results", type=Path, nargs="+", required=True, help="results/lm_eval/<pair>/<method>/seed<n>.json")
+    parser.add_argument("--results", type=Path, nargs="+", required=True,
+                        help="results/lm_eval/<pair>/<method>/seed<n>.json")
     parser.add_argument("--pair", required=True, help="the pair of the table (results of others are an error)")
     parser.add_argument("--methods", nargs="+", help="table rows, in order (default: every method found, sorted)")
     parser.add_argument("--out-md", type=Path, required=True)
@@ -914,9 +917,9 @@ def lm_eval_main(argv: list[str] | None = None) -> int:
     if len(protocols) > 1:
         raise KDBenchError(f"lm-eval results decoded under different protocols would be pooled: {sorted(protocols)}")
     protocol = json.loads(protocols.pop()) or {}
-    label = (f"{'sampling' if protocol.get('do_sample') else 'greedy'}, ≤{protocol.get('max_new_tokens')} new tokens, "
-             f"prompts ≤{protocol.get('max_prompt_tokens')} tokens, no-repeat-ngram "
-             f"{protocol.get('no_repeat_ngram_size')}, {protocol.get('prompt_format')} prompt")
+    label = (f"{'sampling' if protocol.get('do_sample') else 'greedy'}, "
+             f"≤{protocol.get('max_new_tokens')} new tokens, prompts ≤{protocol.get('max_prompt_tokens')} tokens, "
+             f"no-repeat-ngram {protocol.get('no_repeat_ngram_size')}, {protocol.get('prompt_format')} prompt")
     stats, columns = lm_eval_stats(df, methods)
     table = _display(stats.rename(columns={"task": "set"}), methods, columns)
     write_text(args.out_md, f"{lm_eval_header(df, args.pair, label)}\n\n{table.to_markdown()}\n")

@@ -195,7 +195,8 @@ def _apply_protocol(task: Any, protocol: dict[str, Any], tokenizer: Any) -> None
     if protocol["prompt_format"] == "chat":
         from kdbench.prompts import build_chat_prompt
 
-        task.set_config("doc_to_text", lambda doc: build_chat_prompt(tokenizer, doc["instruction"], doc.get("input") or ""))
+        task.set_config("doc_to_text",
+                        lambda doc: build_chat_prompt(tokenizer, doc["instruction"], doc.get("input") or ""))
 
 
 def _metrics(results: dict[str, Any]) -> dict[str, float]:

@@ -166,11 +166,17 @@ def _trained_tiny_model(path: Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenize
     return model, tokenizer
 
 
-def test_simple_evaluate_matches_kdbench_generation(workdir: Path, manager: TaskManager) -> None:
+@pytest.fixture(scope="module")
+def tiny_model(workdir: Path) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
+    """The fitted tiny GPT-2, saved to ``workdir/model``."""
+    return _trained_tiny_model(workdir / "model")
+
+
+def test_simple_evaluate_matches_kdbench_generation(workdir: Path, manager: TaskManager, tiny_model) -> None:
     import lm_eval
 
     new_tokens = 8
-    model, tokenizer = _trained_tiny_model(workdir / "model")
+    model, tokenizer = tiny_model
     docs = [doc for doc, _ in CASES]
     prompts = [build_prompt(d["instruction"], d["input"]) for d in docs]
     ours = generate(model, tokenizer, prompts, seed=0, max_new_tokens=new_tokens, batch_size=1, do_sample=False)
@@ -231,7 +237,8 @@ def test_unknown_tasks_and_missing_data_are_config_errors(workdir: Path) -> None
     text = missing.read_text()
     missing.unlink()
     try:
-        assert task_inputs(["kdbench_gen_dolly"], [TASKS_DIR], made=["results/data/eval/dolly.jsonl"])  # made by the grid
+        made = ["results/data/eval/dolly.jsonl"]  # the grid writes it: not an error
+        assert task_inputs(["kdbench_gen_dolly"], [TASKS_DIR], made=made)
         with pytest.raises(KDBenchError, match=r"kdbench_gen_dolly reads results/data/eval/dolly.jsonl, which does not "
                                                r"exist and which this grid does not write \(its data: data/x.jsonl\)"):
             task_inputs(["kdbench_gen_dolly"], [TASKS_DIR], made=["data/x.jsonl"])
@@ -242,13 +249,10 @@ def test_unknown_tasks_and_missing_data_are_config_errors(workdir: Path) -> None
 # --- kdbench lm-eval: every decoding seed, the grid's protocol, any task -------------------------------
 
 @pytest.fixture(scope="module")
-def lm_eval_run(workdir: Path) -> dict:
+def lm_eval_run(workdir: Path, tiny_model) -> dict:
     """`kdbench lm-eval` on the fitted tiny model: a kdbench task sampled over two seeds, the stock
     multiple-choice task on its local file, under the tiny grid's short protocol."""
-    model = workdir / "model"
-    if not model.is_dir():
-        _trained_tiny_model(model)
-    out = workdir / "lm_eval" / "fkl.json"
+    model, out = workdir / "model", workdir / "lm_eval" / "fkl.json"
     assert lm_eval_main(["--model", str(model), "--tasks", "kdbench_gen_dolly", str(local_arc_task(workdir)),
                          "--include-path", str(TASKS_DIR), "--seeds", "10", "20", "--max-new-tokens", "12",
                          "--max-prompt-tokens", "256", "--batch-size", "2", "--run", "p/fkl/seed1",
@@ -263,7 +267,7 @@ def test_sampled_tasks_run_every_seed_under_the_grid_protocol(lm_eval_run: dict)
     assert {"rougeL", "exact_match"} <= set(dolly["per_seed"]["10"])
     assert dolly["per_seed"]["10"]["rougeL"] != dolly["per_seed"]["20"]["rougeL"]  # the seed changes the samples
     gen = dolly["generation_kwargs"]
-    assert gen["max_gen_toks"] == 12 and gen["do_sample"] is True and gen["top_k"] == 0  # grid's length, paper's sampling
+    assert gen["max_gen_toks"] == 12 and gen["do_sample"] is True and gen["top_k"] == 0  # grid's length, paper's top-k
     assert lm_eval_run["protocol"]["max_new_tokens"] == 12 and lm_eval_run["run"] == "p/fkl/seed1"
 
 
@@ -275,7 +279,7 @@ def test_a_stock_multiple_choice_task_on_local_data_runs_once(lm_eval_run: dict)
 
 
 @pytest.mark.parametrize("prompt_format", ["minillm", "chat"])
-def test_greedy_protocol_scores_what_kdbench_evaluate_scores(workdir: Path, lm_eval_run: dict, prompt_format: str) -> None:
+def test_greedy_protocol_scores_what_kdbench_evaluate_scores(workdir: Path, tiny_model, prompt_format: str) -> None:
     """--greedy (evaluation.greedy): one seed, and the score of `kdbench evaluate --greedy` on the same
     model, set and protocol; with --prompt-format chat too (the tokenizer's chat template around the
     instruction, kdbench's rendering)."""
