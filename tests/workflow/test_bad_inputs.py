@@ -289,6 +289,17 @@ def c_model_tokenizer_mismatch(cfg, ctx):
     return [file, "the teacher and student tokenizers differ", "the student's 300"]
 
 
+def c_lm_eval_unknown_task(cfg, ctx):
+    cfg["evaluation"]["lm_eval_tasks"] = ["kdbench_gen_dolly", "kdbench_gen_dolyl"]
+    return ["{cfg}", "key 'evaluation.lm_eval_tasks'", "unknown lm-eval task 'kdbench_gen_dolyl'", "lm_eval --tasks list"]
+
+
+def c_lm_eval_data_nobody_writes(cfg, ctx):
+    cfg["evaluation"]["lm_eval_tasks"] = ["kdbench_real_vicuna"]  # the paper grid's file, absent here
+    return ["{cfg}", "key 'evaluation.lm_eval_tasks'", "kdbench_real_vicuna reads data/paper/vicuna.jsonl",
+            "this grid does not write (its data: results/data/train.jsonl"]
+
+
 CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}
 TIMES: dict[str, float] = {}
 
