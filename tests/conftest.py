@@ -114,6 +114,31 @@ def assert_same_adamw_step(start: dict, whole: dict, accumulated: dict, lr: floa
     return moved
 
 
+def local_arc_task(root: Path) -> Path:
+    """lm-eval's own arc_easy (multiple choice, acc / acc_norm) on a three-question local jsonl,
+    ``root/mc/arc_local.jsonl``: a YAML ``root/mc/arc_local.yaml`` that includes the stock one and
+    points its dataset at the file (relative to ``root``), as evaluation/tasks/README.md describes."""
+    import json
+
+    import lm_eval
+    import yaml
+
+    questions = [("What does a dog do?", ["runs in the park", "sings opera", "files taxes"], "A"),
+                 ("Which is a colour?", ["seven", "red", "Tuesday"], "B"),
+                 ("What jumps over the lazy dog?", ["a table", "the moon", "the quick brown fox"], "C")]
+    (root / "mc").mkdir(parents=True, exist_ok=True)
+    records = [{"id": f"q{i}", "question": q, "choices": {"text": c, "label": ["A", "B", "C"]}, "answerKey": k}
+               for i, (q, c, k) in enumerate(questions)]
+    (root / "mc" / "arc_local.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    task = root / "mc" / "arc_local.yaml"
+    task.write_text(yaml.safe_dump({
+        "include": str(Path(lm_eval.__file__).parent / "tasks" / "arc" / "arc_easy.yaml"), "task": "arc_local",
+        "tag": [], "dataset_path": "json", "dataset_name": None,
+        "dataset_kwargs": {"data_files": {"test": "mc/arc_local.jsonl"}},
+        "training_split": None, "validation_split": None, "test_split": "test"}))
+    return task
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

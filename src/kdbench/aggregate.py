@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+from scipy import stats
 
 from kdbench.atomic import write_text
 from kdbench.errors import KDBenchError
@@ -135,34 +136,46 @@ def _stats(method: str, set_name: str, scores: np.ndarray) -> dict[str, Any]:
     }
 
 
-def cell_stats(df: pd.DataFrame, methods: list[str], sets: list[str]) -> pd.DataFrame:
-    """Numeric long table ``method, set, mean, std, n`` for every method × (sets + Avg); n = 0 marks
-    a missing cell. Avg is computed only when every set has the same (train seed, decoding seed) grid."""
-    rows = _select(df, methods, sets)
+def _cells(rows: pd.DataFrame, methods: list[str], columns: list[str], *, column: str = "set",
+           value: str = "rougeL", avg: bool = True) -> pd.DataFrame:
+    """``method, set, mean, std, n`` for every method × ``columns`` (the values of ``rows[column]``),
+    plus Avg when ``avg``: the columns averaged within each (train seed, decoding seed) first, only
+    when every column has the same seed grid. n = 0 marks a missing cell."""
     stats = []
     for method in methods:
         mine = rows[rows["method"] == method]
-        for set_name in sets:
-            stats.append(_stats(method, set_name, mine.loc[mine["set"] == set_name, "rougeL"].to_numpy()))
-        grid = mine.pivot(index=["train_seed", "decoding_seed"], columns="set", values="rougeL")
-        complete = set(sets) <= set(grid.columns) and not grid[sets].isna().any().any()
-        stats.append(_stats(method, AVG, grid[sets].mean(axis=1).to_numpy() if complete else np.array([])))
+        for name in columns:
+            stats.append(_stats(method, name, mine.loc[mine[column] == name, value].to_numpy()))
+        if avg:
+            grid = mine.pivot(index=["train_seed", "decoding_seed"], columns=column, values=value)
+            complete = set(columns) <= set(grid.columns) and not grid[columns].isna().any().any()
+            stats.append(_stats(method, AVG, grid[columns].mean(axis=1).to_numpy() if complete else np.array([])))
     return pd.DataFrame(stats, columns=["method", "set", "mean", "std", "n"])
 
 
-def main_table(df: pd.DataFrame, methods: list[str], sets: list[str]) -> pd.DataFrame:
-    """Display table: rows = ``methods`` in order, columns = ``sets`` + Avg, cells ``"25.31 ± 0.42"``
-    (``"–"`` when missing). The numbers behind it are :func:`cell_stats`."""
-    stats = cell_stats(df, methods, sets)
+def cell_stats(df: pd.DataFrame, methods: list[str], sets: list[str]) -> pd.DataFrame:
+    """Numeric long table ``method, set, mean, std, n`` for every method × (sets + Avg); n = 0 marks
+    a missing cell. Avg is computed only when every set has the same (train seed, decoding seed) grid."""
+    return _cells(_select(df, methods, sets), methods, sets)
+
+
+def _display(stats: pd.DataFrame, methods: list[str], columns: list[str]) -> pd.DataFrame:
+    """Rows = ``methods`` in order, ``columns`` as given, cells ``"25.31 ± 0.42"`` (``"–"`` when missing)."""
     cells = {
         (row.method, row.set): f"{row.mean:.2f} ± {row.std:.2f}" if row.n else MISSING
         for row in stats.itertuples()
     }
     return pd.DataFrame(
-        [[cells[method, column] for column in [*sets, AVG]] for method in methods],
+        [[cells[method, c] for c in columns] for method in methods],
         index=pd.Index(methods, name="method"),
-        columns=[*sets, AVG],
+        columns=columns,
     )
+
+
+def main_table(df: pd.DataFrame, methods: list[str], sets: list[str]) -> pd.DataFrame:
+    """Display table: rows = ``methods`` in order, columns = ``sets`` + Avg, cells ``"25.31 ± 0.42"``
+    (``"–"`` when missing). The numbers behind it are :func:`cell_stats`."""
+    return _display(cell_stats(df, methods, sets), methods, [*sets, AVG])
 
 
 def _span(counts: Iterable[int]) -> str:
@@ -395,29 +408,29 @@ def beside_header(table: str, family: str, reference_csvs: Iterable[Path]) -> st
 # --- paired bootstrap --------------------------------------------------------------------------------
 
 BOOTSTRAP_N = 10_000
-_CHUNK = 2_000_000  # resample indices drawn at a time (bounds memory for large sets)
+_CHUNK = 2_000_000  # resampled scores held at a time (scipy's batch; bounds memory for large sets)
 
 
-def _bootstrap_means(diffs: list[np.ndarray], n: int, seed: int) -> np.ndarray:
-    """``n`` bootstrap replicates of the mean over strata of each stratum's mean difference; the
-    examples of each stratum are resampled with replacement, independently per stratum."""
-    rng = np.random.default_rng(seed)
-    total = np.zeros(n)
-    for d in diffs:
-        size = len(d)
-        step = max(1, _CHUNK // size)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            total[start:stop] += d[rng.integers(0, size, size=(stop - start, size))].mean(axis=1)
-    return total / len(diffs)
+def _resampled_means(d: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """scipy.stats.bootstrap's ``n`` replicates of the mean of ``d`` (its examples resampled with
+    replacement); one example has one possible resample (and draws nothing from ``rng``)."""
+    if len(d) == 1:
+        return np.full(n, float(d[0]))
+    res = stats.bootstrap((d,), np.mean, n_resamples=n, batch=max(1, _CHUNK // len(d)), vectorized=True,
+                          method="percentile", rng=rng)
+    return res.bootstrap_distribution
 
 
 def _bootstrap_summary(diffs: list[np.ndarray], n: int, seed: int) -> dict[str, Any]:
+    """The bootstrap of the mean over strata of each stratum's mean difference: every stratum
+    resampled on its own (scipy.stats.bootstrap, one numpy ``default_rng(seed)`` drawn stratum after
+    stratum), the replicates averaged across strata, the 95% percentile interval of that average."""
     if n < 1:
         raise KDBenchError(f"bootstrap resamples must be ≥ 1, got {n}")
     if not diffs or any(len(d) == 0 for d in diffs):
         raise KDBenchError("paired bootstrap needs at least one example in every set")
-    boot = _bootstrap_means(diffs, n, seed)
+    rng = np.random.default_rng(seed)
+    boot = np.mean([_resampled_means(d, n, rng) for d in diffs], axis=0)
     low, high = np.percentile(boot, [2.5, 97.5])
     return {
         "diff": float(np.mean([d.mean() for d in diffs])),
@@ -442,8 +455,9 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = BOOTSTRAP_N, seed: i
 
     ``a[i]`` and ``b[i]`` are the scores of example i under two systems (2-D: examples × runs, e.g.
     decoding seeds; each example's difference is first averaged over its runs, so the resampling
-    unit is the example). Examples are resampled with replacement ``n`` times (numpy
-    ``default_rng(seed)``). Returns ``diff`` (observed mean difference), ``ci_low``/``ci_high``
+    unit is the example). Examples are resampled with replacement ``n`` times by
+    ``scipy.stats.bootstrap`` (numpy ``default_rng(seed)``). Returns ``diff`` (observed mean
+    difference), ``ci_low``/``ci_high``
     (95 % percentile interval), ``p_value`` (fraction of resamples whose mean difference is ≤ 0,
     i.e. one-sided against "a better than b"), ``n_examples`` and ``n_resamples``."""
     return _bootstrap_summary([_per_example(a, b)], n, seed)
@@ -802,6 +816,114 @@ def main(argv: list[str] | None = None) -> int:
             write_text(args.claims_md, f"{pairs[0]}: {claims_header(**boot)}\n\n{body}\n")
         if args.claims_csv:
             write_text(args.claims_csv, claims.to_csv(index=False))
+    return 0
+
+
+# --- lm-eval results ---------------------------------------------------------------------------------
+
+LM_EVAL_COLUMNS = ["pair", "method", "train_seed", "task", "decoding_seed", "score", "metric", "decoding"]
+
+
+def _read_lm_eval(path: Path) -> list[dict[str, Any]]:
+    """The rows of one ``kdbench lm-eval`` result, ``.../lm_eval/{pair}/{method}/seed{n}.json``: per
+    task and decoding seed, the task's primary metric."""
+    seed_dir = re.fullmatch(r"seed(\d+)", path.stem)
+    if path.suffix != ".json" or seed_dir is None or len(path.parts) < 3:
+        raise KDBenchError(f"{path}: lm-eval result paths must look like "
+                           ".../lm_eval/{pair}/{method}/seed{n}.json")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise KDBenchError(f"{path}: no such lm-eval result; run kdbench lm-eval first") from err
+    except json.JSONDecodeError as err:
+        raise KDBenchError(f"{path}: not valid JSON ({err}); re-run kdbench lm-eval for this file") from err
+    tasks = result.get("tasks") if isinstance(result, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise KDBenchError(f"{path}: no 'tasks' (an older kdbench lm-eval wrote it); re-run kdbench lm-eval")
+    rows = []
+    for task, entry in tasks.items():
+        try:
+            metric = entry["metric"]
+            scores = {seed: float(values[metric]) for seed, values in entry["per_seed"].items()}
+            decoding = entry["decoding"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise KDBenchError(f"{path}: task {task!r} lacks {err} (metric, per_seed, decoding); re-run "
+                               "kdbench lm-eval") from err
+        rows += [{"pair": path.parts[-3], "method": path.parts[-2], "train_seed": int(seed_dir.group(1)),
+                  "task": task, "decoding_seed": int(seed), "score": score, "metric": metric, "decoding": decoding}
+                 for seed, score in scores.items()]
+    return rows
+
+
+def collect_lm_eval(result_files: Iterable[Path]) -> pd.DataFrame:
+    """Long table ``LM_EVAL_COLUMNS``, one row per (pair, method, train seed, task, decoding seed);
+    a task must have one metric and one decoding in every file."""
+    rows = [row for path in result_files for row in _read_lm_eval(Path(path))]
+    if not rows:
+        raise KDBenchError("no lm-eval result files given; pass them with --results")
+    df = pd.DataFrame(rows, columns=LM_EVAL_COLUMNS)
+    for task, group in df.groupby("task", sort=False):
+        for column in ("metric", "decoding"):
+            if group[column].nunique() > 1:
+                raise KDBenchError(f"lm-eval task {task}: results with different {column}s "
+                                   f"{sorted(group[column].unique())} would be pooled; re-run kdbench lm-eval")
+    return df
+
+
+def lm_eval_stats(df: pd.DataFrame, methods: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``(stats, columns)``: ``method, task, metric, decoding, mean, std, n`` per method × task (tasks in
+    the order of the results), plus Avg when every task reports the same metric; mean ± std pool
+    every (training seed × decoding seed) score, as the main tables do."""
+    tasks = list(dict.fromkeys(df["task"]))
+    info = df.drop_duplicates("task").set_index("task")
+    avg = info["metric"].nunique() == 1
+    stats = _cells(df, methods, tasks, column="task", value="score", avg=avg).rename(columns={"set": "task"})
+    stats.insert(2, "metric", stats["task"].map(info["metric"]).fillna(info["metric"].iloc[0]))
+    stats.insert(3, "decoding", stats["task"].map(info["decoding"]).fillna(""))
+    return stats, [*tasks, AVG] if avg else tasks
+
+
+def lm_eval_header(df: pd.DataFrame, pair: str, protocol: str) -> str:
+    """What the lm-eval table's numbers are: metric per task, seeds behind each cell, decoding."""
+    info = df.groupby("task", sort=False).agg(metric=("metric", "first"), decoding=("decoding", "first"))
+    cells = df.groupby(["method", "task"])
+    metrics = "; ".join(f"{m}: {', '.join(g.index)}" for m, g in info.groupby("metric", sort=False))
+    single = info[info["decoding"] != "sampled"]
+    note = (f" {', '.join(f'{t} ({d})' for t, d in single['decoding'].items())} do not depend on the decoding seed "
+            "and ran with the first only." if len(single) else "")
+    return (f"{pair}: lm-eval, mean ± std over {_span(cells['decoding_seed'].nunique())} decoding seeds × "
+            f"{_span(cells['train_seed'].nunique())} training seeds. Metrics: {metrics}.{note} kdbench tasks: "
+            f"{protocol}. {MISSING} = missing.")
+
+
+def lm_eval_main(argv: list[str] | None = None) -> int:
+    """`kdbench lm-eval-table`: `kdbench lm-eval` results of one pair → a markdown table and a long
+    CSV (mean ± std of each task's primary metric over the decoding and training seeds)."""
+    parser = argparse.ArgumentParser(prog="kdbench lm-eval-table", description=lm_eval_main.__doc__)
+    parser.add_argument("--results", type=Path, nargs="+", required=True,
+                        help="results/lm_eval/<pair>/<method>/seed<n>.json")
+    parser.add_argument("--pair", required=True, help="the pair of the table (results of others are an error)")
+    parser.add_argument("--methods", nargs="+", help="table rows, in order (default: every method found, sorted)")
+    parser.add_argument("--out-md", type=Path, required=True)
+    parser.add_argument("--out-csv", type=Path, required=True)
+    args = parser.parse_args(argv)
+    df = collect_lm_eval(args.results)
+    others = sorted(set(df["pair"]) - {args.pair})
+    if others:
+        raise KDBenchError(f"--pair {args.pair}: the results hold other pairs too ({', '.join(others)})")
+    methods = args.methods or sorted(df["method"].unique())
+    protocols = {json.dumps(json.loads(Path(p).read_text(encoding="utf-8")).get("protocol"), sort_keys=True)
+                 for p in args.results}
+    if len(protocols) > 1:
+        raise KDBenchError(f"lm-eval results decoded under different protocols would be pooled: {sorted(protocols)}")
+    protocol = json.loads(protocols.pop()) or {}
+    label = (f"{'sampling' if protocol.get('do_sample') else 'greedy'}, "
+             f"≤{protocol.get('max_new_tokens')} new tokens, prompts ≤{protocol.get('max_prompt_tokens')} tokens, "
+             f"no-repeat-ngram {protocol.get('no_repeat_ngram_size')}, {protocol.get('prompt_format')} prompt")
+    stats, columns = lm_eval_stats(df, methods)
+    table = _display(stats.rename(columns={"task": "set"}), methods, columns)
+    write_text(args.out_md, f"{lm_eval_header(df, args.pair, label)}\n\n{table.to_markdown()}\n")
+    write_text(args.out_csv, stats.to_csv(index=False))
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
+from kdbench import __version__
 from kdbench.errors import KDBenchError
 
 COMMANDS = {
@@ -19,14 +20,18 @@ COMMANDS = {
     "aggregate": ("kdbench.aggregate", "build the results tables from evaluation results"),
     "plots": ("kdbench.plots", "LATF ratio, temperature and training-curve plots; ours vs published bars"),
     "combine-tables": ("kdbench.aggregate", "stack per-pair tables into results/tables/main.md and main.csv"),
-    "lm-eval": ("kdbench.lmeval", "run lm-eval tasks (evaluation/tasks or the library's own) on a model"),
+    "lm-eval": ("kdbench.lmeval", "run lm-eval tasks (evaluation/tasks or the library's own) over decoding seeds"),
+    "lm-eval-table": ("kdbench.aggregate", "tabulate lm-eval results of one pair: mean ± std per task"),
     "prepare-eval": ("kdbench.evalsets", "convert a real eval set (raw or MiniLLM jsonl) into a kdbench eval jsonl"),
+    "env": ("kdbench.provenance", "print versions, devices and the checkout, to paste into a bug report"),
 }
+ENTRIES = {"resolve": "resolve_main", "run": "run_main", "combine-tables": "combine_main", "lm-eval-table": "lm_eval_main",
+           "env": "env_main"}
 
 
 def usage() -> str:
-    lines = ["usage: kdbench <command> [options]", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines = ["usage: kdbench [--version] <command> [options]", "", "commands:"]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
@@ -35,12 +40,15 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in {"-h", "--help"}:
         print(usage())
         return 0
+    if argv[0] in {"-V", "--version"}:
+        print(f"kdbench {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"kdbench: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[name][0])
-    entry = getattr(module, {"resolve": "resolve_main", "run": "run_main", "combine-tables": "combine_main"}.get(name, "main"))
+    entry = getattr(module, ENTRIES.get(name, "main"))
     try:
         return entry(rest) or 0
     except KDBenchError as exc:

@@ -84,7 +84,7 @@ AXES = ("pairs", "methods", "seeds", "sets")
 # Rule names of the workflow (workflows/rules/*.smk, methods/*.smk): a table becomes a target rule of
 # its own name, so it may not take one of these (tests/workflow/test_grid.py keeps the list complete).
 RULE_NAMES = {"all", "data", "prepare_data", "tokenizer", "init_model", "resolve_run", "train", "evaluate", "evaluate_run",
-              "lm_eval", "lm_eval_all", "tables", "combine_table", "claims", "plots", "seqkd_data"}
+              "lm_eval", "lm_eval_all", "lm_eval_table", "tables", "combine_table", "claims", "plots", "seqkd_data"}
 
 
 def _coerce_cli(config: dict) -> dict:

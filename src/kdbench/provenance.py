@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 PACKAGES = ("kdbench", "torch", "transformers", "deepspeed", "tokenizers", "snakemake", "rouge-score",
-            "lm-eval", "pandas", "peft")
+            "lm-eval", "pandas", "peft", "datasets", "scipy", "numpy")
 
 
 def git_state(root: Path) -> dict:
@@ -46,6 +46,50 @@ def device_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def devices() -> list[str]:
+    """One line per accelerator torch sees (CUDA or MPS), or the CPU with its thread count."""
+    if torch.cuda.is_available():
+        lines = []
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i} {props.name}, {props.total_memory / 2**30:.1f} GiB, compute capability "
+                         f"{props.major}.{props.minor}")
+        return lines
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return ["mps (Apple GPU)"]
+    return [f"cpu only ({platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()})"]
+
+
+def environment() -> list[tuple[str, str]]:
+    """What `kdbench env` prints: platform, Python, the kdbench checkout, package versions, devices."""
+    from kdbench import __version__
+    from kdbench.gpus import gpu_count
+
+    root = Path(__file__).resolve().parents[2]
+    git = git_state(root)
+    checkout = f"{Path(__file__).resolve().parent}" + (
+        f", git {git['sha'][:12]}{' (uncommitted changes)' if git['dirty'] else ''}" if git["sha"] else "")
+    versions = package_versions()
+    cuda = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA build"
+    rows = [("Platform", platform.platform()), ("Python version", platform.python_version()),
+            ("kdbench version", f"{__version__} ({checkout})")]
+    rows += [(f"{name} version", version or "not installed") for name, version in versions.items() if name != "kdbench"]
+    rows += [("PyTorch build", cuda), ("Devices", "; ".join(devices())),
+             ("GPUs for the workflow (KDBENCH_GPUS or nvidia-smi)", str(gpu_count()))]
+    return rows
+
+
+def env_main(argv: list[str] | None = None) -> int:
+    """`kdbench env`: versions, devices and the checkout, as `trl env` prints them for bug reports."""
+    import argparse
+
+    argparse.ArgumentParser(prog="kdbench env", description=env_main.__doc__).parse_args(argv)
+    print("Copy-paste the following information when reporting an issue:\n")
+    for key, value in environment():
+        print(f"- {key}: {value}")
+    return 0
 
 
 def collect(root: Path, device: torch.device, **extra) -> dict:

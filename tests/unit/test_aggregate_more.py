@@ -94,6 +94,37 @@ def test_bootstrap_2d_averages_runs_per_example_and_strata_weigh_sets_equally() 
         paired_bootstrap(np.zeros(3), np.zeros(4))
 
 
+def _numpy_bootstrap(diffs: list[np.ndarray], n: int, seed: int) -> np.ndarray:
+    """The hand-written resampling kdbench used before scipy: each stratum in turn draws its n × size
+    indices from one default_rng(seed); the replicates are the per-stratum means averaged."""
+    rng = np.random.default_rng(seed)
+    return np.mean([d[rng.integers(0, len(d), size=(n, len(d)))].mean(axis=1) for d in diffs], axis=0)
+
+
+def test_the_scipy_bootstrap_gives_exactly_what_the_numpy_one_gave(monkeypatch) -> None:
+    """scipy.stats.bootstrap draws the same resamples from the same generator, also when it batches a
+    large set (here 1,500 examples: 2 batches under a 1.5M-score budget) and with a one-example set
+    (which draws nothing), so every interval and p-value is unchanged."""
+    from scipy import stats
+
+    from kdbench import aggregate
+
+    calls, original = [], stats.bootstrap
+    monkeypatch.setattr(stats, "bootstrap", lambda *a, **k: calls.append(k["batch"]) or original(*a, **k))
+    monkeypatch.setattr(aggregate, "_CHUNK", 1_500_000)
+    rng = np.random.default_rng(4)
+    strata = [(rng.normal(0.3, 5, size=k), rng.normal(0, 5, size=k)) for k in (60, 1, 1500, 7)]
+    strata[1] = (np.array([40.0]), np.array([40.0]))  # the one-example set: a difference of 0
+    n, seed = 2000, 11
+    boot = _numpy_bootstrap([a - b for a, b in strata], n, seed)
+    res = stratified_bootstrap(strata, n=n, seed=seed)
+    assert calls == [25_000, 1000, 214_285]  # three sets resampled by scipy; the 1,500 one in 2 batches
+    assert (res["ci_low"], res["ci_high"]) == tuple(np.percentile(boot, [2.5, 97.5]))
+    assert res["p_value"] == np.mean(boot <= 0) and 0 < res["p_value"] < 1
+    one, alone = paired_bootstrap(*strata[2], n=n, seed=seed), _numpy_bootstrap([strata[2][0] - strata[2][1]], n, seed)
+    assert (one["ci_low"], one["ci_high"]) == tuple(np.percentile(alone, [2.5, 97.5]))
+
+
 # --- synthetic results with predictions -------------------------------------------------------------
 
 def _scores(method: str, set_name: str, train_seed: int, effect: float) -> dict[int, np.ndarray]:

@@ -333,6 +333,17 @@ def c_model_config_beside_a_pretrained_model(cfg, ctx):
     return [file, "key 'student.config'", "a pretrained model is built as its checkpoint's config.json says"]
 
 
+def c_lm_eval_unknown_task(cfg, ctx):
+    cfg["evaluation"]["lm_eval_tasks"] = ["kdbench_gen_dolly", "kdbench_gen_dolyl"]
+    return ["{cfg}", "key 'evaluation.lm_eval_tasks'", "unknown lm-eval task 'kdbench_gen_dolyl'", "lm_eval --tasks list"]
+
+
+def c_lm_eval_data_nobody_writes(cfg, ctx):
+    cfg["evaluation"]["lm_eval_tasks"] = ["kdbench_real_vicuna"]  # the paper grid's file, absent here
+    return ["{cfg}", "key 'evaluation.lm_eval_tasks'", "kdbench_real_vicuna reads results/data/real/vicuna.jsonl",
+            "this grid does not write (its data: results/data/train.jsonl"]
+
+
 CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}
 # `kdbench check` lists an absent data file instead of failing (the config itself is valid); the
 # workflow refuses it. Every other case fails the same way in both.

@@ -106,3 +106,19 @@ def test_published_numbers_beside_the_paper_pairs_only(paper):
     assert sum("--reference-table table3 --family Qwen2" in c for c in paper_runs) == 1
     tiny = table_commands("--", "main")
     assert tiny and not any("--reference" in c for c in tiny)
+
+
+def test_lm_eval_on_the_paper_grid_reads_the_paper_data(paper):
+    """evaluation.lm_eval_tasks: [kdbench_real]: one lm-eval job per model (the teacher's too) and a
+    table per pair, each job's inputs the five results/data/real files the paper grid's prepare_data jobs write."""
+    (paper / "lm.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_real"]}}))
+    selection = ("--config", f"pairs=[{QWEN}]", "methods=[rkl]", "sets=[dolly]")
+    counts, _ = dry_run(paper, "lm.yaml", *selection)
+    assert counts["lm_eval"] == 2 and counts["lm_eval_table"] == 1  # the teacher and rkl
+    done = run_cli("snakemake", "-n", "--configfile", PAPER, "lm.yaml", *selection, "--",
+                   f"results/lm_eval/{QWEN}/rkl/seed1.json", cwd=paper)
+    assert done.returncode == 0, done.stderr[-3000:]
+    inputs = re.search(r"rule lm_eval:\n\s+input: (.*)", done.stdout).group(1).split(", ")
+    sets = [f"results/data/real/{x}.jsonl" for x in ("dolly", "selfinst", "vicuna", "sni", "unni")]
+    assert sorted(sets) == sorted(i for i in inputs if i.startswith("results/data/real/"))
+    assert any(i.endswith("evaluation/tasks/kdbench_real_sni.yaml") for i in inputs)

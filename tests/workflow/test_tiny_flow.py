@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import grid_config, run_cli, workflow_copy
+from tests.conftest import grid_config, local_arc_task, run_cli, workflow_copy
 
 pytestmark = pytest.mark.workflow
 PAIR = "gpt2-micro-s_from_gpt2-micro-t"
@@ -120,13 +120,41 @@ def test_bad_config_fails_before_any_job(flow):
     assert "Traceback" not in bad.stderr + bad.stdout
 
 
-def test_lm_eval_rule_runs_the_kdbench_tasks_on_a_student(flow):
-    (flow / "lm_eval.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_gen_dolly"]}}))
-    done = run_cli("snakemake", "--cores", "2", "--configfile", "smoke.yaml", "lm_eval.yaml",
-                   "--config", "methods=[fkl]", "--", "lm_eval_all", cwd=flow)
+def test_lm_eval_tables_every_seed_and_reruns_when_task_data_change(flow):
+    """evaluation.lm_eval_tasks: a kdbench task and a stock multiple-choice task on a local file, on
+    the teacher and fkl; the table has every cell, the sampled task every decoding seed, the report
+    shows it, and editing the local data reruns exactly the lm-eval jobs."""
+    local_arc_task(flow)
+    (flow / "lm_eval.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_gen_dolly",
+                                                                                        "mc/arc_local.yaml"]}}))
+    args = ("--configfile", "smoke.yaml", "lm_eval.yaml", "--config", "methods=[fkl]")
+    done = run_cli("snakemake", "--cores", "2", *args, "--", "lm_eval_all", cwd=flow)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((flow / f"results/lm_eval/{PAIR}/fkl/seed1.json").read_text())
-    assert 0 <= result["results"]["kdbench_gen_dolly"]["rougeL,none"] <= 100
+    dolly, arc = result["tasks"]["kdbench_gen_dolly"], result["tasks"]["arc_local"]
+    assert list(dolly["per_seed"]) == ["10", "20"] and dolly["generation_kwargs"]["max_gen_toks"] == 12
+    assert list(arc["per_seed"]) == ["10"] and arc["decoding"] == "scored"
+    table = (flow / f"results/tables/lm_eval/{PAIR}.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["teacher", "fkl"]
+    assert all(re.fullmatch(r"\d+\.\d\d ± \d+\.\d\d", c.strip()) for r in rows for c in r.split("|")[2:-1]), table
+    csv = pd.read_csv(flow / f"results/tables/lm_eval/{PAIR}.csv").set_index(["method", "task"])
+    assert csv.loc[("fkl", "kdbench_gen_dolly"), "n"] == 2 and csv.loc[("teacher", "arc_local"), "n"] == 1
+    report = run_cli("snakemake", *args, "--report", "lm_eval.html", "--", "lm_eval_all", cwd=flow)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"{PAIR}.md" in (flow / "lm_eval.html").read_text(errors="replace")
+
+    data = flow / "mc/arc_local.jsonl"
+    text, stat = data.read_bytes(), data.stat()
+    try:
+        data.write_bytes(text.replace(b"Tuesday", b"Monday"))
+        dry = run_cli("snakemake", "-n", *args, "--", "lm_eval_all", cwd=flow)
+    finally:
+        data.write_bytes(text)
+        os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    jobs = re.findall(r"^rule (\w+):", dry.stdout, re.M)
+    assert sorted(jobs) == ["lm_eval", "lm_eval", "lm_eval_all", "lm_eval_table"], jobs
 
 
 def test_published_numbers_significance_claims_plots_and_report(flow):

@@ -85,6 +85,23 @@ rule plots:
         " --tau-png {output.tau} --table-csv {input.tables} --published-png {output.published} > {log} 2>&1"
 
 
+rule lm_eval_table:
+    input:
+        lambda w: lm_eval_results(pair=w.pair),
+    output:
+        md=report(f"{RES}/tables/lm_eval/{{pair}}.md", category="lm-eval"),
+        csv=f"{RES}/tables/lm_eval/{{pair}}.csv",
+    params:
+        methods=lambda w: " ".join(dict.fromkeys(m for _, m, _ in lm_eval_runs(w.pair))),
+    log:
+        f"{RES}/logs/tables/lm_eval/{{pair}}.log",
+    conda:
+        ENV
+    shell:
+        "kdbench lm-eval-table --results {input} --pair {wildcards.pair} --methods {params.methods}"
+        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+
+
 for table_name in GRID.tables:  # `snakemake table1`: one target rule per table
 
     rule:

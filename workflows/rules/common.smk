@@ -51,7 +51,19 @@ PAIR_TARGETS = [  # per pair, over every table: the paper's claims and the plots
     for pair in GRID.axes["pairs"]
     for kind, name in (("tables/claims", "claims.md"), ("plots", "latf_ratio.png"))
 ]
-TABLES = [target for table in GRID.tables for target in table_targets(table)] + PAIR_TARGETS
+# lm-eval (evaluation.lm_eval_tasks): per pair a table; the task files and data are each job's inputs.
+LM_EVAL_TASKS = CFG["evaluation"]["lm_eval_tasks"]
+LM_EVAL_INCLUDE = str(Path(workflow.basedir, "evaluation/tasks"))
+LM_EVAL_TABLES = [f"{RES}/tables/lm_eval/{pair}.md" for pair in GRID.axes["pairs"]] if LM_EVAL_TASKS else []
+LM_EVAL_INPUTS = []
+try:
+    if LM_EVAL_TASKS:
+        from kdbench.lmeval import task_inputs
+
+        LM_EVAL_INPUTS = task_inputs(LM_EVAL_TASKS, [Path(LM_EVAL_INCLUDE)], made=list(GRID.data_files.values()))
+except KDBenchError as exc:
+    sys.exit(f"kdbench: config error: {CONFIG_SOURCE}: key 'evaluation.lm_eval_tasks': {exc}")
+TABLES = [target for table in GRID.tables for target in table_targets(table)] + PAIR_TARGETS + LM_EVAL_TABLES
 
 
 wildcard_constraints:
@@ -142,8 +154,12 @@ def reference_args(w):
     return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {ref['table']} --family {ref['family']}"
 
 
-def lm_eval_results(w=None):
-    """lm-eval results of every grid cell (empty when no lm_eval_tasks are configured)."""
-    if not CFG["evaluation"]["lm_eval_tasks"]:
-        return []
-    return [f"{RES}/lm_eval/{p}/{m}/seed{s}.json" for p, m, s in GRID.runs()]
+def lm_eval_runs(pair):
+    """The rows of a pair's lm-eval table: the teacher, then every run of the grid, in table order."""
+    return [(pair, "teacher", GRID.teacher_seed(pair)), *GRID.runs(pair=pair)]
+
+
+def lm_eval_results(w=None, pair=None):
+    """lm-eval results of every run of one pair (or of the grid), the teacher's included."""
+    pairs = [pair] if pair else GRID.axes["pairs"]
+    return [f"{RES}/lm_eval/{p}/{m}/seed{s}.json" for q in pairs for p, m, s in lm_eval_runs(q)]

@@ -61,26 +61,29 @@ rule evaluate_run:
         " --predictions {output.predictions} {params.protocol} --threads {threads} > {log} 2>&1"
 
 rule lm_eval:
-    """Any list of lm-eval tasks (evaluation/tasks/ or the library's own) on one trained model:
-    `snakemake results/lm_eval/{pair}/{method}/seed{seed}.json` or the `lm_eval_all` target."""
+    """evaluation.lm_eval_tasks (evaluation/tasks, lm-eval's own, or task YAMLs) on one model, over
+    the decoding seeds: `snakemake results/lm_eval/{pair}/{method}/seed{seed}.json` or `lm_eval_all`."""
     input:
         model=eval_model,
-        tasks="evaluation/tasks",
+        template=f"{LM_EVAL_INCLUDE}/_default_template_yaml",  # kdbench's tasks: their folder is indexed
+        tasks=LM_EVAL_INPUTS,
     output:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.json",
     params:
-        tasks=",".join(CFG["evaluation"]["lm_eval_tasks"]),
-        out=lambda w, output: os.path.splitext(output[0])[0],
+        tasks=" ".join(LM_EVAL_TASKS),
+        include=lambda w, input: os.path.dirname(input.template),
+        protocol=EVAL_PROTOCOL,
     log:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.log",
     threads: 1
     conda:
         ENV
     shell:
-        "kdbench lm-eval --model {input.model} --include-path {input.tasks} --tasks {params.tasks}"
+        "kdbench lm-eval --model {input.model} --include-path {params.include} --tasks {params.tasks}"
+        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} {params.protocol} --threads {threads}"
         " --out {output} > {log} 2>&1"
 
 
 rule lm_eval_all:
     input:
-        lm_eval_results,
+        LM_EVAL_TABLES,
