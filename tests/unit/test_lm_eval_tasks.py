@@ -64,7 +64,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     docs = [doc for doc, _ in CASES]
     for name in SETS:
         write_jsonl(root / "results" / "data" / "eval" / f"{name}.jsonl", docs)
-        write_jsonl(root / "data" / "paper" / f"{name}.jsonl", docs)
+        write_jsonl(root / "results" / "data" / "real" / f"{name}.jsonl", docs)
     # the real S-NI task reads what `kdbench prepare-eval` writes from a raw S-NI task file
     task = {"Definition": ["Continue the story."], "Instances": [
         {"id": "a", "input": "Once upon a time", "output": [LONG, "short"]},
@@ -72,7 +72,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     ]}
     (root / "task001_story.json").write_text(json.dumps(task), encoding="utf-8")
     prepare_eval(["--set", "sni", "--format", "raw", "--source", str(root / "task001_story.json"),
-                  "--out", str(root / "data" / "paper" / "sni.jsonl")])
+                  "--out", str(root / "results" / "data" / "real" / "sni.jsonl")])
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.setattr(datasets.config, "HF_DATASETS_CACHE", root / "hf_cache")
@@ -203,12 +203,12 @@ def test_simple_evaluate_matches_kdbench_generation(workdir: Path, manager: Task
 
 def test_every_task_reads_the_file_its_grid_writes(manager: TaskManager) -> None:
     """kdbench_gen_<set> reads what config/tiny.yaml generates and evaluates; kdbench_real_<set> what
-    config/config.yaml evaluates (data.sets)."""
-    from kdbench.config import load_grid
+    config/config.yaml's prepare_data jobs write and it evaluates."""
+    from kdbench.config import workflow_grid
 
     repo = TASKS_DIR.parents[1]
-    tiny = load_grid(repo / "config/tiny.yaml", repo / "config/variants.yaml", workdir=repo)
-    paper = yaml.safe_load((repo / "config/config.yaml").read_text())["data"]["sets"]
+    tiny = workflow_grid(workdir=repo)
+    paper = workflow_grid(repo / "config/config.yaml", workdir=repo, require_data=False).data_files
     for spec in resolve_tasks(GEN_TASKS + REAL_TASKS, [TASKS_DIR]):
         kind, set_name = spec.name.removeprefix("kdbench_").split("_")
         assert spec.data == [tiny.data_files[set_name] if kind == "gen" else paper[set_name]], spec.name
