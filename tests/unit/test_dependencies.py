@@ -7,12 +7,14 @@ import ast
 import importlib.metadata as md
 import re
 import sys
-import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
+
+tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 SOURCES = ["src", "methods", "workflows", "evaluation", "benchmarks", "tests", ".ci"]
 LOCAL = {"kdbench", "tests", "benchmarks", "methods"}
