@@ -13,6 +13,46 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# Test tiers: a test's tier is the folder it lives in (tests/<tier>/...), marked here, so a new test
+# needs no marker of its own. Bare `pytest` runs DEFAULT_TIER; CI runs every tier but gpu.
+TIERS = ("unit", "smoke", "workflow", "cluster", "gpu")
+DEFAULT_TIER = "unit"
+CI_SELECTION = "not gpu"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection, which reads these markers
+def pytest_collection_modifyitems(config, items):
+    tests = Path(__file__).parent
+    for item in items:
+        if not item.path.is_relative_to(tests):
+            continue
+        tier = item.path.relative_to(tests).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.path}: a test lives in a tier folder, tests/<{'|'.join(TIERS)}>/; "
+                                    "move it into the folder of its tier.")
+        item.add_marker(tier)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Bare `pytest` does not even import the other tiers' modules (their imports cost seconds)."""
+    tests = Path(__file__).parent
+    if _bare(config) and collection_path.parent == tests and collection_path.is_dir() \
+            and collection_path.name != DEFAULT_TIER:
+        return True
+    return None
+
+
+def _bare(config) -> bool:
+    """Neither a marker expression nor a path was given: pytest collects its testpaths."""
+    return not config.option.markexpr and config.args_source == pytest.Config.ArgsSource.TESTPATHS
+
+
+def pytest_report_header(config):
+    if _bare(config):
+        return (f"kdbench: bare `pytest` runs the {DEFAULT_TIER} tier only; `pytest -m \"{CI_SELECTION}\"` runs "
+                "what CI runs, `pytest -m <tier>` one tier, `pytest <path>` the tests named.")
+    return None
+
 
 @pytest.fixture(scope="session")
 def repo() -> Path:

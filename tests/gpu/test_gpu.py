@@ -34,7 +34,7 @@ from tests.conftest import (
     workflow_copy,
 )
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")  # tier: tests/conftest.py
 
 PAIR = "gpt2-gpu-s_from_gpt2-gpu-t"
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}

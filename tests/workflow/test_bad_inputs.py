@@ -20,7 +20,6 @@ import yaml
 from kdbench.errors import KDBenchError
 from tests.conftest import BIN, grid_config, run_cli, workflow_copy
 
-pytestmark = pytest.mark.workflow
 PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
 GOOD = {"instruction": "Copy the input.", "input": "a b", "output": "a b"}
 

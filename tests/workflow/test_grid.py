@@ -11,7 +11,6 @@ import yaml
 from kdbench.config import RULE_NAMES
 from tests.conftest import run_cli, workflow_copy
 
-pytestmark = pytest.mark.workflow
 PAPER = "config/config.yaml"
 QWEN = "qwen2-1.5b_from_qwen2-7b"
 

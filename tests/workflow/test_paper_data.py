@@ -13,7 +13,6 @@ import yaml
 from kdbench.jsonl import read_jsonl
 from tests.conftest import run_cli, workflow_copy
 
-pytestmark = pytest.mark.workflow
 PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
 LONG = "the answer is a sentence of more than eleven tokens, as S-NI and UnNI need"
 

@@ -6,8 +6,6 @@ import pytest
 
 from tests.conftest import run_cli, workflow_copy
 
-pytestmark = pytest.mark.workflow
-
 
 def test_a_new_method_file_joins_the_dry_run(tmp_path):
     root = workflow_copy(tmp_path)

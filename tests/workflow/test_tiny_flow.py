@@ -12,7 +12,6 @@ import yaml
 
 from tests.conftest import grid_config, local_arc_task, run_cli, workflow_copy
 
-pytestmark = pytest.mark.workflow
 PAIR = "gpt2-micro-s_from_gpt2-micro-t"
 SETS = ["dolly", "selfinst", "vicuna", "sni", "unni"]
 

@@ -34,6 +34,8 @@ onstart:
 GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --resources gpu=<GPUs on the node>
 CFG = GRID.config
 ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))  # absolute: plugin rules in methods/ use it too
+# What ENV installs under --sdm conda: pip expands ${KDBENCH_ROOT} in its pip lines (set here, read by no rule).
+os.environ.update(KDBENCH_ROOT=str(workflow.basedir))
 REFERENCE_CSVS = sorted(str(p) for p in Path(workflow.basedir, "evaluation/reference").glob("*.csv"))
 
 
