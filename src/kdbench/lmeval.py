@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kdbench import atomic
 from kdbench.errors import KDBenchError
+from kdbench.gpus import pinned
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise KDBenchError(f"unknown lm-eval task(s) {', '.join(unknown)}; see `lm_eval --tasks list` and "
                            f"the YAMLs in {args.include_path}")
-    out = lm_eval.simple_evaluate(
-        model="hf", model_args={"pretrained": str(args.model), "max_length": args.max_length,
-                                "device": "cuda" if torch.cuda.is_available() else "cpu"},
-        tasks=tasks, task_manager=manager, batch_size=args.batch_size, limit=args.limit,
-        random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed)
+    with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as training jobs get
+        out = lm_eval.simple_evaluate(
+            model="hf", model_args={"pretrained": str(args.model), "max_length": args.max_length,
+                                    "device": "cuda" if torch.cuda.is_available() else "cpu"},
+            tasks=tasks, task_manager=manager, batch_size=args.batch_size, limit=args.limit,
+            random_seed=args.seed, numpy_random_seed=args.seed, torch_random_seed=args.seed)
     atomic.write_text(args.out, json.dumps({
         "model": str(args.model), "tasks": tasks, "seed": args.seed, "max_length": args.max_length,
         "results": out["results"], "configs": out.get("configs", {})}, indent=2, default=str) + "\n")

@@ -8,7 +8,8 @@
 #                                               with everything under DIR; exits 0 once the node is idle
 #   tests/cluster/slurm_down.sh DIR             stop them again
 #
-# Then `export SLURM_CONF=DIR/slurm.conf` (DIR/env says so) points sbatch, squeue, scancel... at it.
+# Then `. DIR/env` (SLURM_CONF=DIR/slurm.conf, DIR/bin first on PATH) points sbatch, squeue, scancel,
+# srun... at it.
 # The node has partitions `cpu` (default) and `gpu`, the names workflows/profiles/slurm uses, and
 # two GPUs as SLURM sees them (GRES backed by placeholder device files, so SLURM schedules them and
 # sets CUDA_VISIBLE_DEVICES for each job; CUDA itself finds none and jobs compute on the CPU).
@@ -97,14 +98,20 @@ EOF
 cat > "$DIR/gres.conf" <<EOF
 NodeName=$NODE Name=gpu File=$DIR/dev/gpu[0-1]
 EOF
-echo "export SLURM_CONF=$DIR/slurm.conf" > "$DIR/env"
+# The plugin's job step runs each rule under `srun` after dropping every SLURM_* variable, SLURM_CONF
+# too (snakemake-executor-plugin-slurm issue #164), so that srun would look for /etc/slurm: this srun
+# on PATH points it at DIR's cluster again. (A real cluster keeps its config where srun looks.)
+mkdir -p "$DIR/bin"
+printf '#!/bin/sh\nSLURM_CONF=%s exec %s "$@"\n' "$DIR/slurm.conf" "$(command -v srun)" > "$DIR/bin/srun"
+chmod +x "$DIR/bin/srun"
+printf 'export SLURM_CONF=%s\nexport PATH=%s:$PATH\n' "$DIR/slurm.conf" "$DIR/bin" > "$DIR/env"
 export SLURM_CONF="$DIR/slurm.conf"
 
 slurmctld -i || cannot "slurmctld did not start: $(tail -n5 "$DIR/log/slurmctld.log" 2>/dev/null)"
 slurmd -N "$NODE" || cannot "slurmd did not start: $(tail -n5 "$DIR/log/slurmd.log" 2>/dev/null)"
 for _ in $(seq 60); do
   state=$(sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1 || true)
-  case "$state" in idle*) echo "slurm_up: node $NODE idle ($CPUS CPUs, 2 GPUs); $(cat "$DIR/env")" >&2; exit 0 ;; esac
+  case "$state" in idle*) echo "slurm_up: node $NODE idle ($CPUS CPUs, 2 GPUs); . $DIR/env to use it" >&2; exit 0 ;; esac
   sleep 0.5
 done
 cannot "the node did not become idle within 30 s (state: ${state:-none}); logs in $DIR/log:
