@@ -62,7 +62,8 @@ def runs(slurm, tmp_path_factory):
     started = time.monotonic()
     local, root = (tiny_grid(workflow_copy(tmp_path_factory.mktemp(name))) for name in ("local", "slurm"))
     path = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, **slurm, "PATH": f"{BIN}{os.pathsep}{slurm['PATH']}"}
+    env = {**os.environ, **slurm, "PATH": f"{BIN}{os.pathsep}{slurm['PATH']}",
+           "KDBENCH_GPU_LOCKS": str(root / "gpu-locks")}  # job ids repeat across test clusters: locks of their own
     flows = {"slurm": snakemake(root, env, "workflows/profiles/slurm", str(REPO / "tests/cluster/profile")),
              "local": snakemake(local, {**os.environ, "PATH": path}, "workflows/profiles/local")}
     run_dir = root / f"results/runs/{PAIR}/{CANCELLED}/seed1"
