@@ -112,3 +112,28 @@ def test_the_slurm_profile_asks_for_what_each_pair_needs(repo, tmp_path):
         assert "slurm_extra" not in res
     assert int(jobs[("evaluate_run", qwen, "fkl")]["mem_mb"]) > int(jobs[("evaluate_run", tiny, "fkl")]["mem_mb"])
     assert jobs[("init_model", qwen, None)]["mem_mb"] == "64000"
+
+
+def test_a_pair_sets_some_job_resources_and_a_misspelt_key_fails_before_any_job(repo, tmp_path):
+    import shutil
+
+    import yaml
+
+    from kdbench.config import Grid
+    from kdbench.errors import KDBenchError
+
+    for name in ("config", "methods", "workflows"):
+        shutil.copytree(repo / name, tmp_path / name)
+    pair = "gpt2-tiny-s_from_gpt2-tiny-t"
+    path = tmp_path / f"config/pairs/{pair}.yaml"
+    spec = yaml.safe_load(path.read_text())
+    cfg = yaml.safe_load((tmp_path / "config/tiny.yaml").read_text())
+    del cfg["tables"]
+    cfg.update(pairs=[pair], methods=["fkl"], seeds=[1], sets=["dolly"])
+    path.write_text(yaml.safe_dump({**spec, "resources": {"train": {"mem_mb": 123}}}))
+    grid = Grid(cfg, "grid.yaml", tmp_path)
+    assert grid.job_resources(pair, "train") == {"runtime": 60, "mem_mb": 123, "cpus": 1}
+    assert grid.job_resources(pair, "evaluate") == {"runtime": 60, "mem_mb": 4000, "cpus": 1}
+    path.write_text(yaml.safe_dump({**spec, "resources": {"train": {"memory": 1}}}))
+    with pytest.raises(KDBenchError, match=r"key 'resources.train': .*'memory' was unexpected.*allowed here: cpus, mem_mb, runtime"):
+        Grid(cfg, "grid.yaml", tmp_path)
