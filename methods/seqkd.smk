@@ -14,6 +14,11 @@ rule seqkd_data:
     log:
         f"{RES}/logs/seqkd/{{pair}}.log",
     threads: 1
+    resources:  # one GPU, claimed by the job itself (kdbench.gpus); the rest from the pair file
+        gpu=1,
+        runtime=pair_resource("generate", "runtime"),
+        mem_mb=pair_resource("generate", "mem_mb"),
+        cpus_per_task=pair_resource("generate", "cpus"),
     conda:
         ENV
     script:

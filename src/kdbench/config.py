@@ -14,6 +14,7 @@ the fully resolved single-run config that `kdbench train` reads (results/runs/..
 from __future__ import annotations
 
 import copy
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -432,6 +433,16 @@ class Grid:
             "training": training,
             "deepspeed": load_yaml(ds_file) if ds_file.suffix in {".yaml", ".yml"} else _load_json(ds_file),
         }
+
+    @functools.cached_property
+    def _job_defaults(self) -> dict[str, int]:
+        job = load_yaml(schema_path(self.workdir, "pair"))["$defs"]["job"]["properties"]
+        return {key: spec["default"] for key, spec in job.items()}
+
+    def job_resources(self, pair: str, job: str) -> dict[str, int]:
+        """What one job of `pair` asks a cluster for (runtime minutes, mem_mb, cpus): the pair file's
+        `resources.<job>` (job: init, train, evaluate, lm_eval, generate) over the schema's defaults."""
+        return {**self._job_defaults, **self.pairs[pair].get("resources", {}).get(job, {})}
 
     def teacher_path(self, pair: str) -> str:
         spec = self.pairs[pair]["teacher"]

@@ -45,6 +45,7 @@ from transformers import (
 import kdbench
 from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
+from kdbench.gpus import pinned
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
 from kdbench.prompts import build_chat_prompt, build_prompt
 
@@ -407,9 +408,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, tokenizer = load_model(args.model)
-    for examples, data, set_name, out, predictions in zip(sets, args.data, args.set_name, args.out, args.predictions):
-        _evaluate_file(model, tokenizer, examples, args, protocol, data, set_name, out, predictions)
+    with pinned(1, "evaluation"):  # a GPU of its own (kdbench.gpus), as training jobs get
+        model, tokenizer = load_model(args.model)
+        for examples, data, set_name, out, predictions in zip(sets, args.data, args.set_name, args.out, args.predictions):
+            _evaluate_file(model, tokenizer, examples, args, protocol, data, set_name, out, predictions)
     return 0
 
 
@@ -445,6 +447,7 @@ def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
             "transformers": transformers.__version__,
         },
         "device": str(model.device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "elapsed_s": round(elapsed, 3),
     }
     write_jsonl_atomic(predictions_path, predictions)

@@ -29,6 +29,7 @@ from typing import Any
 
 from kdbench import atomic
 from kdbench.errors import KDBenchError
+from kdbench.gpus import pinned
 
 KDBENCH_PROTOCOL = "kdbench"  # metadata.protocol of the tasks that follow the grid's decoding protocol
 SCORED = ("multiple_choice", "loglikelihood", "loglikelihood_rolling")  # no decoding: the seed is irrelevant
@@ -256,41 +257,42 @@ def main(argv: list[str] | None = None) -> int:
     protocol = {"max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
                 "batch_size": args.batch_size, "do_sample": not args.greedy,
                 "no_repeat_ngram_size": args.no_repeat_ngram_size, "prompt_format": args.prompt_format}
-    manager = task_manager(args.tasks, args.include_path)
-    model, tokenizer = load_model(args.model)
-    # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
-    lms = {True: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
-                      max_length=args.max_prompt_tokens + args.max_new_tokens),
-           False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)}
-    tasks: dict[str, dict[str, Any]] = {}
-    start = time.perf_counter()
-    for i, seed in enumerate(args.seeds):
-        loaded = manager.load(args.tasks)["tasks"]  # fresh Task objects for every seed
-        for name, task in loaded.items():
-            ours = _is_kdbench(task)
-            if ours:
-                _apply_protocol(task, protocol, tokenizer)
-            mode, why = decoding(task)
-            tasks.setdefault(name, {"decoding": mode, **({"why": why} if why else {}), "kdbench_protocol": ours,
-                                    "output_type": task.get_config("output_type"),
-                                    "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
-                                    else None, "per_seed": {}})
-        for ours in (True, False):
-            todo = [task for name, task in loaded.items()
-                    if _is_kdbench(task) == ours and (i == 0 or tasks[name]["decoding"] == "sampled")]
-            if not todo:
-                continue
-            out = lm_eval.simple_evaluate(
-                model=lms[ours], tasks=todo, task_manager=manager, limit=args.limit, log_samples=False,
-                bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                fewshot_random_seed=seed)
-            for task in todo:
-                entry = tasks[task.task_name]
-                entry["per_seed"][str(seed)] = _metrics(out["results"][task.task_name])
-                entry.setdefault("n_docs", out.get("n-samples", {}).get(task.task_name, {}).get("effective"))
-                print(f"{task.task_name} seed {seed}: {entry['per_seed'][str(seed)]}", flush=True)
-    for entry in tasks.values():
-        entry["metric"] = next(iter(next(iter(entry["per_seed"].values()))))  # the task's primary metric
+    with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as evaluation jobs get
+        manager = task_manager(args.tasks, args.include_path)
+        model, tokenizer = load_model(args.model)
+        # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
+        lms = {True: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
+                          max_length=args.max_prompt_tokens + args.max_new_tokens),
+               False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)}
+        tasks: dict[str, dict[str, Any]] = {}
+        start = time.perf_counter()
+        for i, seed in enumerate(args.seeds):
+            loaded = manager.load(args.tasks)["tasks"]  # fresh Task objects for every seed
+            for name, task in loaded.items():
+                ours = _is_kdbench(task)
+                if ours:
+                    _apply_protocol(task, protocol, tokenizer)
+                mode, why = decoding(task)
+                tasks.setdefault(name, {"decoding": mode, **({"why": why} if why else {}), "kdbench_protocol": ours,
+                                        "output_type": task.get_config("output_type"),
+                                        "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
+                                        else None, "per_seed": {}})
+            for ours in (True, False):
+                todo = [task for name, task in loaded.items()
+                        if _is_kdbench(task) == ours and (i == 0 or tasks[name]["decoding"] == "sampled")]
+                if not todo:
+                    continue
+                out = lm_eval.simple_evaluate(
+                    model=lms[ours], tasks=todo, task_manager=manager, limit=args.limit, log_samples=False,
+                    bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                    fewshot_random_seed=seed)
+                for task in todo:
+                    entry = tasks[task.task_name]
+                    entry["per_seed"][str(seed)] = _metrics(out["results"][task.task_name])
+                    entry.setdefault("n_docs", out.get("n-samples", {}).get(task.task_name, {}).get("effective"))
+                    print(f"{task.task_name} seed {seed}: {entry['per_seed'][str(seed)]}", flush=True)
+        for entry in tasks.values():
+            entry["metric"] = next(iter(next(iter(entry["per_seed"].values()))))  # the task's primary metric
     atomic.write_text(args.out, json.dumps({
         "run": args.run, "model": str(args.model), "tasks": tasks, "seeds": args.seeds, "protocol": protocol,
         "versions": package_versions(),

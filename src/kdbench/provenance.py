@@ -5,6 +5,7 @@ layers, hidden size, heads, vocabulary, parameter count), so a reader sees what 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 from datetime import datetime, timezone
@@ -42,7 +43,8 @@ def package_versions() -> dict[str, str | None]:
 
 def device_info(device: torch.device) -> dict:
     info = {"device": str(device), "python": platform.python_version(), "platform": platform.platform(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "scheduler_gpus": os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

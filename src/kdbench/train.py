@@ -33,7 +33,7 @@ from kdbench import atomic, losses, provenance
 from kdbench.checkpoints import Checkpoints
 from kdbench.config import TRAINING_DEFAULTS, accumulation_steps
 from kdbench.errors import KDBenchError
-from kdbench.gpus import claim, gpu_count
+from kdbench.gpus import pinned
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
@@ -55,13 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         raise KDBenchError(f"{args.run_yaml}: not a resolved run config (needs keys run, training, method); "
                            "write it with `kdbench resolve <config> <pair> <method> <seed>`.")
     run["training"] = {**TRAINING_DEFAULTS, **run["training"]}  # a run.yaml written by an older kdbench
-    n_gpus, total = run["training"]["gpus"], gpu_count()
-    if "RANK" in os.environ or total == 0:  # started by the DeepSpeed launcher, or a CPU machine
+    if "RANK" in os.environ:  # started by the DeepSpeed launcher: the parent holds the GPUs
         train(run)
         return 0
-    with claim(n_gpus, total) as ids:  # concurrent jobs on one node each get their own GPUs
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, ids))
-        if n_gpus == 1:
+    with pinned(run["training"]["gpus"], "the run (training.gpus)") as ids:  # its own GPUs (kdbench.gpus)
+        if len(ids) <= 1:  # one GPU, or the CPU
             train(run)
         else:  # data parallel over the claimed GPUs; the launcher honours CUDA_VISIBLE_DEVICES
             subprocess.run(["deepspeed", "--master_port", str(_free_port()), "--no_local_rank", "--module",
@@ -196,7 +194,7 @@ def train(run: dict) -> None:
         steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
     selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"),
                                 synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
-    metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
+    metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
     fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", "-1"))  # fault-injection tests only
     fault_nan_step = int(os.environ.get("KDBENCH_FAULT_NAN_AT_STEP", "-1"))
     nonfinite_in_a_row, skipped_total = 0, 0  # non-finite micro-batches (training.nonfinite)
@@ -257,7 +255,7 @@ def train(run: dict) -> None:
             checkpoints.save(engine, step + 1, {
                 "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
                 "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
-                "best": selector.best if selector else None,
+                "best": selector.best if selector else None, "metrics": (out / "metrics.jsonl").read_text(),
                 "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
     metrics.close()
     heads.release()
@@ -412,11 +410,13 @@ def _validation_loss(examples: list[dict], pad_id: int, batch_size: int, loss_of
     return total / max(count, 1)
 
 
-def _open_metrics(path: Path, keep_before: int):
-    """metrics.jsonl for appending, without records from steps a resumed run will redo."""
-    kept = []
-    if keep_before and path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < keep_before]
+def _open_metrics(path: Path, keep_before: int, saved: str = ""):
+    """metrics.jsonl for appending, without records from steps a resumed run will redo. The records
+    before the resume step come from the file, or from the checkpoint's copy (`saved`) where the file
+    lost them: Snakemake deletes the outputs of a failed job, metrics.jsonl among them."""
+    def before(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line and json.loads(line)["step"] < keep_before]
+    kept = max(before(path.read_text()) if path.is_file() else [], before(saved), key=len) if keep_before else []
     atomic.write_text(path, "".join(line + "\n" for line in kept))
     return open(path, "a")
 

@@ -72,3 +72,17 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(prepared, tmp_path)
     resumed = train(root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "step00000010 is unreadable" in resumed.stderr and "at step 5" in resumed.stderr
+
+
+def test_a_resumed_run_keeps_the_metrics_snakemake_deleted(prepared, tmp_path):
+    """Snakemake deletes a failed job's outputs, metrics.jsonl among them: the rerun restores the
+    records before its resume step from the checkpoint, so none are missing."""
+    root = tmp_path / "deleted"
+    shutil.copytree(prepared, root)
+    assert train(root, KDBENCH_FAULT_KILL_AT_STEP="13").returncode == -9
+    (root / RUN / "metrics.jsonl").unlink()
+    resumed = train(root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 10" in resumed.stderr
+    steps = [json.loads(line)["step"] for line in (root / RUN / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(24))

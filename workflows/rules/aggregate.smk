@@ -24,6 +24,7 @@ rule tables:
         reference=reference_args,
     log:
         f"{RES}/logs/tables/{{table}}/{{pair}}.log",
+    localrule: True  # seconds of CPU: never queued on a cluster
     conda:
         ENV
     shell:
@@ -44,6 +45,7 @@ rule combine_table:
         title=lambda w: GRID.tables[w.table]["title"],
     log:
         f"{RES}/logs/tables/{{table}}.log",
+    localrule: True  # seconds of CPU: never queued on a cluster
     conda:
         ENV
     shell:
@@ -60,6 +62,7 @@ rule claims:
         csv=f"{RES}/tables/claims/{{pair}}/claims.csv",
     log:
         f"{RES}/logs/claims/{{pair}}.log",
+    localrule: True  # seconds of CPU: never queued on a cluster
     conda:
         ENV
     shell:
@@ -78,6 +81,7 @@ rule plots:
         published=report(f"{RES}/plots/{{pair}}/ours_vs_published.png", category="Plots", subcategory="{pair}"),
     log:
         f"{RES}/logs/plots/{{pair}}.log",
+    localrule: True  # seconds of CPU: never queued on a cluster
     conda:
         ENV
     shell:

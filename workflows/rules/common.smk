@@ -5,7 +5,6 @@ from pathlib import Path
 
 from kdbench.config import Grid
 from kdbench.errors import KDBenchError
-from kdbench.gpus import gpu_count
 from kdbench.releases import PREPARED
 
 try:
@@ -31,7 +30,6 @@ onstart:
             "each is looked for.)"
         )
 
-GPU_NODE = gpu_count() > 0  # jobs then declare `gpu` resources: run with --resources gpu=<GPUs on the node>
 CFG = GRID.config
 ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))  # absolute: plugin rules in methods/ use it too
 # What ENV installs under --sdm conda: pip expands ${KDBENCH_ROOT} in its pip lines (set here, read by no rule).
@@ -84,6 +82,12 @@ def run_dir(w):
 
 def resolved_run(w):
     return GRID.resolve_run(w.pair, w.method, int(w.seed))
+
+
+def pair_resource(job, key, times=1):
+    """A job's `runtime` (minutes), `mem_mb` or `cpus` on a cluster, from its pair file's
+    `resources.<job>` (Grid.job_resources); `times`: a job that does `times` such jobs' work."""
+    return lambda w: GRID.job_resources(w.pair, job)[key] * (times if key == "runtime" else 1)
 
 
 def train_inputs(w):

@@ -59,6 +59,10 @@ rule init_model:
         tokenizer=lambda w: " ".join(f"--tokenizer {path}" for key, path in init_model_inputs(w).items() if key == "tokenizer"),
     log:
         f"{RES}/logs/init_model/{{pair}}/{{role}}.log",
+    resources:
+        runtime=pair_resource("init", "runtime"),
+        mem_mb=pair_resource("init", "mem_mb"),
+        cpus_per_task=pair_resource("init", "cpus"),
     conda:
         ENV
     shell:

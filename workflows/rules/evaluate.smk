@@ -32,6 +32,11 @@ rule evaluate:
     log:
         f"{EVAL_OUT}/{{set}}.log",
     threads: 1
+    resources:  # one GPU, claimed by the job itself (kdbench.gpus); the rest from the pair file
+        gpu=1,
+        runtime=pair_resource("evaluate", "runtime"),
+        mem_mb=pair_resource("evaluate", "mem_mb"),
+        cpus_per_task=pair_resource("evaluate", "cpus"),
     conda:
         ENV
     shell:
@@ -53,6 +58,11 @@ rule evaluate_run:
     log:
         f"{EVAL_OUT}/evaluate.log",
     threads: 1
+    resources:
+        gpu=1,
+        runtime=pair_resource("evaluate", "runtime", times=len(GRID.axes["sets"])),
+        mem_mb=pair_resource("evaluate", "mem_mb"),
+        cpus_per_task=pair_resource("evaluate", "cpus"),
     conda:
         ENV
     shell:
@@ -76,6 +86,11 @@ rule lm_eval:
     log:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.log",
     threads: 1
+    resources:
+        gpu=1,
+        runtime=pair_resource("lm_eval", "runtime"),
+        mem_mb=pair_resource("lm_eval", "mem_mb"),
+        cpus_per_task=pair_resource("lm_eval", "cpus"),
     conda:
         ENV
     shell:

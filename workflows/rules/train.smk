@@ -8,6 +8,7 @@ rule resolve_run:
         run=resolved_run,
     log:
         f"{RES}/logs/resolve/{{pair}}/{{method}}/seed{{seed}}.log",
+    localrule: True
     conda:
         ENV
     script:
@@ -24,8 +25,11 @@ rule train:
     log:
         f"{RES}/runs/{{pair}}/{{method}}/seed{{seed}}/train.log",
     threads: 1
-    resources:
-        gpu=lambda w: resolved_run(w)["training"]["gpus"] if GPU_NODE else 0,
+    resources:  # the job claims its GPUs itself (kdbench.gpus); runtime, memory, CPUs from the pair file
+        gpu=lambda w: resolved_run(w)["training"]["gpus"],
+        runtime=pair_resource("train", "runtime"),
+        mem_mb=pair_resource("train", "mem_mb"),
+        cpus_per_task=pair_resource("train", "cpus"),
     conda:
         ENV
     shell:
