@@ -350,6 +350,7 @@ class _Chunk:
                 ce_logp = F.log_softmax(z, 1)
             ce = F.nll_loss(ce_logp, targets, reduction="sum") if ce_logp is not None else \
                 F.cross_entropy(z, targets, reduction="sum")
+        del z  # from here on a chunk holds its log-probs only
         factor = None if scale is None else (weight * scale if every else weight[sel] * scale[sel])
         if not grad:
             values = self.divergence(s_logp, t_logp, **self.hparams)
@@ -371,12 +372,12 @@ class _Chunk:
         if every and width == self.vocab_size:
             dz = dz_kd
         else:
-            dz = z.new_zeros(rows, width)
+            dz = dz_kd.new_zeros(rows, width)
             dz[sel, :self.vocab_size] = dz_kd
         del dz_kd
         if self.train_ce:
             dz += self._ce_grad(ce_logp, targets)
-        del ce_logp, z
+        del ce_logp
         self.student.backward(c, dz)
         return ce.detach(), kd.detach()
 
