@@ -18,6 +18,7 @@ rest; the folder is deleted once the final outputs are written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -35,8 +36,6 @@ from typing import Any
 
 import torch
 import transformers
-from nltk.stem import porter
-from rouge_score import rouge_scorer, tokenize, tokenizers
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -49,6 +48,27 @@ from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
 from kdbench.prompts import build_chat_prompt, build_prompt
+
+
+@contextlib.contextmanager
+def _unimportable(*names: str):
+    """Inside the block, `import <name>` fails with ImportError for each name not imported yet (a
+    None entry in sys.modules, Python's own way to block an import); afterwards it works again."""
+    blocked = [name for name in names if name not in sys.modules]
+    sys.modules.update(dict.fromkeys(blocked))
+    try:
+        yield
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+
+
+# rouge-score stems with nltk's Porter stemmer, and importing nltk loads its scikit-learn classifier
+# wrapper and scipy's statistics too (1.4 s of CPU, a tenth of a tiny evaluation job). Both are
+# optional to nltk (each imported under `try: ... except ImportError`) and unused by the stemmer.
+with _unimportable("sklearn", "scipy.stats"):
+    from nltk.stem import porter
+    from rouge_score import rouge_scorer, tokenize, tokenizers
 
 PROTOCOL_VERSION = 1
 METRIC = "rougeL-F x100, porter stemmer, max over refs"
