@@ -1,9 +1,12 @@
 """Peak memory and time of ONE forward+backward of the KD loss from final hidden states:
-kdbench's chunked path versus a naive full-logits implementation.
+kdbench's chunked (fused) path versus a naive full-logits implementation, at several token counts
+and chunk sizes side by side.
 
 - chunked: `kdbench.losses.objective` given the hidden states, both output heads and `chunk_size`;
-  logits exist `chunk_size` tokens at a time and are recomputed in backward (activation
-  checkpointing), and a token policy's statistics come from a no-grad first pass over the chunks.
+  per chunk it computes both heads' logits once, the loss and its gradient with respect to the
+  student hidden states and head weight right away (the gradient in the forward pass, as fused
+  linear-cross-entropy losses do), then frees the chunk; backward only hands the gradients over.
+  A token policy's statistics come from a no-grad first pass over the chunks.
 - naive: what a straightforward training loop does: both models' full (tokens × vocab) logits
   (h_s @ W_s^T with grad, h_t @ W_t^T without), full log_softmax of each, the per-token divergence
   over the whole tensors; with AdaKD also the Hellinger difficulty, top-r selection and IDTS
@@ -12,21 +15,23 @@ kdbench's chunked path versus a naive full-logits implementation.
 
 The loss is the pure KD objective (kd_ratio = 1) over every token of one sequence; the gradient
 flows to the student hidden states and the student head weight, the teacher has no grad. AdaKD uses
-the plugin's defaults at the start of training (LATF ratio r = 1: every token kept). Note that
-`objective` always computes the cross-entropy term too (here with weight 0), so the chunked numbers
-include it; the naive path computes only the KD term.
+the plugin's defaults at the start of training (LATF ratio r = 1: every token kept). `objective`
+also returns Σ CE for logging: at weight 0 it is read off the student's log-softmax, without a
+gradient; the naive path computes only the KD term.
 
-Each (variant, implementation) runs in its own process (`--worker VARIANT IMPL`), so each peak is
-that computation's alone: the worker builds the inputs, records its RSS, runs one timed
-forward+backward (no warm-up: one at full size is expensive) and reports the peak RSS
-(`ru_maxrss`) as an absolute value and as the increment over the RSS after building the inputs.
-A worker runs under an address-space limit (`--mem-limit-gb`, via RLIMIT_AS), so a computation that
-does not fit fails with an allocation error instead of pushing the machine into the OOM killer; a
-worker that dies either way is reported in the table.
+Each (token count, variant, implementation, chunk size) runs in its own process (`--worker
+VARIANT IMPL`), so each peak is that computation's alone: the worker builds the inputs, records its
+RSS, runs one timed forward+backward (no warm-up: one at full size is expensive) and reports the
+peak RSS (`ru_maxrss`) as an absolute value and as the increment over the RSS after building the
+inputs. The naive path does not depend on the chunk size, so it runs once per token count. A worker
+runs under an address-space limit (`--mem-limit-gb`, via RLIMIT_AS), so a computation that does not
+fit fails with an allocation error instead of pushing the machine into the OOM killer; a worker
+that dies either way is reported in the table.
 
-    python benchmarks/kd_loss.py                      # the agreement check, then all 12 workers
-    python benchmarks/kd_loss.py --tokens 256 --vocab 32000 --variants fkl fkl+adakd   # quick
-    python benchmarks/kd_loss.py --check              # only the agreement check (a few seconds)
+    python benchmarks/kd_loss.py           # check; 1,536 and 4,096 tokens x chunks 256 and 1,024, all variants
+    python benchmarks/kd_loss.py --tokens 1536 --variants fkl fkl+adakd              # a subset
+    python benchmarks/kd_loss.py --tokens 256 --vocab 32000 --chunk-size 64 128     # quick
+    python benchmarks/kd_loss.py --check   # only the agreement check (a few seconds)
 """
 
 from __future__ import annotations
@@ -62,7 +67,8 @@ PROGRESS = 0.0  # training progress passed to the policy (start of training)
 MIB = 2**20
 # The naive path holds ~7 (fkl, rkl) to ~13 (akl) (tokens × vocab) fp32 tensors at once: at 4,096
 # tokens (2,376 MiB each) even fkl exceeds 18 GiB; at 1,536 tokens akl needs ~14 GiB.
-DEFAULT_TOKENS = 1536
+DEFAULT_TOKENS = (1536, 4096)
+DEFAULT_CHUNKS = (256, 1024)
 # glibc serves allocations below its (adaptive, up to 32 MiB) mmap threshold from heaps it keeps
 # after a free, so at small sizes RSS would count dead tensors; a fixed 1 MiB threshold returns
 # every tensor of 1 MiB or more to the OS when freed (at the default size they all are anyway).
@@ -190,13 +196,14 @@ def worker(variant: str, impl: str, shape: Shape, mem_limit_gb: float) -> dict[s
     plugins = discover(METHODS_DIR)
     inputs = make_inputs(shape)
     base = rss_mib()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss = loss_of(impl, inputs, plugins, variant, shape)
     forward_end, forward_peak = time.perf_counter(), peak_rss_mib()
     loss.backward()
     end = time.perf_counter()
     return {"loss": loss.item(), "forward_s": forward_end - start, "backward_s": end - forward_end,
-            "base_mib": base, "forward_peak_mib": forward_peak, "peak_mib": peak_rss_mib()}
+            "cpu_s": time.process_time() - cpu_start, "base_mib": base, "forward_peak_mib": forward_peak,
+            "peak_mib": peak_rss_mib()}
 
 
 def run_worker(variant: str, impl: str, shape: Shape, mem_limit_gb: float) -> dict[str, Any]:
@@ -215,72 +222,88 @@ def run_worker(variant: str, impl: str, shape: Shape, mem_limit_gb: float) -> di
 
 
 def _metrics(result: dict[str, Any]) -> dict[str, float] | None:
-    """Absolute peak, increment over the post-inputs RSS (MiB) and total seconds; None if it died."""
+    """Absolute peak, increment over the post-inputs RSS (MiB), wall and CPU seconds; None if it died."""
     if "error" in result:
         return None
     return {"peak": result["peak_mib"], "delta": result["peak_mib"] - result["base_mib"],
-            "s": result["forward_s"] + result["backward_s"]}
+            "s": result["forward_s"] + result["backward_s"], "cpu": result["cpu_s"]}
 
 
-def summary_table(results: dict[tuple[str, str], dict[str, Any]], variants: list[str]) -> str:
-    """One row per variant: peak memory (absolute and increment), time, and naive/chunked ratios."""
+def _seconds(m: dict | None) -> str:
+    return "–" if m is None else f"{m['s']:.1f} ({m['cpu']:.1f})"
+
+
+def _memory(result: dict[str, Any]) -> str:
+    m = _metrics(result)
+    return result["error"] if m is None else f"{m['peak']:,.0f} ({m['delta']:,.0f})"
+
+
+def _ratio(mine: dict | None, naive: dict | None, *keys: str) -> str:
+    return " / ".join(f"{mine[key] / naive[key]:.2f}" for key in keys) if mine and naive else "–"
+
+
+Results = dict[tuple[int, str, str, int | None], dict[str, Any]]  # (tokens, variant, impl, chunk) → worker result
+
+
+def summary_table(results: Results, tokens: int, variants: list[str], chunks: list[int]) -> str:
+    """One row per variant at `tokens`: the naive path's peak (Δ) and wall (CPU) seconds, then per
+    chunk size the chunked path's, with its Δ and its wall / CPU time as multiples of the naive
+    path's (below 1: chunked is better)."""
     rows = []
     for variant in variants:
-        naive, chunked = results[variant, "naive"], results[variant, "chunked"]
-        m_naive, m_chunked = _metrics(naive), _metrics(chunked)
-        row = [variant]
-        for result, m in ((naive, m_naive), (chunked, m_chunked)):
-            row += [result["error"], "–"] if m is None else [f"{m['peak']:,.0f}", f"{m['delta']:,.0f}"]
-        for key in ("peak", "delta"):
-            row.append(f"{m_naive[key] / m_chunked[key]:.2f}" if m_naive and m_chunked else "–")
-        row += ["–" if m is None else f"{m['s']:.1f}" for m in (m_naive, m_chunked)]
-        if m_naive and m_chunked:
-            row += [f"{m_naive['s'] / m_chunked['s']:.2f}",
-                    f"{abs(chunked['loss'] - naive['loss']) / abs(naive['loss']):.1e}"]
-        else:
-            row += ["–", "–"]
-        rows.append(row)
-    headers = ["method", "naive peak MiB", "naive Δ MiB", "chunked peak MiB", "chunked Δ MiB",
-               "mem ratio (peak)", "mem ratio (Δ)", "naive s", "chunked s", "time ratio", "loss rel. diff"]
-    return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
+        naive = results[tokens, variant, "naive", None]
+        m_naive = _metrics(naive)
+        row = [variant, _memory(naive), _seconds(m_naive)]
+        diffs = []
+        for chunk in chunks:
+            chunked = results[tokens, variant, "chunked", chunk]
+            m = _metrics(chunked)
+            row += [_memory(chunked), _ratio(m, m_naive, "delta"), _seconds(m), _ratio(m, m_naive, "s", "cpu")]
+            if m and m_naive:
+                diffs.append(abs(chunked["loss"] - naive["loss"]) / abs(naive["loss"]))
+        rows.append(row + [f"{max(diffs):.1e}" if diffs else "–"])
+    headers = ["method", "naive peak (Δ) MiB", "naive s (CPU s)"]
+    for chunk in chunks:
+        headers += [f"chunk {chunk} peak (Δ) MiB", "Δ × naive", f"chunk {chunk} s (CPU s)", "time × naive (wall / CPU)"]
+    return tabulate(rows, headers + ["loss rel. diff"], tablefmt="github", disable_numparse=True)
 
 
-def detail_table(results: dict[tuple[str, str], dict[str, Any]]) -> str:
+def detail_table(results: Results) -> str:
     """One row per worker: where the time and the memory go (forward vs backward)."""
     rows = []
-    for (variant, impl), r in results.items():
+    for (tokens, variant, impl, chunk), r in results.items():
+        where = [f"{tokens:,}", variant, impl if chunk is None else f"{impl} {chunk}"]
         if "error" in r:
-            rows.append([variant, impl, r["error"], "", "", "", "", ""])
+            rows.append(where + [r["error"], "", "", "", "", "", ""])
             continue
-        rows.append([variant, impl, f"{r['forward_s']:.1f}", f"{r['backward_s']:.1f}", f"{r['base_mib']:,.0f}",
-                     f"{r['forward_peak_mib'] - r['base_mib']:,.0f}", f"{r['peak_mib'] - r['base_mib']:,.0f}",
-                     f"{r['loss']:.6g}"])
-    headers = ["method", "impl", "forward s", "backward s", "RSS after inputs MiB", "forward peak Δ MiB",
+        rows.append(where + [f"{r['forward_s']:.1f}", f"{r['backward_s']:.1f}", f"{r['cpu_s']:.1f}", f"{r['base_mib']:,.0f}",
+                             f"{r['forward_peak_mib'] - r['base_mib']:,.0f}", f"{r['peak_mib'] - r['base_mib']:,.0f}",
+                             f"{r['loss']:.6g}"])
+    headers = ["tokens", "method", "impl", "forward s", "backward s", "CPU s", "RSS after inputs MiB", "forward peak Δ MiB",
                "peak Δ MiB", "loss"]
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
 
 
-def environment(shape: Shape, mem_limit_gb: float) -> str:
-    full = shape.tokens * shape.vocab * 4 / MIB
-    return "\n".join([
-        (f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
-         f"{os.cpu_count()} CPUs, {THREADS} torch threads per worker, fp32 on CPU"),
-        (f"tokens {shape.tokens:,}, vocab {shape.vocab:,}, hidden {shape.hidden:,} (student and teacher), "
-         f"chunk size {shape.chunk_size:,} ({-(-shape.tokens // shape.chunk_size)} chunks)"),
-        (f"one (tokens × vocab) fp32 tensor: {full:,.0f} MiB; "
-         f"one head weight: {shape.vocab * shape.hidden * 4 / MIB:,.0f} MiB"),
-        f"worker address-space limit {mem_limit_gb:g} GiB; one timed forward+backward per worker, no warm-up",
-    ])
+def environment(vocab: int, hidden: int, tokens: list[int], chunks: list[int], mem_limit_gb: float) -> str:
+    lines = [(f"torch {torch.__version__}, Python {platform.python_version()}, {platform.machine()}, "
+              f"{os.cpu_count()} CPUs, {THREADS} torch threads per worker, fp32 on CPU"),
+             (f"vocab {vocab:,}, hidden {hidden:,} (student and teacher); one head weight "
+              f"{vocab * hidden * 4 / MIB:,.0f} MiB; chunk sizes {', '.join(f'{c:,}' for c in chunks)}")]
+    lines += [f"tokens {n:,}: one (tokens × vocab) fp32 tensor {n * vocab * 4 / MIB:,.0f} MiB; chunks "
+              + ", ".join(f"{-(-n // c)} of {c:,}" for c in chunks) for n in tokens]
+    lines.append(f"worker address-space limit {mem_limit_gb:g} GiB; one timed forward+backward per worker, no warm-up")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
-                        help=f"valid tokens (default {DEFAULT_TOKENS}; 4096 does not fit the naive path in 18 GiB)")
+    parser.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS),
+                        help="valid token counts (default 1536 4096; 4096 does not fit the naive path in 18 GiB)")
     parser.add_argument("--vocab", type=int, default=152_064, help="vocabulary size (default 152064)")
     parser.add_argument("--hidden", type=int, default=1536, help="hidden size of both models (default 1536)")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="chunked path's tokens per chunk (default 1024)")
+    parser.add_argument("--chunk-size", type=int, nargs="+", default=list(DEFAULT_CHUNKS),
+                        help="chunked path's tokens per chunk (default 256 1024)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="what to measure")
     parser.add_argument("--mem-limit-gb", type=float, default=18.0,
                         help="address-space limit of each worker in GiB (default 18)")
@@ -290,13 +313,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.worker and (args.worker[0] not in VARIANTS or args.worker[1] not in IMPLS):
         parser.error(f"--worker takes a variant in {VARIANTS} and an implementation in {IMPLS}")
+    if args.worker and (len(args.tokens) > 1 or len(args.chunk_size) > 1):
+        parser.error("--worker measures one size: give one --tokens and one --chunk-size")
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    shape = Shape(args.tokens, args.vocab, args.hidden, args.chunk_size)
     if args.worker:
+        shape = Shape(args.tokens[0], args.vocab, args.hidden, args.chunk_size[0])
         print(json.dumps(worker(*args.worker, shape, args.mem_limit_gb)))
         return
     torch.set_num_threads(THREADS)
@@ -304,15 +329,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"check: naive and chunked agree (loss, grads) for {', '.join(VARIANTS)} at {CHECK_SHAPE}", flush=True)
     if args.check:
         return
-    print(environment(shape, args.mem_limit_gb), flush=True)
-    results = {}
-    for variant in args.variants:
-        for impl in IMPLS:
-            results[variant, impl] = r = run_worker(variant, impl, shape, args.mem_limit_gb)
-            status = r.get("error") or (f"peak {r['peak_mib']:,.0f} MiB (Δ {r['peak_mib'] - r['base_mib']:,.0f}), "
-                                        f"{r['forward_s'] + r['backward_s']:.1f} s")
-            print(f"  {variant} {impl}: {status}", file=sys.stderr, flush=True)
-    print("\n" + summary_table(results, args.variants) + "\n\n" + detail_table(results))
+    print(environment(args.vocab, args.hidden, args.tokens, args.chunk_size, args.mem_limit_gb), flush=True)
+    results: Results = {}
+    for tokens in args.tokens:
+        for variant in args.variants:  # the naive worker beside the chunked ones: ratios from one stretch of time
+            for impl, chunk in [("naive", None)] + [("chunked", c) for c in args.chunk_size]:
+                shape = Shape(tokens, args.vocab, args.hidden, chunk or args.chunk_size[0])
+                results[tokens, variant, impl, chunk] = r = run_worker(variant, impl, shape, args.mem_limit_gb)
+                status = r.get("error") or (f"peak {r['peak_mib']:,.0f} MiB (Δ {r['peak_mib'] - r['base_mib']:,.0f}), "
+                                            f"{r['forward_s'] + r['backward_s']:.1f} s, {r['cpu_s']:.1f} CPU s")
+                print(f"  {tokens} {variant} {impl}{'' if chunk is None else f' {chunk}'}: {status}",
+                      file=sys.stderr, flush=True)
+    for tokens in args.tokens:
+        print(f"\n{tokens:,} tokens\n\n" + summary_table(results, tokens, args.variants, args.chunk_size))
+    print("\n" + detail_table(results))
 
 
 if __name__ == "__main__":

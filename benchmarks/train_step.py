@@ -99,7 +99,8 @@ def build(workdir: Path, args: argparse.Namespace) -> dict:
     pair["training"].update(steps=args.steps, micro_batch_size=args.micro_batch_size, max_length=args.max_length,
                             gradient_accumulation_steps=1, checkpoint_every=0, log_every=args.warmup)
     (workdir / f"config/pairs/{PAIR}.yaml").write_text(yaml.safe_dump(pair))
-    grid = yaml.safe_load((workdir / "config/tiny.yaml").read_text()) | {"pairs": [PAIR], "methods": ["fkl"]}
+    grid = yaml.safe_load((workdir / "config/tiny.yaml").read_text())
+    grid["tables"] = [{"name": "bench", "pairs": [PAIR], "methods": ["fkl"]}]  # the one run measured
     (workdir / "grid.yaml").write_text(yaml.safe_dump(grid))
 
     paths = generate_data(workdir / "results/data", seed=0, n_train=args.n_train, n_valid=10, n_eval=10)

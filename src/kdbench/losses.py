@@ -15,12 +15,21 @@ Backpropagated without DeepSpeed's 1/gas scaling and averaged over ranks by Deep
 exactly the mean over the step's N_global tokens when every w_i = 1, whatever the micro-batching;
 with a token policy, each micro-batch's weighted mean counts by its share of tokens.
 
-Memory: given the models' final hidden states and output heads (`student_head`, `teacher_head`),
-logits are computed `chunk_size` tokens at a time and recomputed in backward (activation
-checkpointing per chunk, as fused-linear losses do), so neither model's full (tokens × vocab)
-logits are ever alive at once. A token policy that needs global statistics (top-r% selection,
-medians) gets them from a cheap no-grad first pass over the same chunks: `token_stats` per chunk,
-then `plan` on the concatenated statistics. Without heads, the inputs are logits (tests, small vocab).
+Memory and time: given the models' final hidden states and output heads (`student_head`,
+`teacher_head`), the loss works `chunk_size` tokens at a time and computes its gradient in the
+forward pass, as fused linear-cross-entropy losses do: per chunk, both heads' logits once, the loss,
+and right away its gradient with respect to the chunk's student hidden states and the student head's
+trainable tensors, accumulated, then the chunk's logits are freed. Backward only hands the stored
+gradients to autograd (`_Gradients`), so neither model's full (tokens × vocab) logits are ever alive
+at once and no chunk is recomputed. The harness's own steps (log-softmax, temperatures, the
+vocabulary floor, the token weights, the cross-entropy, a linear head) are differentiated by hand
+with the same kernels autograd uses, so the gradients are autograd's to the bit for one chunk; the
+divergence plugin is differentiated by autograd on the chunk, so any plugin works unchanged. Work
+that changes nothing is skipped: the cross-entropy's gradient at weight 0 (its value is still
+logged), division by a temperature of 1, row selection when every token is kept. A token policy
+that needs global statistics (top-r% selection, medians) gets them from a cheap no-grad first pass
+over the same chunks: `token_stats` per chunk, then `plan` on the concatenated statistics. Without
+heads, the inputs are logits (tests, small vocab).
 """
 
 from __future__ import annotations
@@ -31,7 +40,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
 NEG_FLOOR = -1e30  # -inf vocabulary padding → a finite floor: exp() is still 0, but 0·(−inf) NaNs vanish
@@ -69,6 +77,20 @@ class LossParts:
     temperature: torch.Tensor | None  # student τ of the selected tokens, for logging
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """An output head that is one linear map, `F.linear(h, weight, bias)`. A plain `nn.Linear` head
+    is applied as one (so is a ZeRO-3 head's gathered weight, see `models.Heads`): the loss then
+    differentiates it by hand, two matmuls per chunk, with the weight's gradient accumulated in place.
+    Any other head (a LoRA-wrapped module, a function) is differentiated by autograd per chunk."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight, self.bias)
+
+
 def valid_positions(outputs: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Next-token alignment and masking: the outputs and labels of response tokens only, flattened."""
     outputs, labels = outputs[:, :-1], labels[:, 1:]
@@ -80,13 +102,44 @@ def count_valid(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE).sum())
 
 
+def _linear(head: Callable | None) -> LinearHead | None:
+    if isinstance(head, LinearHead):
+        return head
+    if type(head) is torch.nn.Linear and not (head._forward_hooks or head._forward_pre_hooks):
+        return LinearHead(head.weight, head.bias)
+    return None
+
+
 def _logits(h: torch.Tensor, head: Callable | None) -> torch.Tensor:
     return (head(h) if head is not None else h).float()
 
 
+def _below_floor(z: torch.Tensor) -> bool:
+    return z.numel() > 0 and bool(z.amin() < NEG_FLOOR)
+
+
 def _aligned(z: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Compare over the shared real vocabulary (padding rows dropped); -inf floored."""
-    return z[:, :vocab_size].clamp_min(NEG_FLOOR)
+    z = z[:, :vocab_size]
+    return z.clamp_min(NEG_FLOOR) if _below_floor(z) else z
+
+
+def _log_probs(z: torch.Tensor, vocab_size: int, tau: torch.Tensor | None, owned: bool):
+    """log_softmax(aligned(z) / τ) and the mask of entries the floor left alone (None: all of them).
+    `owned`: z is this module's own tensor, so τ may divide it in place."""
+    z = z[:, :vocab_size]
+    kept = None
+    if _below_floor(z):
+        kept = z >= NEG_FLOOR
+        z, owned = z.clamp_min(NEG_FLOOR), True
+    if tau is not None:
+        z = z.div_(tau[:, None]) if owned else z / tau[:, None]
+    return F.log_softmax(z, -1), kept
+
+
+def _log_softmax_backward(grad: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """The gradient wrt log_softmax's input, by the kernel autograd itself uses."""
+    return torch._log_softmax_backward_data(grad, logp, -1, logp.dtype)
 
 
 def objective(
@@ -117,39 +170,252 @@ def objective(
     if distill:
         plan = _plan(h_s, h_t, targets, chunks, student_head, teacher_head, vocab_size, policy, progress)
 
-    def terms(h_s_c, h_t_c, targets_c, *plan_c):
-        z_s = _logits(h_s_c, student_head)
-        ce = F.cross_entropy(z_s, targets_c, reduction="sum")
-        if not distill:
-            return ce, ce.new_zeros(())
-        w, tau_s, tau_t, scale = plan_c
-        sel = w > 0
-        z_t = _aligned(_logits(h_t_c[sel], teacher_head), vocab_size)
-        z_s = _aligned(z_s[sel], vocab_size)
-        values = divergence(F.log_softmax(z_s / tau_s[sel, None], -1), F.log_softmax(z_t / tau_t[sel, None], -1),
-                            **(hparams or {}))
-        return ce, (w[sel] * scale[sel] * values).sum()
+    def total(ce_sum, kd_sum):
+        """The micro-batch loss from its sums, and KD_mb."""
+        kd_mean = kd_sum / plan.weight.sum() if distill else kd_sum
+        return world_size / n_global * ((1 - kd_ratio) * ce_sum + kd_ratio * n * kd_mean), kd_mean
+
+    student = _StudentHead(student_head, h_s)
+    chunk = _Chunk(student, teacher_head, vocab_size, divergence, hparams or {}, train_ce=kd_ratio < 1,
+                   coefficients=_coefficients(total, h_s.device) if torch.is_grad_enabled() else None)
+    weighted = policy is not None
+    unit_tau = {"student": not weighted, "teacher": not weighted}
+    if distill and weighted:
+        unit_tau = {"student": bool((plan.tau_student == 1).all()), "teacher": bool((plan.tau_teacher == 1).all())}
 
     ce_sum, kd_sum = h_s.new_zeros((), dtype=torch.float32), h_s.new_zeros((), dtype=torch.float32)
     for c in chunks:
-        args = (h_s[c], h_t[c] if distill else None, targets[c])
+        plan_c = None
         if distill:
-            args += (plan.weight[c], plan.tau_student[c], plan.tau_teacher[c], plan.scale[c])
-        ce_c, kd_c = checkpoint(terms, *args, use_reentrant=False) if chunk_size else terms(*args)
+            plan_c = (plan.weight[c], None if unit_tau["student"] else plan.tau_student[c],
+                      None if unit_tau["teacher"] else plan.tau_teacher[c], plan.scale[c] if weighted else None)
+        ce_c, kd_c = chunk(c, h_t[c] if distill else None, targets[c], plan_c)
         ce_sum, kd_sum = ce_sum + ce_c, kd_sum + kd_c
+    if student.grads is not None:
+        ce_sum, kd_sum = _Gradients.apply(ce_sum, kd_sum, chunk.coefficients, student.grads, h_s, *student.params)
 
     n_selected, temps = 0, None
-    kd_mean = h_s.new_zeros((), dtype=torch.float32)
     if distill:
         if plan.feature_weight is not None:
             hard = plan.feature_weight > 0
             feats = policy.feature_loss(h_s[hard].float(), h_t[hard].float())
             kd_sum = kd_sum + (plan.weight[hard] * plan.feature_weight[hard] * feats).sum()
-        kd_mean = kd_sum / plan.weight.sum()
         selected = plan.weight > 0
         n_selected, temps = int(selected.sum()), plan.tau_student[selected]
-    loss = world_size / n_global * ((1 - kd_ratio) * ce_sum + kd_ratio * n * kd_mean)
+    loss, kd_mean = total(ce_sum, kd_sum)
     return LossParts(loss, ce_sum.item(), kd_mean.item(), n, n_selected, temps)
+
+
+def _coefficients(total: Callable, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """d loss / d Σ CE and d loss / d Σ KD, computed by autograd through `total` exactly as the real
+    backward will compute them: the chunks' gradients are scaled by these in the forward pass."""
+    ce, kd = (torch.zeros((), device=device, requires_grad=True) for _ in range(2))
+    with torch.enable_grad():
+        loss, _ = total(ce, kd)
+    return tuple(g if g is not None else torch.zeros((), device=device)
+                 for g in torch.autograd.grad(loss, (ce, kd), allow_unused=True))
+
+
+class _StudentHead:
+    """The student's output head over the N valid hidden states `h`, applied a chunk at a time, and
+    the gradients of `h` and of the head's trainable tensors (`params`), accumulated chunk by chunk."""
+
+    def __init__(self, head: Callable | None, h: torch.Tensor):
+        self.head, self.h, self.linear = head, h, _linear(head)
+        grad_mode = torch.is_grad_enabled()
+        self.h_grad = grad_mode and h.requires_grad
+        self.generic = grad_mode and head is not None and self.linear is None  # autograd differentiates it
+        self.params: list[torch.Tensor] | None = []
+        if self.generic:
+            self.params = None  # found in the first chunk's graph
+        elif grad_mode and self.linear is not None:
+            self.params = [p for p in (self.linear.weight, self.linear.bias) if p is not None and p.requires_grad]
+        self.grads: list[torch.Tensor | None] | None = None  # [d h, d params...], once a chunk is done
+        self._graph = None  # generic head: (h leaf, head output) of the current chunk
+
+    @property
+    def wants_grad(self) -> bool:
+        return self.h_grad or bool(self.params)
+
+    def logits(self, c: slice) -> tuple[torch.Tensor, bool]:
+        """Chunk c's logits, fp32 and detached, and whether they are this module's to modify in place."""
+        h = self.h[c].detach()
+        if self.generic:
+            out = self.head(h.requires_grad_(self.h_grad))
+            if self.params is None:
+                self.params = _leaves(out, exclude=h)
+            self._graph = (h, out) if out.requires_grad else None
+            z, owned = out.detach(), False
+        elif self.head is None:
+            z, owned = h, False
+        else:
+            with torch.no_grad():
+                z = self.head(h)
+            owned = self.linear is not None
+        self._dtype = z.dtype
+        return z.float(), owned or z.dtype != torch.float32
+
+    def backward(self, c: slice, dz: torch.Tensor) -> None:
+        """Back-propagate chunk c's logits gradient `dz` (fp32, all head rows) into the accumulators."""
+        if self.grads is None:
+            self.grads = [torch.zeros_like(self.h) if self.h_grad else None] + [None] * len(self.params)
+        dz = dz.to(self._dtype)
+        with torch.no_grad():
+            if self.head is None:
+                self.grads[0][c] = dz
+            elif self.linear is not None:
+                h, weight = self.h[c].detach(), self.linear.weight
+                if self.h_grad:
+                    torch.mm(dz, weight, out=self.grads[0][c])
+                for i, p in enumerate(self.params, 1):
+                    acc = self.grads[i]
+                    if p is weight:  # the same products autograd forms for F.linear; later chunks add in place
+                        self.grads[i] = dz.t().mm(h) if acc is None else acc.addmm_(dz.t(), h)
+                    else:
+                        self.grads[i] = dz.sum(0) if acc is None else acc.add_(dz.sum(0))
+            elif self._graph is not None:
+                h, out = self._graph
+                self._graph = None
+                inputs = ([h] if self.h_grad else []) + self.params
+                found = list(torch.autograd.grad(out, inputs, dz, allow_unused=True))
+                if self.h_grad:
+                    self.grads[0][c] = found.pop(0)
+                for i, g in enumerate(found, 1):
+                    if g is not None:
+                        self.grads[i] = g if self.grads[i] is None else self.grads[i].add_(g)
+
+
+def _leaves(out: torch.Tensor, exclude: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors requiring grad that autograd would accumulate into (its leaves) behind `out`,
+    other than `exclude`: a generic head's trainable tensors (LoRA adapters, a tied weight, ...)."""
+    found, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        var = getattr(fn, "variable", None)  # an AccumulateGrad node
+        if var is not None and var is not exclude and all(var is not f for f in found):
+            found.append(var)
+        stack.extend(f for f, _ in fn.next_functions)
+    return found
+
+
+class _Chunk:
+    """One chunk's Σ CE and Σ w·c·D, and (when the student needs grad) their gradient, scaled by the
+    loss's coefficients, handed to the student head's accumulators."""
+
+    def __init__(self, student: _StudentHead, teacher_head, vocab_size, divergence, hparams, train_ce, coefficients):
+        self.student, self.teacher_head, self.vocab_size = student, teacher_head, vocab_size
+        self.divergence, self.hparams, self.coefficients = divergence, hparams, coefficients
+        self.train_ce = train_ce  # the CE term has a non-zero weight: its gradient is needed
+        self.teacher_owned = _linear(teacher_head) is not None
+
+    def __call__(self, c: slice, h_t: torch.Tensor | None, targets: torch.Tensor, plan_c) -> tuple:
+        z, owned = self.student.logits(c)
+        grad = self.student.wants_grad
+        rows, width = z.shape
+        ce = ce_logp = dz = None
+        if plan_c is None:  # no distillation: CE only
+            ce_logp = F.log_softmax(z, 1)
+            ce = F.nll_loss(ce_logp, targets, reduction="sum")
+            if grad:
+                dz = self._ce_grad(ce_logp, targets)
+            if dz is not None:
+                self.student.backward(c, dz)
+            return ce, torch.zeros_like(ce)
+
+        weight, tau_s, tau_t, scale = plan_c
+        sel = weight > 0
+        every = bool(sel.all())
+        # log_softmax(z) of the student doubles as the CE's when the KD term sees the very same logits.
+        shared = every and tau_s is None and width == self.vocab_size
+        if not shared:  # CE first: the KD term below may divide z in place
+            if grad and self.train_ce:
+                ce_logp = F.log_softmax(z, 1)
+                ce = F.nll_loss(ce_logp, targets, reduction="sum")
+            else:
+                ce = F.cross_entropy(z, targets, reduction="sum")
+        with torch.no_grad():
+            z_t = _logits(h_t if every else h_t[sel], self.teacher_head)
+            t_logp, _ = _log_probs(z_t, self.vocab_size, tau_t if every or tau_t is None else tau_t[sel],
+                                   self.teacher_owned or not every or z_t.dtype != h_t.dtype)
+            del z_t
+        s_logp, kept = _log_probs(z if every else z[sel], self.vocab_size,
+                                  tau_s if every or tau_s is None else tau_s[sel], owned or not every)
+        if shared:
+            if kept is None:
+                ce_logp = s_logp
+            elif grad and self.train_ce:
+                ce_logp = F.log_softmax(z, 1)
+            ce = F.nll_loss(ce_logp, targets, reduction="sum") if ce_logp is not None else \
+                F.cross_entropy(z, targets, reduction="sum")
+        del z  # from here on a chunk holds its log-probs only
+        factor = None if scale is None else (weight * scale if every else weight[sel] * scale[sel])
+        if not grad:
+            values = self.divergence(s_logp, t_logp, **self.hparams)
+            return ce, (values if factor is None else factor * values).sum()
+
+        leaf = s_logp.detach().requires_grad_()  # the plugin is differentiated by autograd
+        with torch.enable_grad():
+            values = self.divergence(leaf, t_logp, **self.hparams)
+            kd = (values if factor is None else factor * values).sum()
+        del t_logp, values
+        (d_logp,) = torch.autograd.grad(kd, leaf, self.coefficients[1], allow_unused=True)
+        del leaf
+        dz_kd = _log_softmax_backward(d_logp, s_logp) if d_logp is not None else torch.zeros_like(s_logp)
+        del d_logp, s_logp
+        if tau_s is not None:
+            dz_kd.div_((tau_s if every else tau_s[sel])[:, None])
+        if kept is not None:
+            dz_kd.masked_fill_(~kept, 0.0)
+        if every and width == self.vocab_size:
+            dz = dz_kd
+        else:
+            dz = dz_kd.new_zeros(rows, width)
+            dz[sel, :self.vocab_size] = dz_kd
+        del dz_kd
+        if self.train_ce:
+            dz += self._ce_grad(ce_logp, targets)
+        del ce_logp
+        self.student.backward(c, dz)
+        return ce.detach(), kd.detach()
+
+    def _ce_grad(self, logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """d (coefficient · Σ CE) / d logits: nll_loss's backward (−coefficient at each target), then
+        log_softmax's."""
+        d = torch.zeros_like(logp)
+        d[torch.arange(len(targets), device=d.device), targets] = -self.coefficients[0]
+        return _log_softmax_backward(d, logp)
+
+
+class _Gradients(torch.autograd.Function):
+    """Σ CE and Σ KD of the micro-batch's chunks, whose gradients with respect to the student hidden
+    states and head tensors (`inputs`) were computed in the forward pass, already multiplied by the
+    loss's coefficients: backward hands them over, scaled only if autograd brings back other
+    coefficients (a loss scaled on its way to backward)."""
+
+    @staticmethod
+    def forward(ctx, ce_sum, kd_sum, coefficients, grads, *inputs):
+        ctx.coefficients, ctx.grads = coefficients, grads
+        return ce_sum.clone(), kd_sum.clone()
+
+    @staticmethod
+    def backward(ctx, d_ce, d_kd):
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("kdbench.losses.objective: its loss was back-propagated twice; the gradient "
+                               "is computed in the forward pass and handed over once.")
+        ce0, kd0 = ctx.coefficients
+        if not (torch.equal(d_ce, ce0) and torch.equal(d_kd, kd0)):
+            factor = d_kd / kd0 if kd0 != 0 else d_ce / ce0
+            if not (torch.allclose(d_ce, ce0 * factor) and torch.allclose(d_kd, kd0 * factor)):
+                raise RuntimeError("kdbench.losses.objective: back-propagate its `loss` (or a multiple of it), "
+                                   "not Σ CE and Σ KD with other weights.")
+            for g in grads:
+                if g is not None:
+                    g.mul_(factor)
+        return (None, None, None, None, *grads)
 
 
 @torch.no_grad()

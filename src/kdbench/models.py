@@ -200,7 +200,7 @@ class LastHidden(torch.nn.Module):
 
 class Heads:
     """The student's and teacher's output heads as `kdbench.losses` applies them: outside the
-    models' forward, chunk by chunk, and again in backward (recomputed chunks).
+    models' forward, chunk by chunk (the student head's gradient computed in the same pass).
 
     A head of a model that is not under ZeRO-3 is the module itself, and `gather`/`release` do
     nothing. Under ZeRO-3 (the student's engine with config/deepspeed/zero3*.json, or the teacher's
@@ -209,8 +209,8 @@ class Heads:
     once per call, and ranks whose micro-batches have different token counts make different numbers
     of chunked calls, so their collectives would no longer match. Instead `gather` all-gathers the
     partitioned head weights once per micro-batch on every rank (`deepspeed.zero.GatheredParameters`,
-    read-only: modifier_rank None) and returns heads that apply the full weights with `F.linear`;
-    the weight is the engine's own parameter, so the student head's gradient reaches ZeRO-3's
+    read-only: modifier_rank None) and returns heads that apply the full weights with `F.linear`
+    (`kdbench.losses.LinearHead`); the weight is the engine's own parameter, so the student head's gradient reaches ZeRO-3's
     gradient reduction like any other. `release` partitions them again, after the micro-batch's
     backward. Call `gather` after the models' forward: a head tied to the input embeddings is
     released by the embedding's own hooks at the end of that forward."""
@@ -236,7 +236,9 @@ class Heads:
 
             self._gathered = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
             self._gathered.__enter__()
-        return [(lambda h, head=head: torch.nn.functional.linear(h, head.weight, head.bias)) if partitioned else head
+        from kdbench.losses import LinearHead
+
+        return [LinearHead(head.weight, head.bias) if partitioned else head
                 for head, partitioned in zip(self.modules, self.partitioned)]
 
     def release(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -81,9 +83,19 @@ def model(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     ],
 )
 def test_rouge_l_matches_rouge_score(prediction: str, references: list[str]) -> None:
+    """Exactly rouge-score's default scorer with its stemmer, also when the stems come from the memo."""
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     expected = max(scorer.score(ref, prediction)["rougeL"].fmeasure for ref in references) * 100
-    assert rouge_l(prediction, references) == pytest.approx(expected, abs=1e-4)
+    assert rouge_l(prediction, references) == expected
+    assert rouge_l(prediction, references) == expected
+
+
+def test_importing_evaluate_skips_nltks_optional_scikit_learn_and_scipy_stats() -> None:
+    """The evaluation job's start-up cut: nltk loads without them; both import normally afterwards."""
+    code = ("import sys, kdbench.evaluate as e; assert 'sklearn' not in sys.modules and 'scipy.stats' not in "
+            "sys.modules, 'imported'; import sklearn.feature_extraction, scipy.stats; print(e.rouge_l('cats ran', ['cat ran']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "100.0", done.stderr[-2000:]
 
 
 def test_rouge_l_stems_and_takes_the_best_reference() -> None:
