@@ -176,9 +176,7 @@ def train(run: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(out, run, keep=tr["keep_checkpoints"])
     state = checkpoints.resume(engine) or {"step": 0, "micro_batches": 0, "tokens_seen": 0}
-    if state["step"]:
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+    if state["step"]:  # Checkpoints.resume has restored the RNG states too
         if policy is not None:
             policy.load_state_dicts(state["policies"])
         print(f"kdbench: resuming {out} at step {state['step']}", file=sys.stderr)
@@ -255,8 +253,7 @@ def train(run: dict) -> None:
             checkpoints.save(engine, step + 1, {
                 "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
                 "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
-                "best": selector.best if selector else None,
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
+                "best": selector.best if selector else None})
     metrics.close()
     heads.release()
     if selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
