@@ -258,6 +258,8 @@ class Grid:
             known = sorted({"sft", *defs, *self.plugins})
             raise KDBenchError(f"{where}: unknown method '{base}'. Known: {', '.join(known)} "
                                f"(plugins in methods/ and labels in method_defs).")
+        if suffix and spec.get("policy_divergence"):  # under a token policy this method distils with another loss
+            spec = {**spec, "divergence": spec["policy_divergence"], "hp": {}}
         method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
                   "divergence": None, "policies": [], "source": spec.get("source", "off_policy"),
                   "source_hp": spec.get("source_hp", {}), "init_from": spec.get("init_from"),

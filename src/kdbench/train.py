@@ -165,12 +165,17 @@ def train(run: dict) -> None:
             student_head=student_head, teacher_head=teacher_head,
             chunk_size=tr["loss_chunk_size"])
 
-    def kd_loss_of(mb):
-        """Plain token-mean loss (no token policy) of one batch, for validation."""
+    def valid_ce_of(mb):
+        """The student's token-mean cross-entropy on one batch in eval mode (DistiLLM's validation loss)."""
+        mb = {k: v.to(engine.device) for k, v in mb.items()}
+        engine.eval()
         with torch.no_grad():
-            loss = micro_batch_loss(mb, losses.count_valid(mb["labels"]), 1.0, policy=None).loss.item() / world
+            s_hidden = engine(mb["input_ids"], mb["attention_mask"])
+            parts = losses.objective(s_hidden, None, mb["labels"], vocab_size=vocab_size, kd_ratio=0.0, n_global=1,
+                                     student_head=heads.gather()[0], chunk_size=tr["loss_chunk_size"])
         heads.release()
-        return loss
+        engine.train()
+        return parts.ce_sum / max(parts.n_tokens, 1)
 
     # Resume from the newest good checkpoint of this exact run config, if any.
     out.mkdir(parents=True, exist_ok=True)
@@ -190,6 +195,8 @@ def train(run: dict) -> None:
     if source.needs_validation:
         valid = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["valid"])]
         steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
+        if not state["step"]:  # DistiLLM evaluates before training; its θ compares later epochs with this
+            source.begin(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
     selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"),
                                 synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
@@ -232,7 +239,7 @@ def train(run: dict) -> None:
         if policy is not None and n_used:
             policy.observe(kd_loss)
         if source.needs_validation and (step + 1) % steps_per_epoch == 0:
-            source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], kd_loss_of))
+            source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
         tokens_seen, tokens_here = tokens_seen + n_global, tokens_here + n_global
         valid_rouge = None
         if selector is not None and ((step + 1) % tr["select_every"] == 0 or step == tr["steps"] - 1):
@@ -240,6 +247,7 @@ def train(run: dict) -> None:
         if step % tr["log_every"] == 0 or step == tr["steps"] - 1 or valid_rouge is not None:
             record = _metrics_record(step, lr, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
                                      temps, tokens_here / (time.perf_counter() - start))
+            record.update(source.metrics())  # GKD/DistiLLM: student-sampled (and replayed) batches so far, θ
             if valid_rouge is not None:
                 record["valid_rougeL"] = valid_rouge
             if skipped_total:
@@ -398,7 +406,7 @@ class BestByValidRouge:
 
 
 def _validation_loss(examples: list[dict], pad_id: int, batch_size: int, loss_of) -> float:
-    """Token-weighted mean loss over the validation set (DistiLLM's adaptive schedule reads it)."""
+    """Token-weighted mean of `loss_of` (a batch's token-mean loss) over the validation set."""
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = collate(examples[i:i + batch_size], pad_id)

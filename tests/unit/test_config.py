@@ -106,6 +106,19 @@ def test_resolved_runs(tiny, repo):
     assert teacher["training"]["steps"] == g.pairs[PAIR]["teacher"]["sft"]["steps"]
 
 
+def test_gkd_and_distillm_distil_with_reverse_kl_under_adakd(repo):
+    """config/variants.yaml as shipped: GKD/DistiLLM keep JSD/SRKL alone and their data source under
+    AdaKD, where the loss is reverse KL with its defaults (as the AdaKD release's scripts run them)."""
+    g = load_grid(repo / "config" / "tiny.yaml", repo / "config" / "variants.yaml", workdir=repo)
+    for base, alone, source in (("gkd", ("js", {"lam": 0.9}), "on_policy_mixed"),
+                                ("distillm", ("srkl", {"alpha": 0.1}), "adaptive_replay")):
+        plain, adakd = g.method(base), g.method(f"{base}+adakd")
+        assert (plain["divergence"]["key"], plain["divergence"]["hp"]) == alone and not plain["policies"]
+        assert (adakd["divergence"]["key"], adakd["divergence"]["hp"]) == ("rkl", {})
+        assert plain["source"] == adakd["source"] == source and [p["key"] for p in adakd["policies"]] == ["adakd"]
+        assert plain["init_from"] == adakd["init_from"] == ("sft" if base == "distillm" else None)
+
+
 def test_distillm_starts_from_the_sft_run(tiny, repo):
     g = grid({**tiny, "methods": ["distillm", "gkd+adakd"], "method_defs": {
         "distillm": {"divergence": "srkl", "source": "adaptive_replay", "init_from": "sft"},
