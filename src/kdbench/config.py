@@ -345,6 +345,7 @@ class Grid:
             "lora": spec[role].get("lora"),
             "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
             "tokenizer": tokenizer,
+            "prompt_format": self.config["evaluation"]["prompt_format"],  # training prompts as evaluation's
             "data": {"train": method["train_data"].format(results=res, pair=pair) if method["train_data"]
                      else self.data_files["train"], "valid": self.data_files["valid"]},
             "method": method,

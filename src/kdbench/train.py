@@ -122,7 +122,8 @@ def train(run: dict) -> None:
     student = LastHidden(student_lm, extras=policy.modules() if policy else [])
 
     # Data: prompt-masked examples (the stream of micro-batches is created below, at the resume point).
-    examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
+    prompt_format = run.get("prompt_format", "minillm")  # a run.yaml written by an older kdbench has none
+    examples = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["train"])]
 
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
     trainable = [p for p in student.parameters() if p.requires_grad]
@@ -193,11 +194,11 @@ def train(run: dict) -> None:
     if state["step"]:
         source.load_state_dict(state["source"])
     if source.needs_validation:
-        valid = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["valid"])]
+        valid = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["valid"])]
         steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
         if not state["step"]:  # DistiLLM evaluates before training; its θ compares later epochs with this
             source.begin(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
-    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"),
+    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
                                 synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"])
     fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", "-1"))  # fault-injection tests only
@@ -361,10 +362,12 @@ class BestByValidRouge:
     validation examples): the trainable weights of the best step are kept beside the run and put
     back into the model before it is saved. Its state (best step and score) resumes with the run."""
 
-    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None, synced_gpus: bool = False):
+    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None, prompt_format: str,
+                 synced_gpus: bool = False):
         from kdbench.jsonl import read_jsonl
 
         self.path, self.tokenizer, self.tr = out / "best_trainable.safetensors", tokenizer, tr
+        self.prompt_format = prompt_format
         self.synced_gpus = synced_gpus  # ZeRO-3 on several ranks: generation steps in lockstep
         self.examples = read_jsonl(valid_path)[:tr["select_examples"]]
         self.best = best or {"step": None, "valid_rougeL": -1.0}
@@ -375,7 +378,8 @@ class BestByValidRouge:
         was_training = lm.training
         lm.eval()
         summary, _ = evaluate_set(lm, self.tokenizer, self.examples, set_name="valid", seeds=[0], protocol={
-            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16},
+            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16,
+            "prompt_format": self.prompt_format},
             synced_gpus=self.synced_gpus)
         lm.train(was_training)
         value = summary["rougeL_mean"]
