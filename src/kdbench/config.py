@@ -22,7 +22,7 @@ import yaml
 
 from kdbench import registry
 from kdbench.errors import KDBenchError
-from kdbench.models import check_pair_vocab
+from kdbench.models import check_pair_vocab, gguf_path
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
@@ -215,9 +215,14 @@ class Grid:
         check_schema(pair, load_yaml(schema_path(self.workdir, "pair")), str(path))
         for role in ("teacher", "student"):
             spec = pair[role]
-            need = "config" if spec["init"] == "random" else "path"
-            if need not in spec:
+            need = {"random": "config", "pretrained": "path", "gguf": "gguf"}.get(spec["init"])
+            if need and need not in spec:
                 raise KDBenchError(f"{path}: key '{role}.{need}' is required when {role}.init is {spec['init']}.")
+            if spec["init"] == "random" and "layers" in spec:
+                raise KDBenchError(f"{path}: key '{role}.layers': layers prunes a loaded model; a random-init "
+                                   f"model is sized by {role}.config (num_hidden_layers / n_layer).")
+            if spec["init"] == "gguf":  # the package must be installed (its metadata only is read)
+                gguf_path(spec, f"{path}: key '{role}.gguf'")
             if spec["init"] == "pretrained" and _local_path(spec["path"]) and not Path(spec["path"]).is_dir():
                 raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
                                    "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
@@ -332,8 +337,8 @@ class Grid:
         role = "teacher" if label == "teacher" else "student"  # the model this run trains
         # With global_batch_size: the accumulation for training.gpus (the job derives it again for its own ranks).
         training["gradient_accumulation_steps"] = accumulation_steps(training, training["gpus"], f"config/pairs/{pair}.yaml")
-        # A pretrained model brings its own tokenizer (init-model saves it beside the weights).
-        tokenizer = f"{res}/models/{pair}/{role}-init" if spec[role]["init"] == "pretrained" else f"{res}/tokenizer"
+        # A loaded model brings its own tokenizer (init-model saves it beside the weights).
+        tokenizer = f"{res}/tokenizer" if spec[role]["init"] == "random" else f"{res}/models/{pair}/{role}-init"
         ds_file = self.workdir / training["deepspeed"]
         return {
             "run": {"pair": pair, "method": label, "seed": seed, "dir": f"{res}/runs/{pair}/{label}/seed{seed}"},

@@ -82,6 +82,33 @@ def test_bad_pair_file_names_its_file(tiny, repo, tmp_path):
         Grid(tiny, "test.yaml", tmp_path)
 
 
+def test_layers_prune_loaded_models_only(tiny, repo, tmp_path):
+    import shutil
+
+    for name in ("config", "methods", "workflows"):
+        shutil.copytree(repo / name, tmp_path / name)
+    pair = tmp_path / "config" / "pairs" / f"{PAIR}.yaml"
+    spec = yaml.safe_load(pair.read_text())
+    spec["student"]["layers"] = [0]
+    pair.write_text(yaml.safe_dump(spec))
+    with pytest.raises(KDBenchError, match=rf"{PAIR}.yaml: key 'student.layers': layers prunes a loaded model; "
+                                           r"a random-init model is sized by student.config"):
+        Grid(tiny, "test.yaml", tmp_path)
+
+
+def test_the_smollm2_grid_resolves_to_local_models_and_chat_prompts(repo):
+    """config/smollm2.yaml: the converted teacher and the student cut from it bring their own
+    tokenizer (not the generated one); training uses the chat prompts evaluation uses."""
+    g = load_grid(repo / "config" / "smollm2.yaml", repo / "config" / "variants.yaml", workdir=repo)
+    pair = "smollm2-pruned_from_smollm2-135m"
+    assert g.runs() == [(pair, m, 1) for m in ("sft", "fkl", "fkl+adakd", "rkl", "rkl+adakd")]
+    run = g.resolve_run(pair, "rkl+adakd", 1)
+    assert run["student"] == run["tokenizer"] == f"results/models/{pair}/student-init"
+    assert run["teacher"] == g.teacher_path(pair) == f"results/models/{pair}/teacher-init"
+    assert run["prompt_format"] == "chat" and run["lora"] is None
+    assert g.resolve_run(pair, "sft", 1)["teacher"] is None
+
+
 def test_cli_overrides_arrive_as_strings(tiny, repo):
     cfg = {**tiny, "seeds": ["1", "2"], "methods": "fkl"}
     assert grid(cfg, repo).runs() == [(PAIR, "fkl", 1), (PAIR, "fkl", 2)]

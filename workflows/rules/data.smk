@@ -1,4 +1,5 @@
-# The embedded default's inputs: generated instruction data, a local tokenizer, initial models.
+# The embedded default's inputs: generated instruction data, a local tokenizer, initial models
+# (random-init, copied from the hub, converted once from a GGUF file, or cut from the teacher's).
 
 
 rule data:
@@ -39,11 +40,11 @@ rule init_model:
     output:
         directory(f"{RES}/models/{{pair}}/{{role}}-init"),
     params:
-        tokenizer=lambda w: " ".join(f"--tokenizer {path}" for key, path in init_model_inputs(w).items() if key == "tokenizer"),
+        sources=lambda w: " ".join(f"--{key} {path}" for key, path in init_model_inputs(w).items() if key != "pair"),
     log:
         f"{RES}/logs/init_model/{{pair}}/{{role}}.log",
     conda:
         ENV
     shell:
-        "kdbench init-model --pair {input.pair} --role {wildcards.role} {params.tokenizer}"
+        "kdbench init-model --pair {input.pair} --role {wildcards.role} {params.sources}"
         " --out {output} > {log} 2>&1"
