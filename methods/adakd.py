@@ -92,6 +92,7 @@ def ctkd_temperature(t: float, *, tau_min: float, tau_max: float) -> float:
 INDICATORS = ("hellinger", "fkl", "rkl", "ce", "js", "nmt_topk")
 SCHEDULES = ("latf", "fixed", "linear", "cosine")
 TEMPERATURES = ("idts", "fixed", "ctkd", "logit_std")
+LATF_RESETS = ("trigger", "change")  # when L_ref follows the EMA: any threshold crossing (release), or r changed
 
 
 def _number(name, value):
@@ -156,9 +157,15 @@ class AdaKD:
          L̄_t = β·L̄_{t−1} + (1−β)·L_t (initialised with the first value), ratio r (starts at 1),
          reference L_ref. The first floor(`warmup`·total_steps) steps keep r = 1 and end with
          L_ref = L̄. After warm-up, each step: L̄ < L_ref(1−ε) → r ← max(r_min, r(1−δ));
-         L̄ > L_ref(1+ε) → r ← min(1, r(1+δ)); after any change L_ref ← L̄.
+         L̄ > L_ref(1+ε) → r ← min(1, r(1+δ)). When L_ref is reset is `latf_reset`:
+         - "trigger" (default; the AdaKD release, distillation.py of github.com/SassyRong/AdaKD):
+           L_ref ← L̄ whenever L̄ leaves [L_ref(1−ε), L_ref(1+ε)], also when r is already at its
+           bound (r_min or 1) and so cannot move: a loss that keeps falling while r sits at r_min
+           moves the reference down with it, and a later rise is measured from there.
+         - "change" (docs/METHODS.md §2 read literally, "after any change L_ref ← L̄"): L_ref ← L̄ only
+           when r actually changed; at a saturated bound the old reference stays.
          Knobs: beta β = 0.99, eps ε = 0.05, delta δ = 0.05, warmup = 0.05 (each in [0, 1));
-         r_min = 0.1 in (0, 1].
+         r_min = 0.1 in (0, 1]; latf_reset "trigger" or "change".
        - "fixed": r = `r_fixed` (default 1.0, in (0, 1]); r_fixed 1.0 keeps every token.
        - "linear": r(t) = r0 + (r1 − r0)·t; `r0` = 1.0, `r1` = 0.75, each in (0, 1].
        - "cosine": r(t) = r1 + (r0 − r1)·(1 + cos(π t))/2 (r0 at t = 0, r1 at t = 1).
@@ -204,7 +211,7 @@ class AdaKD:
     changes across steps; the other parts are functions of t).
 
     Invalid hyper-parameters raise ValueError naming the parameter, its value and the allowed
-    values: indicator/schedule/temperature outside the lists above; r_min, r_fixed, r0, r1 outside
+    values: indicator/schedule/temperature/latf_reset outside the lists above; r_min, r_fixed, r0, r1 outside
     (0, 1]; tau_base, tau_fixed, tau_min, tau_max ≤ 0; beta, eps, delta, warmup outside [0, 1);
     c not finite; topk_k not an integer ≥ 1.
 
@@ -230,8 +237,9 @@ class AdaKD:
                  warmup: float = 0.05, r_min: float = 0.1, tau_base: float = 1.0, c: float = 0.5,
                  indicator: str = "hellinger", schedule: str = "latf", temperature: str = "idts",
                  r_fixed: float = 1.0, r0: float = 1.0, r1: float = 0.75, tau_fixed: float = 1.0,
-                 tau_min: float = 1.0, tau_max: float = 2.0, topk_k: int = 5):
+                 tau_min: float = 1.0, tau_max: float = 2.0, topk_k: int = 5, latf_reset: str = "trigger"):
         _check_choice("indicator", indicator, INDICATORS)
+        _check_choice("latf_reset", latf_reset, LATF_RESETS)
         _check_choice("schedule", schedule, SCHEDULES)
         _check_choice("temperature", temperature, TEMPERATURES)
         for name, value in (("beta", beta), ("eps", eps), ("delta", delta), ("warmup", warmup)):
@@ -248,7 +256,7 @@ class AdaKD:
         self.beta, self.eps, self.delta, self.r_min = beta, eps, delta, r_min
         self.r_fixed, self.r0, self.r1 = r_fixed, r0, r1
         self.tau_base, self.c, self.tau_fixed, self.tau_min, self.tau_max = tau_base, c, tau_fixed, tau_min, tau_max
-        self.topk_k = topk_k
+        self.topk_k, self.latf_reset = topk_k, latf_reset
         self.warmup_steps = math.floor(warmup * total_steps)
         self.ema: float | None = None
         self.ratio = 1.0 if schedule == "latf" else self._scheduled(0.0)
@@ -330,12 +338,14 @@ class AdaKD:
         elif self.ref is None:
             self.ref = self.ema
         else:
-            ratio = self.ratio
+            ratio, crossed = self.ratio, True
             if self.ema < self.ref * (1 - self.eps):
                 ratio = max(self.r_min, ratio * (1 - self.delta))
             elif self.ema > self.ref * (1 + self.eps):
                 ratio = min(1.0, ratio * (1 + self.delta))
-            if ratio != self.ratio:
+            else:
+                crossed = False
+            if ratio != self.ratio or (crossed and self.latf_reset == "trigger"):
                 self.ratio, self.ref = ratio, self.ema
 
     def state_dict(self) -> dict:

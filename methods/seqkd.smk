@@ -11,6 +11,7 @@ rule seqkd_data:
         f"{RES}/data/seqkd/{{pair}}/train.jsonl",
     params:
         max_new_tokens=lambda w: GRID.pairs[w.pair]["training"].get("sample_max_new_tokens", 256),
+        prompt_format=CFG["evaluation"]["prompt_format"],
     log:
         f"{RES}/logs/seqkd/{{pair}}.log",
     threads: 1

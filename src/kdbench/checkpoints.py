@@ -2,7 +2,9 @@
 
 A checkpoint is DeepSpeed's own (`engine.save_checkpoint`: model, optimizer and LR-scheduler states,
 sharded as ZeRO requires) plus kdbench's client state (next step, data position, token-policy
-state, RNG states), under `<run dir>/checkpoints/<fingerprint>/step<N>/`. The fingerprint hashes the
+state) and each rank's RNG states (`kdbench_rng_rank<R>.pt`: Python's `random`, torch's CPU
+generator and, on a GPU, the CUDA generator of the rank's device, which dropout and sampling draw
+from there), under `<run dir>/checkpoints/<fingerprint>/step<N>/`. The fingerprint hashes the
 resolved run config, so a changed config never resumes from an old run's checkpoint. A checkpoint
 counts only once its `kdbench_complete.json` marker exists (written last); a truncated or corrupted
 one is reported and skipped in favour of the previous good one. Every file is verified to load with
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +27,26 @@ import torch
 from kdbench import atomic
 
 MARKER = "kdbench_complete.json"
+RNG_FILE = "kdbench_rng_rank{rank}.pt"
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states: Python's, torch's CPU generator and, on cuda, `device`'s generator."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda":
+        if "cuda" not in state:
+            print("kdbench: this checkpoint was written without a GPU, so the CUDA generator starts afresh; "
+                  "the resumed run is not bit-for-bit the uninterrupted one.", file=sys.stderr)
+        else:
+            torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def fingerprint(run: dict) -> str:
@@ -44,6 +67,9 @@ class Checkpoints:
 
     def save(self, engine, step: int, client_state: dict) -> None:
         tag = f"step{step:08d}"
+        # Every rank's RNG states, before DeepSpeed's closing barrier (and so before rank 0's marker).
+        (self.root / tag).mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(engine.device), self.root / tag / RNG_FILE.format(rank=engine.global_rank))
         engine.save_checkpoint(str(self.root), tag=tag, client_state=client_state, save_latest=False)
         if engine.global_rank == 0:
             atomic.write_json(self.root / tag / MARKER, {"step": step})
@@ -51,15 +77,18 @@ class Checkpoints:
                 shutil.rmtree(old, ignore_errors=True)
 
     def resume(self, engine) -> dict | None:
-        """Load the newest good checkpoint into the engine; its client state, or None to start fresh."""
+        """Load the newest good checkpoint into the engine and this rank's RNG states into the
+        generators; its client state, or None to start fresh."""
         for ckpt in reversed(self.complete()):
             try:
                 with torch.serialization.safe_globals(_ds_checkpoint_classes()):
                     for f in ckpt.glob("*.pt"):
                         torch.load(f, map_location="cpu", weights_only=True)
+                rng = torch.load(ckpt / RNG_FILE.format(rank=engine.global_rank), weights_only=True)
                 _, client = engine.load_checkpoint(str(self.root), tag=ckpt.name)
                 if client is None:
                     raise RuntimeError("DeepSpeed found no checkpoint there")
+                set_rng_state(rng, engine.device)
                 return client
             except Exception as exc:  # a damaged checkpoint must not end the run: fall back
                 print(f"kdbench: checkpoint {ckpt} is unreadable ({type(exc).__name__}: {exc}); "

@@ -261,15 +261,20 @@ class Grid:
             known = sorted(p.stem for p in path.parent.glob("*.yaml"))
             raise KDBenchError(f"{self.where}: key 'pairs': unknown pair '{name}' (no file {path}). "
                                f"Known pairs: {', '.join(known)}.")
-        from kdbench.models import check_model_config, check_pair_vocab  # torch: not needed to read a config file
+        from kdbench.models import check_model_config, check_pair_vocab, gguf_path  # torch: not needed to read a config file
 
         pair = load_yaml(path)
         check_schema(pair, load_yaml(schema_path(self.workdir, "pair")), str(path))
         for role in ("teacher", "student"):
             spec = pair[role]
-            need = "config" if spec["init"] == "random" else "path"
-            if need not in spec:
+            need = {"random": "config", "pretrained": "path", "gguf": "gguf"}.get(spec["init"])
+            if need and need not in spec:
                 raise KDBenchError(f"{path}: key '{role}.{need}' is required when {role}.init is {spec['init']}.")
+            if spec["init"] == "random" and "layers" in spec:
+                raise KDBenchError(f"{path}: key '{role}.layers': layers prunes a loaded model; a random-init "
+                                   f"model is sized by {role}.config (num_hidden_layers / n_layer).")
+            if spec["init"] == "gguf":  # the package must be installed (its metadata only is read)
+                gguf_path(spec, f"{path}: key '{role}.gguf'")
             if spec["init"] == "pretrained" and _local_path(spec["path"]) and not Path(spec["path"]).is_dir():
                 raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
                                    "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
@@ -331,6 +336,8 @@ class Grid:
             known = sorted({"sft", *defs, *self.plugins})
             raise KDBenchError(f"{where}: unknown method '{base}'. Known: {', '.join(known)} "
                                f"(plugins in methods/ and labels in method_defs).")
+        if suffix and spec.get("policy_divergence"):  # under a token policy this method distils with another loss
+            spec = {**spec, "divergence": spec["policy_divergence"], "hp": {}}
         method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
                   "divergence": None, "policies": [], "source": spec.get("source", "off_policy"),
                   "source_hp": spec.get("source_hp", {}), "init_from": spec.get("init_from"),
@@ -414,8 +421,8 @@ class Grid:
         role = "teacher" if label == "teacher" else "student"  # the model this run trains
         # With global_batch_size: the accumulation for training.gpus (the job derives it again for its own ranks).
         training["gradient_accumulation_steps"] = accumulation_steps(training, training["gpus"], f"config/pairs/{pair}.yaml")
-        # A pretrained model brings its own tokenizer (init-model saves it beside the weights).
-        tokenizer = f"{res}/models/{pair}/{role}-init" if spec[role]["init"] == "pretrained" else f"{res}/tokenizer"
+        # A loaded model brings its own tokenizer (init-model saves it beside the weights).
+        tokenizer = f"{res}/tokenizer" if spec[role]["init"] == "random" else f"{res}/models/{pair}/{role}-init"
         ds_file = self.workdir / training["deepspeed"]
         return {
             "run": {"pair": pair, "method": label, "seed": seed, "dir": f"{res}/runs/{pair}/{label}/seed{seed}"},
@@ -427,6 +434,7 @@ class Grid:
             "lora": spec[role].get("lora"),
             "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
             "tokenizer": tokenizer,
+            "prompt_format": self.config["evaluation"]["prompt_format"],  # training prompts as evaluation's
             "data": {"train": method["train_data"].format(results=res, pair=pair) if method["train_data"]
                      else self.data_files["train"], "valid": self.data_files["valid"]},
             "method": method,

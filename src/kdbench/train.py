@@ -122,7 +122,8 @@ def train(run: dict) -> None:
     student = LastHidden(student_lm, extras=policy.modules() if policy else [])
 
     # Data: prompt-masked examples (the stream of micro-batches is created below, at the resume point).
-    examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]
+    prompt_format = run.get("prompt_format", "minillm")  # a run.yaml written by an older kdbench has none
+    examples = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["train"])]
 
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
     trainable = [p for p in student.parameters() if p.requires_grad]
@@ -165,20 +166,23 @@ def train(run: dict) -> None:
             student_head=student_head, teacher_head=teacher_head,
             chunk_size=tr["loss_chunk_size"])
 
-    def kd_loss_of(mb):
-        """Plain token-mean loss (no token policy) of one batch, for validation."""
+    def valid_ce_of(mb):
+        """The student's token-mean cross-entropy on one batch in eval mode (DistiLLM's validation loss)."""
+        mb = {k: v.to(engine.device) for k, v in mb.items()}
+        engine.eval()
         with torch.no_grad():
-            loss = micro_batch_loss(mb, losses.count_valid(mb["labels"]), 1.0, policy=None).loss.item() / world
+            s_hidden = engine(mb["input_ids"], mb["attention_mask"])
+            parts = losses.objective(s_hidden, None, mb["labels"], vocab_size=vocab_size, kd_ratio=0.0, n_global=1,
+                                     student_head=heads.gather()[0], chunk_size=tr["loss_chunk_size"])
         heads.release()
-        return loss
+        engine.train()
+        return parts.ce_sum / max(parts.n_tokens, 1)
 
     # Resume from the newest good checkpoint of this exact run config, if any.
     out.mkdir(parents=True, exist_ok=True)
     checkpoints = Checkpoints(out, run, keep=tr["keep_checkpoints"])
     state = checkpoints.resume(engine) or {"step": 0, "micro_batches": 0, "tokens_seen": 0}
-    if state["step"]:
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
+    if state["step"]:  # Checkpoints.resume has restored the RNG states too
         if policy is not None:
             policy.load_state_dicts(state["policies"])
         print(f"kdbench: resuming {out} at step {state['step']}", file=sys.stderr)
@@ -190,9 +194,11 @@ def train(run: dict) -> None:
     if state["step"]:
         source.load_state_dict(state["source"])
     if source.needs_validation:
-        valid = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["valid"])]
+        valid = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["valid"])]
         steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
-    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"),
+        if not state["step"]:  # DistiLLM evaluates before training; its θ compares later epochs with this
+            source.begin(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
+    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
                                 synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
     fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", "-1"))  # fault-injection tests only
@@ -234,7 +240,7 @@ def train(run: dict) -> None:
         if policy is not None and n_used:
             policy.observe(kd_loss)
         if source.needs_validation and (step + 1) % steps_per_epoch == 0:
-            source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], kd_loss_of))
+            source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
         tokens_seen, tokens_here = tokens_seen + n_global, tokens_here + n_global
         valid_rouge = None
         if selector is not None and ((step + 1) % tr["select_every"] == 0 or step == tr["steps"] - 1):
@@ -242,6 +248,7 @@ def train(run: dict) -> None:
         if step % tr["log_every"] == 0 or step == tr["steps"] - 1 or valid_rouge is not None:
             record = _metrics_record(step, lr, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
                                      temps, tokens_here / (time.perf_counter() - start))
+            record.update(source.metrics())  # GKD/DistiLLM: student-sampled (and replayed) batches so far, θ
             if valid_rouge is not None:
                 record["valid_rougeL"] = valid_rouge
             if skipped_total:
@@ -255,8 +262,7 @@ def train(run: dict) -> None:
             checkpoints.save(engine, step + 1, {
                 "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
                 "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
-                "best": selector.best if selector else None, "metrics": (out / "metrics.jsonl").read_text(),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
+                "best": selector.best if selector else None, "metrics": (out / "metrics.jsonl").read_text()})
     metrics.close()
     heads.release()
     if selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
@@ -356,10 +362,12 @@ class BestByValidRouge:
     validation examples): the trainable weights of the best step are kept beside the run and put
     back into the model before it is saved. Its state (best step and score) resumes with the run."""
 
-    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None, synced_gpus: bool = False):
+    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None, prompt_format: str,
+                 synced_gpus: bool = False):
         from kdbench.jsonl import read_jsonl
 
         self.path, self.tokenizer, self.tr = out / "best_trainable.safetensors", tokenizer, tr
+        self.prompt_format = prompt_format
         self.synced_gpus = synced_gpus  # ZeRO-3 on several ranks: generation steps in lockstep
         self.examples = read_jsonl(valid_path)[:tr["select_examples"]]
         self.best = best or {"step": None, "valid_rougeL": -1.0}
@@ -370,7 +378,8 @@ class BestByValidRouge:
         was_training = lm.training
         lm.eval()
         summary, _ = evaluate_set(lm, self.tokenizer, self.examples, set_name="valid", seeds=[0], protocol={
-            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16},
+            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16,
+            "prompt_format": self.prompt_format},
             synced_gpus=self.synced_gpus)
         lm.train(was_training)
         value = summary["rougeL_mean"]
@@ -401,7 +410,7 @@ class BestByValidRouge:
 
 
 def _validation_loss(examples: list[dict], pad_id: int, batch_size: int, loss_of) -> float:
-    """Token-weighted mean loss over the validation set (DistiLLM's adaptive schedule reads it)."""
+    """Token-weighted mean of `loss_of` (a batch's token-mean loss) over the validation set."""
     total, count = 0.0, 0
     for i in range(0, len(examples), batch_size):
         batch = collate(examples[i:i + batch_size], pad_id)

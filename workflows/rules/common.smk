@@ -118,10 +118,14 @@ def prepare_args(w):
 
 
 def init_model_inputs(w):
-    """The pair file, and the generated tokenizer for a random-init model (a pretrained one brings its own)."""
+    """The pair file, and the generated tokenizer for a random-init model (a loaded one brings its
+    own), or the teacher's initial model for a student copied (and pruned) from it."""
     inputs = {"pair": GRID.pair_file(w.pair)}
-    if GRID.pairs[w.pair][w.role]["init"] == "random":
+    init = GRID.pairs[w.pair][w.role]["init"]
+    if init == "random":
         inputs["tokenizer"] = f"{RES}/tokenizer"
+    elif init == "teacher":
+        inputs["teacher"] = f"{RES}/models/{w.pair}/teacher-init"
     return inputs
 
 

@@ -1,5 +1,6 @@
 # The grid's inputs: generated instruction data (the embedded default) or the real sets prepared
-# from the public releases (data.source: releases), a local tokenizer, initial models.
+# from the public releases (data.source: releases), a local tokenizer, initial models (random-init,
+# copied from the hub, converted once from a GGUF file, or cut from the teacher's).
 
 
 rule data:
@@ -56,7 +57,7 @@ rule init_model:
     output:
         directory(f"{RES}/models/{{pair}}/{{role}}-init"),
     params:
-        tokenizer=lambda w: " ".join(f"--tokenizer {path}" for key, path in init_model_inputs(w).items() if key == "tokenizer"),
+        sources=lambda w: " ".join(f"--{key} {path}" for key, path in init_model_inputs(w).items() if key != "pair"),
     log:
         f"{RES}/logs/init_model/{{pair}}/{{role}}.log",
     resources:
@@ -66,5 +67,5 @@ rule init_model:
     conda:
         ENV
     shell:
-        "kdbench init-model --pair {input.pair} --role {wildcards.role} {params.tokenizer}"
+        "kdbench init-model --pair {input.pair} --role {wildcards.role} {params.sources}"
         " --out {output} > {log} 2>&1"
