@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     from kdbench.models import describe_shape
 
     grid = workflow_grid(*args.config, require_data=False)
+    from kdbench.lmeval import grid_task_inputs
+
+    grid_task_inputs(grid, grid.workdir / "evaluation/tasks")  # the lm-eval tasks, as the workflow checks them
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
     for pair in grid.axes["pairs"]:  # what init-model will build: a misread config shows here

@@ -171,6 +171,19 @@ def task_inputs(names: list[str], include: list[Path] = (), made: list[str] = ()
     return list(dict.fromkeys(f for spec in specs for f in (*spec.files, *spec.data)))
 
 
+def grid_task_inputs(grid: Any, include: Path) -> list[str]:
+    """The inputs of the grid's `lm_eval` jobs (`task_inputs` of `evaluation.lm_eval_tasks`, the
+    files the grid writes counted as made); a bad task list raises naming the config and the key.
+    The workflow and `kdbench check` both ask this, so they refuse the same lists."""
+    names = grid.config["evaluation"]["lm_eval_tasks"]
+    if not names:
+        return []
+    try:
+        return task_inputs(names, [include], made=list(grid.data_files.values()))
+    except KDBenchError as exc:
+        raise KDBenchError(f"{grid.where}: key 'evaluation.lm_eval_tasks': {exc}") from None
+
+
 def decoding(task: Any) -> tuple[str, str | None]:
     """``(decoding, why)``: ``"sampled"`` when the task's output depends on the decoding seed, else
     ``"greedy"`` or ``"scored"`` with the reason it runs with one seed."""

@@ -55,14 +55,12 @@ PAIR_TARGETS = [  # per pair, over every table: the paper's claims and the plots
 LM_EVAL_TASKS = CFG["evaluation"]["lm_eval_tasks"]
 LM_EVAL_INCLUDE = str(Path(workflow.basedir, "evaluation/tasks"))
 LM_EVAL_TABLES = [f"{RES}/tables/lm_eval/{pair}.md" for pair in GRID.axes["pairs"]] if LM_EVAL_TASKS else []
-LM_EVAL_INPUTS = []
 try:
-    if LM_EVAL_TASKS:
-        from kdbench.lmeval import task_inputs
+    from kdbench.lmeval import grid_task_inputs
 
-        LM_EVAL_INPUTS = task_inputs(LM_EVAL_TASKS, [Path(LM_EVAL_INCLUDE)], made=list(GRID.data_files.values()))
+    LM_EVAL_INPUTS = grid_task_inputs(GRID, Path(LM_EVAL_INCLUDE))
 except KDBenchError as exc:
-    sys.exit(f"kdbench: config error: {CONFIG_SOURCE}: key 'evaluation.lm_eval_tasks': {exc}")
+    sys.exit(f"kdbench: config error: {exc}")
 TABLES = [target for table in GRID.tables for target in table_targets(table)] + PAIR_TARGETS + LM_EVAL_TABLES
 
 
