@@ -390,10 +390,11 @@ class Grid:
         """The published table and model family shown beside this pair's rows of `table`, or None.
         Only the paper's pair on the paper's data gets published numbers: the pair names them
         (`reference:`, refused for random-init models) and the grid trains and evaluates on given
-        files (`data.source: files`, the sets of `kdbench prepare-eval`); on generated data a Δ
+        files or the public releases the workflow prepares (`data.source: files` or `releases`, the
+        sets of `kdbench prepare-eval`); on generated data a Δ
         against the paper would mean nothing. The table's own `reference` picks which paper table."""
         ref = self.pairs[pair].get("reference")
-        if not ref or self.config["data"]["source"] != "files":
+        if not ref or self.config["data"]["source"] not in ("files", "releases"):
             return None
         return {"table": self.tables[table]["reference"] or ref["table"], "family": ref["family"]}
 

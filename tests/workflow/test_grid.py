@@ -111,7 +111,7 @@ def test_lm_eval_on_the_paper_grid_reads_the_paper_data(paper):
     """evaluation.lm_eval_tasks: [kdbench_real]: one lm-eval job per model (the teacher's too) and a
     table per pair, each job's inputs the five results/data/real files the paper grid's prepare_data jobs write."""
     (paper / "lm.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_real"]}}))
-    selection = ("--config", f"pairs=[{QWEN}]", "methods=[rkl]", "sets=[dolly]")
+    selection = ("--config", f"pairs=[{QWEN}]", "methods=[rkl]")  # all five sets: kdbench_real reads each
     counts, _ = dry_run(paper, "lm.yaml", *selection)
     assert counts["lm_eval"] == 2 and counts["lm_eval_table"] == 1  # the teacher and rkl
     done = run_cli("snakemake", "-n", "--configfile", PAPER, "lm.yaml", *selection, "--",

@@ -20,10 +20,14 @@ pytestmark = pytest.mark.workflow
 GPU_RULES = {"train", "evaluate", "evaluate_run", "lm_eval", "seqkd_data"}  # what the enumeration must find
 
 
+REPORTS_DEVICES = {"env"}  # names CUDA to list the devices, loads no model
+
+
 def gpu_commands() -> set[str]:
-    """kdbench commands whose module can put a model on a GPU (it names CUDA)."""
-    return {name for name, (module, _) in COMMANDS.items()
-            if "cuda" in inspect.getsource(importlib.import_module(module)).lower()}
+    """kdbench commands whose module can put a model on a GPU (it names CUDA, or loads a model
+    through kdbench.evaluate.load_model, which places it on the GPU)."""
+    return {name for name, (module, _) in COMMANDS.items() if name not in REPORTS_DEVICES
+            and any(k in inspect.getsource(importlib.import_module(module)).lower() for k in ("cuda", "load_model("))}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +48,7 @@ def rules(workflow):
 
 def loads_a_model_to_a_gpu(rule, commands: set[str]) -> bool:
     if rule.shellcmd:
-        return any(re.search(rf"\bkdbench {re.escape(c)}\b", rule.shellcmd) for c in commands)
+        return any(re.search(rf"\bkdbench {re.escape(c)}(?![\w-])", rule.shellcmd) for c in commands)
     if rule.script:
         source = (Path(rule.basedir) / rule.script).read_text()
         return "load_model(" in source or "cuda" in source
