@@ -7,8 +7,9 @@ hand-written PyTorch distillation loops, same models, data, method and optimizer
   Its time per step is read back from its own metrics.jsonl: each record's `tokens_per_s` is the
   response tokens since the loop started divided by the seconds since then, so the seconds at a
   logged step are (cumulative tokens) / tokens_per_s, the cumulative tokens being known from the
-  same data stream. Nothing in the loop is changed but its clock (`time.perf_counter`, which
-  `--clock cpu` replaces by `time.process_time` for the duration of the call).
+  same data stream. Each run is a process of its own (`train` ends by destroying its process
+  group, so a second one cannot start in the same process); nothing in the loop is changed but
+  its clock (`time.perf_counter`, which `--clock cpu` replaces by that process's `time.process_time`).
 - hand loop: what one writes without a harness: `model(input_ids, attention_mask).logits` for the
   teacher (no grad) and the student, shift, keep the response positions, log_softmax of both, the
   fkl plugin's per-token divergence, sum / response tokens, backward, `clip_grad_norm_`, AdamW step,
@@ -43,11 +44,11 @@ import os
 import platform
 import pstats
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -130,13 +131,29 @@ def stream_batches(run: dict, tokenizer) -> tuple[list[list[dict]], list[int]]:
     return batches, tokens
 
 
-def harness(run: dict, name: str, tokens: list[int], warmup: int, clock) -> tuple[float, int]:
-    """Seconds and response tokens of steps warmup+1 .. steps−1 of the real `kdbench.train.train`."""
-    from kdbench.train import train
+# One harness run, in a process of its own: `train` ends by destroying the process group that
+# DeepSpeed's cached groups refer to, so a second `train` in the same process cannot initialise.
+HARNESS = """import sys, time, torch, yaml
+if sys.argv[2] == "cpu":
+    time.perf_counter = time.process_time  # the loop's own clock, which its tokens_per_s reads
+torch.set_num_threads(int(sys.argv[3]))
+from kdbench.train import train
+train(yaml.safe_load(open(sys.argv[1])))
+"""
 
+
+def harness(run: dict, name: str, tokens: list[int], warmup: int, clock: str, threads: int,
+            profile: Path | None = None) -> tuple[float, int]:
+    """Seconds and response tokens of steps warmup+1 .. steps−1 of the real `kdbench.train.train`
+    (run in a subprocess; with `profile`, under cProfile, its stats written there)."""
     run = {**run, "run": {**run["run"], "dir": f"results/bench/{name}"}}
-    with mock.patch("time.perf_counter", clock):  # the loop's own clock, which its tokens_per_s reads
-        train(run)
+    Path(f"{name}.yaml").write_text(yaml.safe_dump(run))
+    Path("harness.py").write_text(HARNESS)
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    done = subprocess.run([sys.executable, *prof, "harness.py", f"{name}.yaml", clock, str(threads)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"harness run {name} failed:\n{done.stderr[-3000:]}")
     records = {r["step"]: r for r in map(json.loads, Path(run["run"]["dir"], "metrics.jsonl").read_text().splitlines())}
     last = run["training"]["steps"] - 1
     cumulative = [sum(tokens[:k + 1]) for k in range(len(tokens))]
@@ -198,10 +215,13 @@ def hand_loop(run: dict, batches: list[list[dict]], tokens: list[int], warmup: i
     return clock() - start, sum(tokens[warmup + 1:])
 
 
-def top_functions(profile: cProfile.Profile, n: int) -> str:
+def top_functions(profile: cProfile.Profile | pstats.Stats, n: int) -> str:
     out = io.StringIO()
-    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(n)
-    return out.getvalue().split("\n", 4)[-1].rstrip()  # drop the header lines (profile file, totals)
+    stats = profile if isinstance(profile, pstats.Stats) else pstats.Stats(profile)
+    stats.stream = out
+    stats.sort_stats("tottime").print_stats(n)
+    text = out.getvalue()
+    return text[text.index("   ncalls"):].rstrip()  # from the column header on (not the file, totals, ordering)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             tokenizer = transformers.AutoTokenizer.from_pretrained(run["tokenizer"])
             batches, tokens = stream_batches(run, tokenizer)
             loops = {
-                "harness": lambda i: harness(run, f"r{i}", tokens, args.warmup, clock),
+                "harness": lambda i: harness(run, f"r{i}", tokens, args.warmup, args.clock, args.threads),
                 "hand loop": lambda i: hand_loop(run, batches, tokens, args.warmup, tokenizer, clock),
                 "hand, resp. heads": lambda i: hand_loop(run, batches, tokens, args.warmup, tokenizer, clock,
                                                           response_heads=True),
@@ -228,9 +248,12 @@ def main(argv: list[str] | None = None) -> None:
                     results[name].append(loop(i))
             profiles = {}
             if args.profile:
+                harness(run, "profile", tokens, args.warmup, args.clock, args.threads, Path(tmp) / "harness.prof")
+                profiles["harness"] = pstats.Stats(str(Path(tmp) / "harness.prof"))
                 for name, loop in loops.items():
-                    profiles[name] = cProfile.Profile()
-                    profiles[name].runcall(loop, "profile")
+                    if name != "harness":
+                        profiles[name] = cProfile.Profile()
+                        profiles[name].runcall(loop, "profile")
         finally:
             os.chdir(here)
 
