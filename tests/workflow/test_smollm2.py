@@ -46,7 +46,7 @@ def test_teacher_is_the_wheel_s_gguf_converted_once_with_its_sha256(flow):
     config = json.loads((teacher / "config.json").read_text())
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30 and "quantization_config" not in config
     log = (flow / f"results/logs/init_model/{PAIR}/teacher.log").read_text()
-    assert "134,515,008 parameters" in log
+    assert "134.52M parameters (134,515,008)" in log
 
 
 def test_student_is_the_teacher_cut_to_the_pair_s_layers(flow):
