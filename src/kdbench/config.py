@@ -40,12 +40,17 @@ TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "war
                      "nonfinite": "stop", "max_nonfinite": 10}
 
 
+# libyaml's safe loader where PyYAML was built with it: ~10x faster on the pair and schema files every
+# `snakemake` invocation reads; the same documents, the same errors with their line.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_yaml(path: Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise KDBenchError(f"{path}: file not found.")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise KDBenchError(f"{path}: not valid YAML: {exc}") from exc
     except UnicodeDecodeError as exc:
