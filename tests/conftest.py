@@ -13,6 +13,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+# Every process the suite starts can take a test-only fault (tests/faults.py, kdbench.testhooks);
+# a test switches one on with that file's variables.
+os.environ["KDBENCH_TEST_HOOKS"] = str(REPO / "tests" / "faults.py")
+
 # Test tiers: a test's tier is the folder it lives in (tests/<tier>/...), marked here, so a new test
 # needs no marker of its own. Bare `pytest` runs DEFAULT_TIER; CI runs every tier but gpu.
 TIERS = ("unit", "smoke", "workflow", "cluster", "gpu")

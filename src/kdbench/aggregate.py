@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ import pandas as pd
 import yaml
 from scipy import stats
 
+from kdbench import testhooks
 from kdbench.atomic import write_text
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import json_lines
@@ -777,8 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         table = main_table(df, methods, sets)
     if args.out_md:
         write_text(args.out_md, f"{header}\n\n{table.to_markdown()}\n")
-    if os.environ.get("KDBENCH_FAULT_KILL_IN") == "aggregate":  # fault-injection tests: killed half-way
-        os.kill(os.getpid(), signal.SIGKILL)
+    testhooks.point("aggregate.table_written")  # fault-injection tests: killed half-way (kdbench.testhooks)
     if args.out_csv:
         write_text(args.out_csv, stats.to_csv(index=False))
     if args.out_tex:

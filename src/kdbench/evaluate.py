@@ -25,7 +25,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import string
 import sys
@@ -44,6 +43,7 @@ from transformers import (
 )
 
 import kdbench
+from kdbench import testhooks
 from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
@@ -409,13 +409,6 @@ def _kept_seeds(partial: Path, inputs_key: str, seeds: list[int]) -> dict[int, d
     return done
 
 
-def _fault_after_seed(seed: int) -> None:
-    """Fault injection for the resume test: KDBENCH_FAULT_KILL_AFTER_SEED=N kills this process
-    (SIGKILL, no cleanup) right after seed N's partial result is written."""
-    if os.environ.get("KDBENCH_FAULT_KILL_AFTER_SEED") == str(seed):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def main(argv: list[str] | None = None) -> int:
     """``kdbench evaluate``: evaluate one model on one or more eval sets (the model is loaded once);
     raises KDBenchError for user errors, before any generation."""
@@ -461,7 +454,7 @@ def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
 
     def keep(seed: int, record: dict[str, Any]) -> None:
         write_json(partial / f"seed{seed}.json", {"seed": seed, "fingerprint": inputs_key, **record})
-        _fault_after_seed(seed)
+        testhooks.point("evaluate.seed_written", seed=seed)  # fault-injection tests (kdbench.testhooks)
 
     start = time.perf_counter()
     summary, predictions = evaluate_set(

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -29,7 +28,7 @@ import yaml
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from kdbench import atomic, losses, provenance
+from kdbench import atomic, losses, provenance, testhooks
 from kdbench.checkpoints import Checkpoints
 from kdbench.config import TRAINING_DEFAULTS, accumulation_steps
 from kdbench.errors import KDBenchError
@@ -201,23 +200,19 @@ def train(run: dict) -> None:
     selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
                                 synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
     metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
-    fault_step = int(os.environ.get("KDBENCH_FAULT_KILL_AT_STEP", "-1"))  # fault-injection tests only
-    fault_nan_step = int(os.environ.get("KDBENCH_FAULT_NAN_AT_STEP", "-1"))
     nonfinite_in_a_row, skipped_total = 0, 0  # non-finite micro-batches (training.nonfinite)
 
     start, tokens_seen, tokens_here = time.perf_counter(), state["tokens_seen"], 0
     for step in tqdm(range(state["step"], tr["steps"]), desc=f"{run['run']['pair']}/{method['label']}/seed{seed}",
                      initial=state["step"], total=tr["steps"], mininterval=5):
-        if step == fault_step:
-            os.kill(os.getpid(), signal.SIGKILL)
+        testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
         lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
         micro = [collate(source.next(step), tokenizer.pad_token_id) for _ in range(tr["gradient_accumulation_steps"])]
         n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
         kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
         for mb in micro:
             parts = micro_batch_loss(mb, n_global, step / tr["steps"])
-            if step == fault_nan_step:
-                parts = dataclasses.replace(parts, loss=parts.loss * float("nan"))
+            parts = dataclasses.replace(parts, loss=testhooks.point("train.loss", parts.loss, step=step))
             if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
                 nonfinite_in_a_row = _nonfinite(out, step, parts.loss.item(), tr, nonfinite_in_a_row + 1, checkpoints)
                 engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
