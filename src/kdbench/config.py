@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,19 @@ def _fill_defaults(data: dict, schema: dict) -> dict:
 
 
 AXES = ("pairs", "methods", "seeds", "sets")
-# Rule names of the workflow (workflows/rules/*.smk, methods/*.smk): a table becomes a target rule of
-# its own name, so it may not take one of these (tests/workflow/test_grid.py keeps the list complete).
-RULE_NAMES = {"all", "data", "prepare_data", "tokenizer", "init_model", "resolve_run", "train", "evaluate", "evaluate_run",
-              "lm_eval", "lm_eval_all", "lm_eval_table", "tables", "combine_table", "claims", "plots", "seqkd_data"}
+# A table becomes a target rule of its own name, so it may not take the name of a workflow rule. The
+# names come from the workflow's own files (Snakefile, workflows/rules/*.smk, the plugin rules in
+# methods/*.smk), so a new plugin rule needs no edit here; tests/workflow/test_grid.py checks the set
+# against the rules Snakemake loads.
+WORKFLOW_ROOT = Path(__file__).resolve().parents[2]
+_RULE_LINE = re.compile(r"^(?:local)?rule\s+(\w+)\s*:", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=None)
+def rule_names(root: Path = WORKFLOW_ROOT) -> frozenset[str]:
+    """The rule names declared in the workflow's files under `root`."""
+    files = [root / "Snakefile", *sorted((root / "workflows/rules").glob("*.smk")), *sorted((root / "methods").glob("*.smk"))]
+    return frozenset(m.group(1) for f in files if f.is_file() for m in _RULE_LINE.finditer(f.read_text()))
 
 
 def _coerce_cli(config: dict) -> dict:
@@ -155,9 +165,9 @@ class Grid:
         earlier = [t["name"] for t in (cfg.get("tables") or [])[:i]]
         if spec["name"] in earlier:
             raise KDBenchError(f"{at}: table name '{spec['name']}' is used twice.")
-        if spec["name"] in RULE_NAMES:
+        if spec["name"] in (rules := rule_names()):
             raise KDBenchError(f"{at}: '{spec['name']}' is the name of a workflow rule; a table becomes a target "
-                               f"rule of its own name, so choose another (not {', '.join(sorted(RULE_NAMES))}).")
+                               f"rule of its own name, so choose another (not {', '.join(sorted(rules))}).")
         table = {"name": spec["name"], "title": spec.get("title", spec["name"]), "reference": spec.get("reference"),
                  "pairs": spec.get("pairs", cfg.get("pairs")), "methods": spec.get("methods", cfg.get("methods", [])),
                  "seeds": spec.get("seeds", cfg.get("seeds", [1])), "sets": spec.get("sets", cfg.get("sets", list(ALL_SETS)))}
