@@ -66,6 +66,7 @@ def test_without_tables_the_axes_are_one_table_main(cfg, repo):
 @pytest.mark.parametrize("edit, needle", [
     (lambda c: c["tables"][1].update(name="t1"), r"key 'tables.1' \(t1\): table name 't1' is used twice"),
     (lambda c: c["tables"][0].update(name="train"), "'train' is the name of a workflow rule"),
+    (lambda c: c["tables"][0].update(name="seqkd_data"), "'seqkd_data' is the name of a workflow rule"),  # methods/seqkd.smk
     (lambda c: c["tables"][0].update(name="bad/name"), r"key 'tables.0.name': 'bad/name' does not match"),
     (lambda c: c["tables"][0].update(methods=["fkl", "fkl"]), r"key 'tables.0' \(t1\): key 'methods': 'fkl' is listed twice"),
     (lambda c: c["tables"][0].update(methods=["fkk"]), "unknown method 'fkk'"),
