@@ -92,14 +92,15 @@ AXES = ("pairs", "methods", "seeds", "sets")
 # names come from the workflow's own files (Snakefile, workflows/rules/*.smk, the plugin rules in
 # methods/*.smk), so a new plugin rule needs no edit here; tests/workflow/test_grid.py checks the set
 # against the rules Snakemake loads.
-WORKFLOW_ROOT = Path(__file__).resolve().parents[2]
 _RULE_LINE = re.compile(r"^(?:local)?rule\s+(\w+)\s*:", re.MULTILINE)
 
 
 @functools.lru_cache(maxsize=None)
-def rule_names(root: Path = WORKFLOW_ROOT) -> frozenset[str]:
-    """The rule names declared in the workflow's files under `root`."""
-    files = [root / "Snakefile", *sorted((root / "workflows/rules").glob("*.smk")), *sorted((root / "methods").glob("*.smk"))]
+def rule_names(root: Path, methods_dir: str = "methods") -> frozenset[str]:
+    """The rule names declared in the workflow's files under `root` (the config's workdir, its
+    `methods_dir` holding the plugin rules)."""
+    files = [root / "Snakefile", *sorted((root / "workflows/rules").glob("*.smk")),
+             *sorted((root / methods_dir).glob("*.smk"))]
     return frozenset(m.group(1) for f in files if f.is_file() for m in _RULE_LINE.finditer(f.read_text()))
 
 
@@ -165,7 +166,7 @@ class Grid:
         earlier = [t["name"] for t in (cfg.get("tables") or [])[:i]]
         if spec["name"] in earlier:
             raise KDBenchError(f"{at}: table name '{spec['name']}' is used twice.")
-        if spec["name"] in (rules := rule_names()):
+        if spec["name"] in (rules := rule_names(self.workdir, cfg["methods_dir"])):
             raise KDBenchError(f"{at}: '{spec['name']}' is the name of a workflow rule; a table becomes a target "
                                f"rule of its own name, so choose another (not {', '.join(sorted(rules))}).")
         table = {"name": spec["name"], "title": spec.get("title", spec["name"]), "reference": spec.get("reference"),
