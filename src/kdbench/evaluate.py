@@ -351,7 +351,7 @@ def _parser() -> argparse.ArgumentParser:
         "--no-repeat-ngram-size", type=_int_at_least(0), default=0, help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
     )
     parser.add_argument("--greedy", action="store_true", help="greedy decoding; only the first seed is run")
-    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="minillm",
+    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],
                         help="minillm: the lineage's plain template; chat: the tokenizer's chat template (Qwen chat)")
     parser.add_argument("--limit", type=_int_at_least(1), help="evaluate only the first N examples")
     parser.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")

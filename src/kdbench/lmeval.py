@@ -239,9 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"],
                     help="kdbench tasks: prompts keep their last N tokens")
     ap.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
-    ap.add_argument("--no-repeat-ngram-size", type=_int_at_least(0), default=0, help="kdbench tasks: 0 = off")
+    ap.add_argument("--no-repeat-ngram-size", type=_int_at_least(0), default=DEFAULT_PROTOCOL["no_repeat_ngram_size"], help="kdbench tasks: 0 = off")
     ap.add_argument("--greedy", action="store_true", help="kdbench tasks: greedy decoding, one seed")
-    ap.add_argument("--prompt-format", choices=PROMPT_FORMATS, default="minillm",
+    ap.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],
                     help="kdbench tasks: the MiniLLM template or the tokenizer's chat template")
     ap.add_argument("--limit", type=_int_at_least(1), help="first N documents per task")
     ap.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
