@@ -196,14 +196,21 @@ def objective(
 
     n_selected, temps = 0, None
     if distill:
-        if plan.feature_weight is not None:
-            hard = plan.feature_weight > 0
-            feats = policy.feature_loss(h_s[hard].float(), h_t[hard].float())
-            kd_sum = kd_sum + (plan.weight[hard] * plan.feature_weight[hard] * feats).sum()
-        selected = plan.weight > 0
-        n_selected, temps = int(selected.sum()), plan.tau_student[selected]
+        kd_sum, n_selected, temps = _features_and_selection(plan, policy, h_s, h_t, kd_sum)
     loss, kd_mean = total(ce_sum, kd_sum)
     return LossParts(loss, ce_sum.item(), kd_mean.item(), n, n_selected, temps)
+
+
+def _features_and_selection(plan: TokenPlan, policy: Any, h_s: torch.Tensor, h_t: torch.Tensor,
+                            kd_sum: torch.Tensor) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """The plan's hidden-state feature term added to the KD sum (EGAD's feature branch, on the tokens
+    with a feature weight), the number of tokens kept, and their student temperatures."""
+    if plan.feature_weight is not None:
+        hard = plan.feature_weight > 0
+        feats = policy.feature_loss(h_s[hard].float(), h_t[hard].float())
+        kd_sum = kd_sum + (plan.weight[hard] * plan.feature_weight[hard] * feats).sum()
+    selected = plan.weight > 0
+    return kd_sum, int(selected.sum()), plan.tau_student[selected]
 
 
 def _coefficients(total: Callable, device) -> tuple[torch.Tensor, torch.Tensor]:
