@@ -324,13 +324,7 @@ class _Chunk:
         rows, width = z.shape
         ce = ce_logp = dz = None
         if plan_c is None:  # no distillation: CE only
-            ce_logp = F.log_softmax(z, 1)
-            ce = F.nll_loss(ce_logp, targets, reduction="sum")
-            if grad:
-                dz = self._ce_grad(ce_logp, targets)
-            if dz is not None:
-                self.student.backward(c, dz)
-            return ce, torch.zeros_like(ce)
+            return self._ce_only(c, z, targets, grad)
 
         weight, tau_s, tau_t, scale = plan_c
         sel = weight > 0
@@ -343,11 +337,7 @@ class _Chunk:
                 ce = F.nll_loss(ce_logp, targets, reduction="sum")
             else:
                 ce = F.cross_entropy(z, targets, reduction="sum")
-        with torch.no_grad():
-            z_t = _logits(h_t if every else h_t[sel], self.teacher_head)
-            t_logp, _ = _log_probs(z_t, self.vocab_size, tau_t if every or tau_t is None else tau_t[sel],
-                                   self.teacher_owned or not every or z_t.dtype != h_t.dtype)
-            del z_t
+        t_logp = self._teacher_logp(h_t, sel, every, tau_t)
         s_logp, kept = _log_probs(z if every else z[sel], self.vocab_size,
                                   tau_s if every or tau_s is None else tau_s[sel], owned or not every)
         if shared:
@@ -387,6 +377,23 @@ class _Chunk:
         del ce_logp
         self.student.backward(c, dz)
         return ce.detach(), kd.detach()
+
+    def _ce_only(self, c: slice, z: torch.Tensor, targets: torch.Tensor, grad: bool) -> tuple:
+        """A chunk without distillation: Σ CE, its gradient handed to the student head."""
+        ce_logp = F.log_softmax(z, 1)
+        ce = F.nll_loss(ce_logp, targets, reduction="sum")
+        dz = self._ce_grad(ce_logp, targets) if grad else None
+        if dz is not None:
+            self.student.backward(c, dz)
+        return ce, torch.zeros_like(ce)
+
+    @torch.no_grad()
+    def _teacher_logp(self, h_t: torch.Tensor, sel: torch.Tensor, every: bool, tau_t) -> torch.Tensor:
+        """The teacher's tempered log-probs of the chunk's kept tokens (its logits freed on return)."""
+        z_t = _logits(h_t if every else h_t[sel], self.teacher_head)
+        t_logp, _ = _log_probs(z_t, self.vocab_size, tau_t if every or tau_t is None else tau_t[sel],
+                               self.teacher_owned or not every or z_t.dtype != h_t.dtype)
+        return t_logp
 
     def _ce_grad(self, logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """d (coefficient · Σ CE) / d logits: nll_loss's backward (−coefficient at each target), then
