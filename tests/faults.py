@@ -9,6 +9,7 @@ every process the suite starts, and a test switches a fault on with its variable
   written, before the CSV.
 """
 
+import dataclasses
 import os
 import signal
 
@@ -23,8 +24,11 @@ def train_step(value, *, step):
     return value
 
 
-def train_loss(loss, *, step):
-    return loss * float("nan") if os.environ.get("KDBENCH_FAULT_NAN_AT_STEP") == str(step) else loss
+def train_micro_batch(parts, *, step):
+    """A micro-batch's LossParts, its loss NaN at step KDBENCH_FAULT_NAN_AT_STEP."""
+    if os.environ.get("KDBENCH_FAULT_NAN_AT_STEP") == str(step):
+        return dataclasses.replace(parts, loss=parts.loss * float("nan"))
+    return parts
 
 
 def evaluate_seed_written(value, *, seed):

@@ -1,8 +1,8 @@
 """Named points where tests inject faults into real jobs (a kill mid-run, a NaN loss).
 
 Production code only names the point: `testhooks.point("train.step", step=step)` or
-`loss = testhooks.point("train.loss", loss, step=step)`. Without `KDBENCH_TEST_HOOKS` every point
-is a no-op that returns its value unchanged. With `KDBENCH_TEST_HOOKS=<file.py>` (the test suite
+`parts = testhooks.point("train.micro_batch", parts, step=step)`. Without `KDBENCH_TEST_HOOKS`
+every point is a no-op that returns its value unchanged. With `KDBENCH_TEST_HOOKS=<file.py>` (the test suite
 sets it to `tests/faults.py` for every process it starts), the file is imported once and a point
 calls the file's function of the same name, dots as underscores (`train_step(value, **context)`),
 if it has one; that function returns the value to use. The faults themselves, and the variables

@@ -11,7 +11,6 @@ token policy; log. Finally save the student in Hugging Face format with `provena
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -212,7 +211,7 @@ def train(run: dict) -> None:
         kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
         for mb in micro:
             parts = micro_batch_loss(mb, n_global, step / tr["steps"])
-            parts = dataclasses.replace(parts, loss=testhooks.point("train.loss", parts.loss, step=step))
+            parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
             if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
                 nonfinite_in_a_row = _nonfinite(out, step, parts.loss.item(), tr, nonfinite_in_a_row + 1, checkpoints)
                 engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
