@@ -10,7 +10,7 @@ rule seqkd_data:
     output:
         f"{RES}/data/seqkd/{{pair}}/train.jsonl",
     params:
-        max_new_tokens=lambda w: GRID.pairs[w.pair]["training"].get("sample_max_new_tokens", 256),
+        max_new_tokens=lambda w: GRID.training(w.pair)["sample_max_new_tokens"],
         prompt_format=CFG["evaluation"]["prompt_format"],
     log:
         f"{RES}/logs/seqkd/{{pair}}.log",

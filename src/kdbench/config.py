@@ -23,6 +23,7 @@ import jsonschema
 import yaml
 
 from kdbench import registry, releases
+from kdbench.spec import Evaluation, Method, Training, default_kd_ratio, required, with_spec
 from kdbench.errors import KDBenchError
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
@@ -32,13 +33,6 @@ ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 BASE_CONFIGS = ("config/tiny.yaml", "config/variants.yaml")
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
 SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
-KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (docs/METHODS.md §1)
-TRAINING_DEFAULTS = {"gradient_accumulation_steps": 1, "weight_decay": 0.0, "warmup_ratio": 0.0,
-                     "schedule": "cosine", "grad_clip": 1.0, "log_every": 10,
-                     "loss_chunk_size": 1024, "checkpoint_every": 100, "keep_checkpoints": 2,
-                     "sample_max_new_tokens": 256, "bf16": False, "gradient_checkpointing": False, "gpus": 1,
-                     "select": "final", "select_every": 100, "select_examples": 100,
-                     "nonfinite": "stop", "max_nonfinite": 10}
 
 
 # libyaml's safe loader where PyYAML was built with it: ~10x faster on the pair and schema files every
@@ -60,6 +54,18 @@ def load_yaml(path: Path) -> Any:
 
 def schema_path(workdir: Path, name: str) -> Path:
     return Path(workdir) / "workflows" / "schemas" / f"{name}.schema.yaml"
+
+
+def load_schema(workdir: Path, name: str) -> dict:
+    """A schema file with the typed settings of kdbench.spec merged in: the pair schema's training
+    section (`$defs.training`, required keys at `training`), the grid schema's `evaluation`."""
+    schema = load_yaml(schema_path(workdir, name))
+    if name == "pair":
+        with_spec(schema, ("$defs", "training"), Training)
+        schema["properties"]["training"]["required"] = required(Training)
+    elif name == "config":
+        with_spec(schema, ("properties", "evaluation"), Evaluation)
+    return schema
 
 
 def check_schema(data: Any, schema: dict, where: str) -> None:
@@ -122,7 +128,7 @@ class Grid:
         self.require_data = require_data  # False: absent data files are listed in `absent_data`, not an error
         self.absent_data: list[str] = []
         config = _coerce_cli(copy.deepcopy(config))
-        schema = load_yaml(schema_path(workdir, "config"))
+        schema = load_schema(self.workdir, "config")
         check_schema(config, schema, where)
         self.config = _fill_defaults(config, schema)
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
@@ -280,7 +286,7 @@ class Grid:
         from kdbench.models import check_model_config, check_pair_vocab, gguf_path  # torch: not needed to read a config file
 
         pair = load_yaml(path)
-        check_schema(pair, load_yaml(schema_path(self.workdir, "pair")), str(path))
+        check_schema(pair, load_schema(self.workdir, "pair"), str(path))
         for role in ("teacher", "student"):
             spec = pair[role]
             need = {"random": "config", "pretrained": "path", "gguf": "gguf"}.get(spec["init"])
@@ -354,10 +360,8 @@ class Grid:
                                f"(plugins in methods/ and labels in method_defs).")
         if suffix and spec.get("policy_divergence"):  # under a token policy this method distils with another loss
             spec = {**spec, "divergence": spec["policy_divergence"], "hp": {}}
-        method = {"label": label, "kd_ratio": spec.get("kd_ratio", KD_RATIO_DEFAULT if spec["divergence"] else 0.0),
-                  "divergence": None, "policies": [], "source": spec.get("source", "off_policy"),
-                  "source_hp": spec.get("source_hp", {}), "init_from": spec.get("init_from"),
-                  "train_data": spec.get("train_data")}
+        method = Method(label=label, kd_ratio=spec.get("kd_ratio", default_kd_ratio(spec["divergence"])),
+                        **{k: spec[k] for k in ("source", "source_hp", "init_from", "train_data") if k in spec}).as_dict()
         if method["init_from"] is not None:
             self.method(method["init_from"])  # must itself be a valid label
         if method["source"] != "off_policy" and not spec["divergence"]:
@@ -423,13 +427,10 @@ class Grid:
     def resolve_run(self, pair: str, label: str, seed: int) -> dict:
         """The fully resolved single-run config (what results/runs/{pair}/{label}/seed{seed}/run.yaml holds)."""
         res, spec = self.results, self.pairs[pair]
-        training = {**TRAINING_DEFAULTS, **spec["training"]}
+        training = self.training(pair, teacher_sft=label == "teacher")
         if label == "teacher":
-            training.update(spec["teacher"]["sft"])
-            method, start, teacher = {"label": "teacher", "kd_ratio": 0.0, "divergence": None, "policies": [],
-                                      "source": "off_policy", "source_hp": {}, "init_from": None,
-                                      "train_data": None}, \
-                f"{res}/models/{pair}/teacher-init", None
+            method = Method(label="teacher", kd_ratio=0.0).as_dict()
+            start, teacher = f"{res}/models/{pair}/teacher-init", None
         else:
             method = self.method(label)
             start = f"{res}/runs/{pair}/{method['init_from']}/seed{seed}/model" if method["init_from"] \
@@ -458,6 +459,12 @@ class Grid:
             "training": training,
             "deepspeed": load_yaml(ds_file) if ds_file.suffix in {".yaml", ".yml"} else _load_json(ds_file),
         }
+
+    def training(self, pair: str, teacher_sft: bool = False) -> dict:
+        """The pair's training settings over kdbench.spec.Training's defaults (with `teacher_sft`:
+        the teacher's SFT stage, `teacher.sft` over those)."""
+        spec = self.pairs[pair]
+        return Training.resolve({**spec["training"], **(spec["teacher"]["sft"] if teacher_sft else {})})
 
     @functools.cached_property
     def _job_defaults(self) -> dict[str, int]:
@@ -501,10 +508,10 @@ def accumulation_steps(training: dict, world: int, where: str, key: str = "train
     """Gradient accumulation steps so that micro_batch_size × accumulation × world is
     `training.global_batch_size`; without a global batch size, the configured accumulation. `world`
     is training.gpus at config time and the job's own rank count at its start; `where` (the pair
-    file) and `key` name the section in the error."""
+    file) and `key` name the section in the error. `training` is resolved (kdbench.spec.Training)."""
     total = training.get("global_batch_size")
     if total is None:
-        return training.get("gradient_accumulation_steps", 1)
+        return training["gradient_accumulation_steps"]
     micro = training["micro_batch_size"]
     if total % (micro * world):
         raise KDBenchError(
@@ -528,7 +535,8 @@ def _check_batch_sizes(pair: dict, where: str) -> None:
                                f"given{'' if source == key else ' and applies to the teacher SFT run too'}, and it "
                                "sets the accumulation from the job's GPU count; give only one of the two"
                                f"{'' if source == key else ' (teacher.sft.global_batch_size for the SFT run)'}.")
-        accumulation_steps(merged, merged.get("gpus", 1), where, key)
+        resolved = Training.resolve(merged)
+        accumulation_steps(resolved, resolved["gpus"], where, key)
 
 
 def _local_path(name: str) -> bool:

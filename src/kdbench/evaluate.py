@@ -43,7 +43,7 @@ from transformers import (
 )
 
 import kdbench
-from kdbench import testhooks
+from kdbench import spec, testhooks
 from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
@@ -73,20 +73,9 @@ with _unimportable("sklearn", "scipy.stats"):
 
 PROTOCOL_VERSION = 1
 METRIC = "rougeL-F x100, porter stemmer, max over refs"
-DEFAULT_SEEDS = [10, 20, 30, 40, 50]
-# Generation settings of the paper protocol; ``evaluate_set``'s ``protocol`` overrides any of them.
-DEFAULT_PROTOCOL: dict[str, Any] = {
-    "max_new_tokens": 256,
-    "batch_size": 32,
-    "max_prompt_tokens": 256,
-    "do_sample": True,
-    "top_k": 0,
-    "top_p": 1.0,
-    "temperature": 1.0,
-    "no_repeat_ngram_size": 0,
-    "prompt_format": "minillm",  # or "chat": the tokenizer's chat template (the Qwen chat variant)
-}
-
+DEFAULT_SEEDS = spec.defaults(spec.Evaluation)["decoding_seeds"]
+# Generation settings of the paper protocol (kdbench.spec.Protocol); ``evaluate_set``'s ``protocol`` overrides any of them.
+DEFAULT_PROTOCOL: dict[str, Any] = spec.defaults(spec.Protocol)
 
 
 class _StemmedTokenizer(tokenizers.Tokenizer):
@@ -348,7 +337,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
     parser.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"])
     parser.add_argument(
-        "--no-repeat-ngram-size", type=_int_at_least(0), default=0, help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
+        "--no-repeat-ngram-size", type=_int_at_least(0), default=DEFAULT_PROTOCOL["no_repeat_ngram_size"], help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
     )
     parser.add_argument("--greedy", action="store_true", help="greedy decoding; only the first seed is run")
     parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],

@@ -29,13 +29,14 @@ from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance, testhooks
 from kdbench.checkpoints import Checkpoints
-from kdbench.config import TRAINING_DEFAULTS, accumulation_steps
+from kdbench.config import accumulation_steps
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
+from kdbench.spec import Generation, Training, defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(run, dict) or not {"run", "training", "method"} <= set(run):
         raise KDBenchError(f"{args.run_yaml}: not a resolved run config (needs keys run, training, method); "
                            "write it with `kdbench resolve <config> <pair> <method> <seed>`.")
-    run["training"] = {**TRAINING_DEFAULTS, **run["training"]}  # a run.yaml written by an older kdbench
+    # A run.yaml written by an older kdbench: the settings it predates take their defaults.
+    run["training"] = Training.resolve(run["training"])
+    run.setdefault("prompt_format", defaults(Generation)["prompt_format"])
     if "RANK" in os.environ:  # started by the DeepSpeed launcher: the parent holds the GPUs
         train(run)
         return 0
@@ -120,7 +123,7 @@ def train(run: dict) -> None:
     student = LastHidden(student_lm, extras=policy.modules() if policy else [])
 
     # Data: prompt-masked examples (the stream of micro-batches is created below, at the resume point).
-    prompt_format = run.get("prompt_format", "minillm")  # a run.yaml written by an older kdbench has none
+    prompt_format = run["prompt_format"]
     examples = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["train"])]
 
     # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.

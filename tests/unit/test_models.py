@@ -13,7 +13,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from kdbench.config import Grid, accumulation_steps, check_schema, load_yaml, schema_path
+from kdbench.config import Grid, accumulation_steps, check_schema, load_schema, load_yaml
 from kdbench.datagen import generate
 from kdbench.errors import KDBenchError
 from kdbench.models import (
@@ -109,7 +109,7 @@ def test_tiny_pairs_validate_with_the_gpt2_sizes(repo):
         p = pair(repo, name)
         width, depth = ("n_embd", "n_layer") if family == "gpt2" else ("hidden_size", "num_hidden_layers")
         assert [(p[r]["config"][width], p[r]["config"][depth]) for r in ("teacher", "student")] == [(128, 4), (64, 2)]
-        check_schema(p, load_yaml(schema_path(repo, "pair")), name)
+        check_schema(p, load_schema(repo, "pair"), name)
 
 
 def test_init_model_copies_a_pretrained_model_with_its_own_tokenizer(repo, tok_dir, tmp_path, corpus):
@@ -275,7 +275,7 @@ def offline(monkeypatch):
 @pytest.mark.parametrize("name", REAL)
 def test_paper_pair_files_are_valid_and_pinned(repo, name):
     p = pair(repo, name)
-    check_schema(p, load_yaml(schema_path(repo, "pair")), name)
+    check_schema(p, load_schema(repo, "pair"), name)
     for role in ("teacher", "student"):
         assert p[role]["init"] == "pretrained" and p[role]["revision"] and p[role]["trust_remote_code"] is False
     assert "sft" in p["teacher"] and p["training"]["bf16"] and p["training"]["gradient_checkpointing"]
@@ -314,7 +314,7 @@ def test_pair_schema_rejects(repo, edit, needle):
     p = pair(repo, "qwen2-1.5b_from_qwen2-7b")
     edit(p)
     with pytest.raises(KDBenchError, match=needle):
-        check_schema(p, load_yaml(schema_path(repo, "pair")), "p.yaml")
+        check_schema(p, load_schema(repo, "pair"), "p.yaml")
 
 
 # --- layer-pruned copies and GGUF checkpoints ---------------------------------------------------------
