@@ -139,17 +139,12 @@ def generate(
     prompts: list[str],
     *,
     seed: int,
-    max_new_tokens: int,
-    batch_size: int,
-    max_prompt_tokens: int = 256,
-    do_sample: bool = True,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    temperature: float = 1.0,
-    no_repeat_ngram_size: int = 0,
     synced_gpus: bool = False,
+    **protocol: Any,
 ) -> list[str]:
-    """Generate one response per prompt, in the order of ``prompts``.
+    """Generate one response per prompt, in the order of ``prompts``, under ``protocol`` (the
+    settings of kdbench.spec.Protocol; each one not given takes its default, an unknown one is an
+    error; ``prompt_format`` is the caller's, the prompts are already rendered).
 
     Prompts longer than ``max_prompt_tokens`` lose their beginning (the response header at the end
     must survive). Batches are left-padded with an attention mask and formed from prompts sorted by
@@ -160,42 +155,46 @@ def generate(
     the pad token to eos when the tokenizer has none. ``synced_gpus``: every rank keeps stepping until
     all are done (a ZeRO-3 model on several ranks: each forward is collective); not a protocol setting.
     """
+    settings = resolve_protocol(protocol)
     _ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
-    encoded = tokenizer(prompts, truncation=True, max_length=max_prompt_tokens)["input_ids"]
+    encoded = tokenizer(prompts, truncation=True, max_length=settings["max_prompt_tokens"])["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    kwargs = _generate_kwargs(model, tokenizer, settings, synced_gpus)
 
-    # Every setting is passed explicitly so a model's own generation_config (often tuned sampling
-    # or a repetition penalty) cannot silently change the protocol.
-    sampling = {"top_k": top_k, "top_p": top_p, "temperature": temperature} if do_sample else {}
-    settings = dict(
-        do_sample=do_sample,
-        max_new_tokens=max_new_tokens,
-        no_repeat_ngram_size=no_repeat_ngram_size,
+    responses: list[str] = [""] * len(prompts)
+    model.eval()
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        for start in range(0, len(order), settings["batch_size"]):
+            batch_idx = order[start : start + settings["batch_size"]]
+            batch = tokenizer.pad([{"input_ids": encoded[i]} for i in batch_idx], return_tensors="pt")
+            batch = batch.to(model.device)
+            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
+            new_tokens = output[:, batch["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i, text in zip(batch_idx, texts):
+                responses[i] = text.strip()
+    return responses
+
+
+def _generate_kwargs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, settings: dict[str, Any],
+                     synced_gpus: bool) -> dict[str, Any]:
+    """``model.generate``'s settings. Every one is passed explicitly, so a model's own
+    generation_config (often tuned sampling or a repetition penalty) cannot silently change the protocol."""
+    sampling = ({"top_k": settings["top_k"], "top_p": settings["top_p"], "temperature": settings["temperature"]}
+                if settings["do_sample"] else {})
+    return dict(
+        do_sample=settings["do_sample"],
+        max_new_tokens=settings["max_new_tokens"],
+        no_repeat_ngram_size=settings["no_repeat_ngram_size"],
         repetition_penalty=1.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=_eos_token_ids(model, tokenizer),
         synced_gpus=synced_gpus,
         **sampling,
     )
-
-    responses: list[str] = [""] * len(prompts)
-    model.eval()
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            batch_idx = order[start : start + batch_size]
-            batch = tokenizer.pad([{"input_ids": encoded[i]} for i in batch_idx], return_tensors="pt")
-            batch = batch.to(model.device)
-            output = model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **settings
-            )
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, text in zip(batch_idx, texts):
-                responses[i] = text.strip()
-    return responses
 
 
 def _references(example: Any, where: str) -> list[str]:
@@ -257,7 +256,6 @@ def evaluate_set(
         raise KDBenchError("no decoding seeds given; the paper protocol uses 10 20 30 40 50")
     settings = resolve_protocol(protocol)
     references = [_references(ex, f"{set_name} example {i}") for i, ex in enumerate(examples)]
-    generation = {k: v for k, v in settings.items() if k != "prompt_format"}
     prompts = [render_prompt(settings["prompt_format"], tokenizer, ex["instruction"], ex.get("input", ""))
                for ex in examples]
 
@@ -265,30 +263,14 @@ def evaluate_set(
     predictions: list[dict[str, Any]] = []
     for seed in seeds:
         if done and seed in done:
-            per_seed[str(seed)] = done[seed]["scores"]
-            predictions.extend(done[seed]["predictions"])
-            continue
-        responses = generate(model, tokenizer, prompts, seed=seed, synced_gpus=synced_gpus, **generation)
-        rouge = [rouge_l(r, refs) for r, refs in zip(responses, references)]
-        em = [exact_match(r, refs) for r, refs in zip(responses, references)]
-        record = {"scores": {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)},
-                  "predictions": []}
-        for idx, prompt in enumerate(prompts):
-            record["predictions"].append(
-                {
-                    "seed": seed,
-                    "idx": idx,
-                    "prompt": prompt,
-                    "prediction": responses[idx],
-                    "references": references[idx],
-                    "rougeL": rouge[idx],
-                    "exact_match": em[idx],
-                }
-            )
+            record = done[seed]
+        else:
+            responses = generate(model, tokenizer, prompts, seed=seed, synced_gpus=synced_gpus, **settings)
+            record = _scored(seed, prompts, responses, references)
+            if on_seed is not None:
+                on_seed(seed, record)
         per_seed[str(seed)] = record["scores"]
         predictions.extend(record["predictions"])
-        if on_seed is not None:
-            on_seed(seed, record)
 
     seed_rouge = [s["rougeL"] for s in per_seed.values()]
     summary = {
@@ -301,6 +283,16 @@ def evaluate_set(
         "exact_match_mean": statistics.fmean(s["exact_match"] for s in per_seed.values()),
     }
     return summary, predictions
+
+
+def _scored(seed: int, prompts: list[str], responses: list[str], references: list[list[str]]) -> dict[str, Any]:
+    """One seed's record: mean ROUGE-L and exact match, and a prediction record per example."""
+    rouge = [rouge_l(r, refs) for r, refs in zip(responses, references)]
+    em = [exact_match(r, refs) for r, refs in zip(responses, references)]
+    return {"scores": {"rougeL": statistics.fmean(rouge), "exact_match": statistics.fmean(em)},
+            "predictions": [{"seed": seed, "idx": idx, "prompt": prompt, "prediction": responses[idx],
+                             "references": references[idx], "rougeL": rouge[idx], "exact_match": em[idx]}
+                            for idx, prompt in enumerate(prompts)]}
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
