@@ -258,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
             raise KDBenchError(f"--include-path {folder}: no such directory of lm-eval task YAMLs")
     resolve_tasks(args.tasks, args.include_path)  # an unknown name fails before the model is loaded
 
-    import lm_eval
     import torch
     from lm_eval.models.huggingface import HFLM
 
@@ -277,38 +276,47 @@ def main(argv: list[str] | None = None) -> int:
         lms = {True: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
                           max_length=args.max_prompt_tokens + args.max_new_tokens),
                False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)}
-        tasks: dict[str, dict[str, Any]] = {}
         start = time.perf_counter()
-        for i, seed in enumerate(args.seeds):
-            loaded = manager.load(args.tasks)["tasks"]  # fresh Task objects for every seed
-            for name, task in loaded.items():
-                ours = _is_kdbench(task)
-                if ours:
-                    _apply_protocol(task, protocol, tokenizer)
-                mode, why = decoding(task)
-                tasks.setdefault(name, {"decoding": mode, **({"why": why} if why else {}), "kdbench_protocol": ours,
-                                        "output_type": task.get_config("output_type"),
-                                        "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
-                                        else None, "per_seed": {}})
-            for ours in (True, False):
-                todo = [task for name, task in loaded.items()
-                        if _is_kdbench(task) == ours and (i == 0 or tasks[name]["decoding"] == "sampled")]
-                if not todo:
-                    continue
-                out = lm_eval.simple_evaluate(
-                    model=lms[ours], tasks=todo, task_manager=manager, limit=args.limit, log_samples=False,
-                    bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                    fewshot_random_seed=seed)
-                for task in todo:
-                    entry = tasks[task.task_name]
-                    entry["per_seed"][str(seed)] = _metrics(out["results"][task.task_name])
-                    entry.setdefault("n_docs", out.get("n-samples", {}).get(task.task_name, {}).get("effective"))
-                    print(f"{task.task_name} seed {seed}: {entry['per_seed'][str(seed)]}", flush=True)
-        for entry in tasks.values():
-            entry["metric"] = next(iter(next(iter(entry["per_seed"].values()))))  # the task's primary metric
+        tasks = _evaluate_seeds(args, manager, lms, tokenizer, protocol)
     atomic.write_text(args.out, json.dumps({
         "run": args.run, "model": str(args.model), "tasks": tasks, "seeds": args.seeds, "protocol": protocol,
         "versions": package_versions(),
         "device": str(model.device), "elapsed_s": round(time.perf_counter() - start, 3)},
         indent=2, default=str) + "\n")
     return 0
+
+
+def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, protocol: dict[str, Any]) -> dict:
+    """Every task under every decoding seed (a task decoded greedily or scored runs the first seed
+    only): per task its decoding, generation settings and metrics per seed."""
+    import lm_eval
+
+    tasks: dict[str, dict[str, Any]] = {}
+    for i, seed in enumerate(args.seeds):
+        loaded = manager.load(args.tasks)["tasks"]  # fresh Task objects for every seed
+        for name, task in loaded.items():
+            ours = _is_kdbench(task)
+            if ours:
+                _apply_protocol(task, protocol, tokenizer)
+            mode, why = decoding(task)
+            tasks.setdefault(name, {"decoding": mode, **({"why": why} if why else {}), "kdbench_protocol": ours,
+                                    "output_type": task.get_config("output_type"),
+                                    "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
+                                    else None, "per_seed": {}})
+        for ours in (True, False):
+            todo = [task for name, task in loaded.items()
+                    if _is_kdbench(task) == ours and (i == 0 or tasks[name]["decoding"] == "sampled")]
+            if not todo:
+                continue
+            out = lm_eval.simple_evaluate(
+                model=lms[ours], tasks=todo, task_manager=manager, limit=args.limit, log_samples=False,
+                bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                fewshot_random_seed=seed)
+            for task in todo:
+                entry = tasks[task.task_name]
+                entry["per_seed"][str(seed)] = _metrics(out["results"][task.task_name])
+                entry.setdefault("n_docs", out.get("n-samples", {}).get(task.task_name, {}).get("effective"))
+                print(f"{task.task_name} seed {seed}: {entry['per_seed'][str(seed)]}", flush=True)
+    for entry in tasks.values():
+        entry["metric"] = next(iter(next(iter(entry["per_seed"].values()))))  # the task's primary metric
+    return tasks
