@@ -2,6 +2,7 @@
 
 import torch
 
+from kdbench import formulas
 from kdbench.registry import divergence
 
 
@@ -18,5 +19,4 @@ def fkl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
     Direction: forward (expectation under the teacher).
     Hyper-parameters: none. Range: [0, ∞).
     """
-    p = teacher_logp.exp()
-    return (p * (teacher_logp - student_logp)).sum(-1)
+    return formulas.forward_kl(student_logp, teacher_logp)

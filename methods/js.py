@@ -2,9 +2,8 @@
 
 import torch
 
+from kdbench import formulas
 from kdbench.registry import divergence
-
-_LOG_M_FLOOR = -18.420680743952367  # log(1e-8): m is clamped at 1e-8 inside the log
 
 
 @divergence
@@ -28,9 +27,4 @@ def js(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, lam: float = 0
     """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"js: lam must be in [0, 1] (the student's weight in the mixture m); got {lam}.")
-    log_w = torch.tensor([1.0 - lam, lam], dtype=student_logp.dtype, device=student_logp.device).log()
-    log_m = torch.logaddexp(teacher_logp + log_w[0], student_logp + log_w[1]).clamp_min(_LOG_M_FLOOR)
-    p, q = teacher_logp.exp(), student_logp.exp()
-    kl_q_m = (q * (student_logp - log_m)).sum(-1)
-    kl_p_m = (p * (teacher_logp - log_m)).sum(-1)
-    return lam * kl_q_m + (1.0 - lam) * kl_p_m
+    return formulas.js(student_logp, teacher_logp, lam)  # the floor is formulas.JS_FLOOR

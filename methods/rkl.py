@@ -2,6 +2,7 @@
 
 import torch
 
+from kdbench import formulas
 from kdbench.registry import divergence
 
 
@@ -20,5 +21,4 @@ def rkl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
     Direction: reverse (expectation under the student).
     Hyper-parameters: none. Range: [0, ∞).
     """
-    q = student_logp.exp()
-    return (q * (student_logp - teacher_logp)).sum(-1)
+    return formulas.reverse_kl(student_logp, teacher_logp)

@@ -2,6 +2,7 @@
 
 import torch
 
+from kdbench import formulas
 from kdbench.registry import divergence
 
 
@@ -24,7 +25,4 @@ def skl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, alpha: float 
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"skl: alpha must be in [0, 1] (the teacher's weight in the mixture); got {alpha}.")
-    log_w = torch.tensor([alpha, 1.0 - alpha], dtype=student_logp.dtype, device=student_logp.device).log()
-    log_m = torch.logaddexp(teacher_logp + log_w[0], student_logp + log_w[1])
-    p = teacher_logp.exp()
-    return (p * (teacher_logp - log_m)).sum(-1)
+    return formulas.skew_forward_kl(student_logp, teacher_logp, alpha)

@@ -2,6 +2,7 @@
 
 import torch
 
+from kdbench import formulas
 from kdbench.registry import divergence
 
 
@@ -23,7 +24,4 @@ def srkl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, alpha: float
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"srkl: alpha must be in [0, 1] (the student's weight in the mixture); got {alpha}.")
-    log_w = torch.tensor([1.0 - alpha, alpha], dtype=student_logp.dtype, device=student_logp.device).log()
-    log_m = torch.logaddexp(teacher_logp + log_w[0], student_logp + log_w[1])
-    q = student_logp.exp()
-    return (q * (student_logp - log_m)).sum(-1)
+    return formulas.skew_reverse_kl(student_logp, teacher_logp, alpha)
