@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from kdbench import formulas
 from kdbench.losses import TokenPlan
 from kdbench.registry import token_policy
 
@@ -12,31 +13,13 @@ PAD_BELOW = -1e29  # the harness floors -inf vocabulary padding at -1e30; log-pr
 
 
 # --- difficulty indicators: (student_logp (N,V), teacher_logp (N,V)[, labels]) -> (N,), larger = harder ---
+# ("fkl", "rkl" and "js" are kdbench.formulas' forward_kl, reverse_kl and js, the same formulas as the
+# divergence plugins, clamped at 0 against rounding)
 
 def hellinger(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
     """Per-token Hellinger distance `(1/√2)·sqrt(Σ_v (√p − √q)²)` in [0, 1] (untempered, no grad)."""
     diff = (teacher_logp / 2).exp() - (student_logp / 2).exp()
     return (diff.pow(2).sum(-1) / 2).sqrt()
-
-
-def forward_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(p ‖ q) = Σ_v p (log p − log q) ≥ 0 (p = teacher, q = student)."""
-    return (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).clamp_min(0)
-
-
-def reverse_kl(student_logp: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
-    """Per-token KL(q ‖ p) = Σ_v q (log q − log p) ≥ 0."""
-    return forward_kl(teacher_logp, student_logp)
-
-
-def js_divergence(student_logp: torch.Tensor, teacher_logp: torch.Tensor, lam: float = 0.5) -> torch.Tensor:
-    """Per-token JS divergence, m = (1−λ)p + λq, λ·KL(q‖m) + (1−λ)·KL(p‖m), in [0, log 2] for λ = 0.5.
-
-    log m is computed exactly with logaddexp (no 1e-8 clamp is needed: m ≥ max((1−λ)p, λq))."""
-    log_m = torch.logaddexp(teacher_logp + math.log(1 - lam), student_logp + math.log(lam))
-    kl_q = (student_logp.exp() * (student_logp - log_m)).sum(-1)
-    kl_p = (teacher_logp.exp() * (teacher_logp - log_m)).sum(-1)
-    return (lam * kl_q + (1 - lam) * kl_p).clamp_min(0)
 
 
 def label_cross_entropy(student_logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -151,8 +134,8 @@ class AdaKD:
          breaks them, and the IDTS median of an all-zero selection is clamped at 1e-12.
 
     2. schedule: the kept ratio r; the top max(1, floor(N·r)) tokens by s_i are kept, over all N
-       valid tokens of the micro-batch (flattened, not per sequence). r is `self.ratio` (logged as
-       `latf_ratio`).
+       valid tokens of the micro-batch (flattened, not per sequence). r at progress t is
+       `kept_ratio(t)` (logged as `latf_ratio` by log_scalars()).
        - "latf" (default; LATF, docs/METHODS.md §2): EMA of the step's global mean distillation loss
          L̄_t = β·L̄_{t−1} + (1−β)·L_t (initialised with the first value), ratio r (starts at 1),
          reference L_ref. The first floor(`warmup`·total_steps) steps keep r = 1 and end with
@@ -169,7 +152,7 @@ class AdaKD:
        - "fixed": r = `r_fixed` (default 1.0, in (0, 1]); r_fixed 1.0 keeps every token.
        - "linear": r(t) = r0 + (r1 − r0)·t; `r0` = 1.0, `r1` = 0.75, each in (0, 1].
        - "cosine": r(t) = r1 + (r0 − r1)·(1 + cos(π t))/2 (r0 at t = 0, r1 at t = 1).
-       Non-latf schedules set r from the progress t passed to plan() (t clamped to [0, 1]); observe()
+       Non-latf schedules take r from the progress t passed to plan() (t clamped to [0, 1]); observe()
        then only keeps the EMA of the loss (for logging/inspection) and the step count, never r/ref.
 
     3. temperature: the per-token temperature rule (detached).
@@ -202,10 +185,12 @@ class AdaKD:
          ≥ 1e-6. (A torch.std-based implementation would use Bessel's correction; the factor
          √(V/(V−1)) is negligible at LLM vocabulary sizes.)
 
-    Interface: token_stats(student_logp, teacher_logp, labels) -> per-token statistics of a chunk
-    (labels = the (N,) ground-truth token ids, read only by indicator "ce"); plan(stats, progress)
-    -> TokenPlan over all N valid tokens of the micro-batch; observe(kd_loss) once per optimizer
-    step; `self.ratio` = r.
+    Interface (kdbench.policies.TokenPolicy): token_stats(student_logp, teacher_logp, labels) ->
+    per-token statistics of a chunk (labels = the (N,) ground-truth token ids, read only by indicator
+    "ce"); plan(stats, progress) -> TokenPlan over all N valid tokens of the micro-batch, pure (the
+    same arguments give the same plan; no state changes); observe(kd_loss) once per optimizer step,
+    the only place the state changes; feature_loss -> None (no feature term); log_scalars() ->
+    {"latf_ratio": r}. `self.ratio` is LATF's r (the initial r(0) under the other schedules).
 
     State for resume (state_dict/load_state_dict): ema, ratio, ref, steps_seen (everything that
     changes across steps; the other parts are functions of t).
@@ -257,6 +242,7 @@ class AdaKD:
         self.r_fixed, self.r0, self.r1 = r_fixed, r0, r1
         self.tau_base, self.c, self.tau_fixed, self.tau_min, self.tau_max = tau_base, c, tau_fixed, tau_min, tau_max
         self.topk_k, self.latf_reset = topk_k, latf_reset
+        self.total_steps = total_steps
         self.warmup_steps = math.floor(warmup * total_steps)
         self.ema: float | None = None
         self.ratio = 1.0 if schedule == "latf" else self._scheduled(0.0)
@@ -266,17 +252,21 @@ class AdaKD:
     def _scheduled(self, progress: float) -> float:
         return scheduled_ratio(self.schedule, progress, r_fixed=self.r_fixed, r0=self.r0, r1=self.r1)
 
+    def kept_ratio(self, progress: float) -> float:
+        """The kept ratio r at training progress t (pure): LATF's current r, or the schedule's r(t)."""
+        return self.ratio if self.schedule == "latf" else self._scheduled(progress)
+
     def difficulty(self, student_logp: torch.Tensor, teacher_logp: torch.Tensor,
                    labels: torch.Tensor | None = None) -> torch.Tensor:
         """s_i of the configured indicator, (N,), larger = harder."""
         if self.indicator == "hellinger":
             return hellinger(student_logp, teacher_logp)
         if self.indicator == "fkl":
-            return forward_kl(student_logp, teacher_logp)
+            return formulas.forward_kl(student_logp, teacher_logp).clamp_min(0)
         if self.indicator == "rkl":
-            return reverse_kl(student_logp, teacher_logp)
+            return formulas.reverse_kl(student_logp, teacher_logp).clamp_min(0)
         if self.indicator == "js":
-            return js_divergence(student_logp, teacher_logp, 0.5)
+            return formulas.js(student_logp, teacher_logp, 0.5).clamp_min(0)
         if self.indicator == "nmt_topk":
             return topk_miss_rate(student_logp, teacher_logp, self.topk_k)
         if labels is None:
@@ -304,11 +294,9 @@ class AdaKD:
     @torch.no_grad()
     def plan(self, stats: dict[str, torch.Tensor], progress: float) -> TokenPlan:
         """Selection (weight 1 = kept, 0 = dropped) and per-token temperatures for both models,
-        over all N valid tokens of the micro-batch."""
+        over all N valid tokens of the micro-batch. Pure: it reads the state, never changes it."""
         s = stats["difficulty"]
-        if self.schedule != "latf":
-            self.ratio = self._scheduled(progress)
-        n_sel = max(1, math.floor(s.numel() * self.ratio))
+        n_sel = max(1, math.floor(s.numel() * self.kept_ratio(progress)))
         selected = torch.topk(s, n_sel).indices
         weights = torch.zeros_like(s)
         weights[selected] = 1.0
@@ -348,9 +336,22 @@ class AdaKD:
             if ratio != self.ratio or (crossed and self.latf_reset == "trigger"):
                 self.ratio, self.ref = ratio, self.ema
 
+    def feature_loss(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> None:
+        """AdaKD has no hidden-state feature term."""
+        return None
+
+    def log_scalars(self) -> dict[str, float]:
+        """`latf_ratio`: under LATF, r after the last observed step's update (the r the next step
+        keeps); under a fixed-form schedule, r(t) of the last observed step, t = step/total_steps."""
+        if self.schedule == "latf":
+            return {"latf_ratio": self.ratio}
+        return {"latf_ratio": self._scheduled(max(self.steps_seen - 1, 0) / max(self.total_steps, 1))}
+
     def state_dict(self) -> dict:
+        """What changes across steps: the loss EMA, LATF's r and L_ref, the steps observed."""
         return {"ema": self.ema, "ratio": self.ratio, "ref": self.ref, "steps_seen": self.steps_seen}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() returned (resume)."""
         self.ema, self.ratio, self.ref, self.steps_seen = (
             state["ema"], state["ratio"], state["ref"], state["steps_seen"])

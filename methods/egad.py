@@ -108,10 +108,17 @@ class EGAD(torch.nn.Module):
         feature = (u >= self.q_hard).float() * self.beta_feat if self.feature_branch else None
         return TokenPlan.shared(weight, tau, feature_weight=feature)
 
-    def feature_loss(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
-        """F_i = 1 − cos(W·h_s,i, h_t,i), per hard token; gradient reaches the student and W."""
+    def feature_loss(self, student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor | None:
+        """F_i = 1 − cos(W·h_s,i, h_t,i), per hard token; gradient reaches the student and W (None
+        with the feature branch off)."""
+        if self.proj is None:
+            return None
         projected = self.proj(student_hidden.to(self.proj.weight.dtype)).float()
         return 1 - torch.nn.functional.cosine_similarity(projected, teacher_hidden.float(), dim=-1)
 
     def observe(self, kd_loss: float) -> None:
         """EGAD's schedule depends on progress only; nothing to update."""
+
+    def log_scalars(self) -> dict[str, float]:
+        """EGAD logs nothing of its own (its state is W, saved with the student)."""
+        return {}

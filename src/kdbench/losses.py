@@ -208,6 +208,9 @@ def _features_and_selection(plan: TokenPlan, policy: Any, h_s: torch.Tensor, h_t
     if plan.feature_weight is not None:
         hard = plan.feature_weight > 0
         feats = policy.feature_loss(h_s[hard].float(), h_t[hard].float())
+        if feats is None:
+            raise ValueError("the token policy's plan has a feature_weight, but its feature_loss returned None: "
+                             "a policy without a feature loss must leave TokenPlan.feature_weight None.")
         kd_sum = kd_sum + (plan.weight[hard] * plan.feature_weight[hard] * feats).sum()
     selected = plan.weight > 0
     return kd_sum, int(selected.sum()), plan.tau_student[selected]

@@ -6,7 +6,7 @@ decorator from this module:
 - `@divergence`: a function `(student_logp (N,V), teacher_logp (N,V), **hp) -> (N,)` of per-token
   values on fp32 log-probabilities that the harness has already tempered and aligned;
 - `@token_policy`: a class whose instances choose per-token weights and temperatures (AdaKD, EGAD)
-  and may hold state for resume.
+  and may hold state for resume; it implements kdbench.policies.TokenPolicy, checked on load.
 
 Discovery imports each file under its own module name, so a plugin imports only `torch` and
 `kdbench`, never another plugin. Hyper-parameters from config are bound to the signature here, so a
@@ -121,8 +121,22 @@ def load_method_file(path: Path) -> Method:
             f"method file {path} must mark exactly one function or class with "
             f"@kdbench.registry.divergence or @kdbench.registry.token_policy; found {len(marked)}."
         )
+    if getattr(marked[0], _MARK) == "token_policy":
+        _check_token_policy(marked[0], path)
     version = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return Method(key=key, kind=getattr(marked[0], _MARK), obj=marked[0], path=path, version=version)
+
+
+def _check_token_policy(cls: type, path: Path) -> None:
+    """A token policy must have every member of kdbench.policies.TokenPolicy: say which it lacks."""
+    from kdbench.policies import missing_members  # imported here: kdbench.policies imports torch
+
+    missing = missing_members(cls)
+    if missing:
+        raise KDBenchError(
+            f"method file {path}: token policy {cls.__name__} lacks {', '.join(missing)} "
+            f"(the kdbench.policies.TokenPolicy protocol; methods/_template_policy.py implements all of it)."
+        )
 
 
 def discover(methods_dir: Path) -> dict[str, Method]:

@@ -297,8 +297,8 @@ def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, polic
     record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
               "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": lr,
               "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
-    if policy is not None and policy.ratio is not None:
-        record["latf_ratio"] = policy.ratio
+    if policy is not None:
+        record.update(policy.log_scalars())
     if temps:
         t = torch.cat(temps)
         record.update(tau_mean=float(t.mean()), tau_min=float(t.min()), tau_max=float(t.max()))

@@ -195,13 +195,13 @@ SCHEDULE_CASES = {
 def test_schedule_trajectory_and_selection_count(plugins, case):
     hp, closed_form = SCHEDULE_CASES[case]
     policy = make(plugins, **hp)
-    assert policy.ratio == pytest.approx(closed_form(0.0))  # before any plan
+    assert policy.kept_ratio(0.0) == pytest.approx(closed_form(0.0))  # before any plan
     s, t = pair(8, n=37)
     ref = reference_score("hellinger", s.numpy(), t.numpy())
     for step, progress in enumerate(TS):
         plan = plan_of(policy, logp(s), logp(t), progress)
-        assert policy.ratio == pytest.approx(closed_form(progress), abs=1e-12)
-        n_sel = max(1, math.floor(37 * policy.ratio))
+        assert policy.kept_ratio(progress) == pytest.approx(closed_form(progress), abs=1e-12)
+        n_sel = max(1, math.floor(37 * policy.kept_ratio(progress)))
         assert plan.weight.sum().item() == n_sel and set(plan.weight.unique().tolist()) <= {0.0, 1.0}
         kept = plan.weight.numpy() > 0
         assert ref[kept].min() >= ref[~kept].max() if (~kept).any() else True  # the hardest are kept
@@ -216,12 +216,10 @@ def test_schedule_endpoints_and_progress_clamp(plugins):
     cos = make(plugins, schedule="cosine", r0=1.0, r1=0.75)
     for policy in (lin, cos):
         assert plan_of(policy, logp(s), logp(t), 1.0).weight.sum() == 30  # floor(40 · 0.75)
-        assert policy.ratio == 0.75
-        plan_of(policy, logp(s), logp(t), 1.3)
-        assert policy.ratio == 0.75
+        assert policy.kept_ratio(1.0) == 0.75
+        assert policy.kept_ratio(1.3) == 0.75
         assert plan_of(policy, logp(s), logp(t), -0.1).weight.sum() == 40
-    plan_of(cos, logp(s), logp(t), 0.5)
-    assert cos.ratio == pytest.approx(0.875)
+    assert cos.kept_ratio(0.5) == pytest.approx(0.875)
     tiny = make(plugins, schedule="fixed", r_fixed=0.01)
     assert plan_of(tiny, logp(s), logp(t), 0.3).weight.sum() == 1  # n_sel = max(1, ·)
 
@@ -231,10 +229,10 @@ def test_latf_ratio_ignores_progress_and_moves_only_by_observe(plugins):
     s, t = pair(10, n=40)
     for progress in TS:
         assert plan_of(policy, logp(s), logp(t), progress).weight.sum() == 40
-        assert policy.ratio == 1.0
+        assert policy.kept_ratio(progress) == 1.0
     policy.observe(10.0)
     policy.observe(5.0)
-    assert policy.ratio == 0.5 and plan_of(policy, logp(s), logp(t), 0.0).weight.sum() == 20
+    assert policy.kept_ratio(0.7) == 0.5 and policy.log_scalars() == {"latf_ratio": 0.5} and plan_of(policy, logp(s), logp(t), 0.0).weight.sum() == 20
 
 
 # --- 3. temperature rules -----------------------------------------------------------------------------
@@ -380,14 +378,14 @@ def test_each_variant_binds_constructs_and_plans(plugins, label):
     for step, progress in enumerate((0.0, 0.5, 1.0)):
         parts = objective(s, t, labels, vocab_size=30, kd_ratio=1.0, n_global=n,
                           divergence=plugins["fkl"].obj, policy=policy, progress=progress)
-        assert torch.isfinite(parts.loss) and parts.n_selected == max(1, math.floor(n * policy.ratio))
+        assert torch.isfinite(parts.loss) and parts.n_selected == max(1, math.floor(n * policy.kept_ratio(progress)))
         valid = labels[:, 1:] != IGNORE
         plan = plan_of(policy, logp(s[:, :-1][valid]), logp(t[:, :-1][valid]), progress, labels=labels[:, 1:][valid])
         assert isinstance(plan, TokenPlan)
         for field in (plan.weight, plan.tau_student, plan.tau_teacher, plan.scale):
             assert field.shape == (n,) and torch.isfinite(field).all()
         assert set(plan.weight.unique().tolist()) <= {0.0, 1.0}
-        assert plan.weight.sum() == max(1, math.floor(n * policy.ratio))
+        assert plan.weight.sum() == max(1, math.floor(n * policy.kept_ratio(progress)))
         assert (plan.tau_student > 0).all() and (plan.tau_teacher > 0).all() and (plan.scale > 0).all()
         policy.observe(3.0 - step)
-    assert 0 < policy.ratio <= 1
+    assert 0 < policy.kept_ratio(1.0) <= 1
