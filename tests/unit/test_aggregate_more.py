@@ -4,6 +4,7 @@ normal approximation, significance and claim tables from predictions files, LaTe
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from kdbench.aggregate import (
     claims_stats,
     collect,
     compare,
+    load_claims,
     load_labels,
     load_predictions,
     main,
@@ -33,6 +35,7 @@ from kdbench.errors import KDBenchError
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO / "evaluation" / "reference"
+CLAIMS = load_claims(REFERENCE / "claims.yaml")
 PROTOCOL = {
     "max_new_tokens": 48, "batch_size": 8, "max_prompt_tokens": 256, "do_sample": True, "top_k": 0,
     "top_p": 1.0, "temperature": 1.0, "no_repeat_ngram_size": 0,
@@ -107,11 +110,11 @@ def test_the_scipy_bootstrap_gives_exactly_what_the_numpy_one_gave(monkeypatch) 
     (which draws nothing), so every interval and p-value is unchanged."""
     from scipy import stats
 
-    from kdbench import aggregate
+    from kdbench.aggregate import statistics
 
     calls, original = [], stats.bootstrap
     monkeypatch.setattr(stats, "bootstrap", lambda *a, **k: calls.append(k["batch"]) or original(*a, **k))
-    monkeypatch.setattr(aggregate, "_CHUNK", 1_500_000)
+    monkeypatch.setattr(statistics, "_CHUNK", 1_500_000)
     rng = np.random.default_rng(4)
     strata = [(rng.normal(0.3, 5, size=k), rng.normal(0, 5, size=k)) for k in (60, 1, 1500, 7)]
     strata[1] = (np.array([40.0]), np.array([40.0]))  # the one-example set: a difference of 0
@@ -284,7 +287,7 @@ def test_stale_or_missing_predictions_raise(results: list[Path]) -> None:
 
 def test_claims_verdicts_and_not_measured(results: list[Path], tmp_path: Path) -> None:
     pred = load_predictions(results)
-    claims = claims_stats(pred, SETS, bases=["fkl", "rkl", "abkd"], n=2000).set_index("claim")
+    claims = claims_stats(pred, SETS, CLAIMS, bases=["fkl", "rkl", "abkd"], n=2000).set_index("claim")
     assert claims.loc["(a) AdaKD improves rkl", "verdict"] == SUPPORTED
     assert claims.loc["(a) AdaKD improves rkl", "ci_low"] > 0
     assert claims.loc["(a) AdaKD improves abkd", "verdict"] == NOT_MEASURED
@@ -298,7 +301,7 @@ def test_claims_verdicts_and_not_measured(results: list[Path], tmp_path: Path) -
     extra += [_write(tmp_path, "rkl+adakd-t-inverse", s, 9.0) for s in SETS]
     extra += [_write(tmp_path, "rkl+adakd-ind-js", s, 0.0) for s in SETS]
     pred = load_predictions(results + extra)
-    claims = claims_stats(pred, SETS, bases=["rkl"], indicators=["rkl+adakd-ind-js", "rkl+adakd-ind-ce"],
+    claims = claims_stats(pred, SETS, CLAIMS, bases=["rkl"], indicators=["rkl+adakd-ind-js", "rkl+adakd-ind-ce"],
                           n=2000).set_index("claim")
     assert claims.loc["(b) IDTS helps more than LATF alone", "verdict"] == SUPPORTED
     assert claims.loc["(c) the inverse temperature direction hurts", "verdict"] == NOT_SUPPORTED
@@ -345,3 +348,64 @@ def test_cli_writes_beside_latex_significance_and_claims(results: list[Path], re
     with pytest.raises(KDBenchError, match="--family"):
         main(["--results", *map(str, results), "--out-md", str(out / "p.md"), "--out-csv", str(out / "p.csv"),
               "--reference", str(csv)])
+
+
+# --- the claims file --------------------------------------------------------------------------------
+
+def test_the_claims_file_names_the_papers_runs() -> None:
+    """evaluation/reference/claims.yaml: (a) X+adakd vs X for the five bases, (b) IDTS vs LATF only,
+    (c) full vs inverse temperature, (d) Hellinger vs the five other indicators; each run has a label."""
+    comparisons = [(text, a, b) for claim in CLAIMS.claims for text, a, b in claim.comparisons(CLAIMS.runs)]
+    bases = ["fkl", "rkl", "abkd", "gkd", "distillm"]
+    indicators = ["fkl", "rkl", "ce", "js", "nmt-top5"]
+    assert [(a, b) for _, a, b in comparisons] == [
+        *((f"{b}+adakd", b) for b in bases), ("rkl+adakd-idts-only", "rkl+adakd-latf-only"),
+        ("rkl+adakd", "rkl+adakd-t-inverse"), *(("rkl+adakd", f"rkl+adakd-ind-{i}") for i in indicators)]
+    assert comparisons[0][0] == "(a) AdaKD improves fkl" and CLAIMS.paper == "AdaKD"
+    labels = yaml.safe_load((REFERENCE / "labels.yaml").read_text())["labels"]
+    assert CLAIMS.labels(CLAIMS.runs) <= set(labels)
+
+
+GOOD_CLAIMS = {"paper": "P", "runs": {"full": "a", "bases": ["x", "y"]},
+               "claims": [{"claim": "{base} helps", "better": "{base}+p", "than": "{base}",
+                           "for_each": {"base": "bases"}, "all_of": "it always helps"},
+                          {"claim": "full", "better": "{full}", "than": "x"}]}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("runs"), "expected the top-level keys claims, paper, runs; found"),
+    (lambda c: c["runs"].update(full=3), "runs.full = 3 must be a run label"),
+    (lambda c: c["claims"][1].pop("than"), r"claims\[1\] \(full\) must be a mapping with 'claim', 'better' and 'than'"),
+    (lambda c: c["claims"][1].update(verdict="yes"), r"claims\[1\] \(full\): unknown keys \['verdict'\]"),
+    (lambda c: c["claims"][1].update(better="{fulll}"),
+     r"claims\[1\] \(full\)\.better: unknown placeholders \['fulll'\]"),
+    (lambda c: c["claims"][1].update(better="{bases}"),  # a list run needs for_each
+     r"claims\[1\] \(full\)\.better: unknown placeholders \['bases'\]"),
+    (lambda c: c["claims"][0].update(for_each={"base": "full"}),
+     r"claims\[0\] \(\{base\} helps\)\.for_each: 'full' is not a list"),
+    (lambda c: c["claims"][1].update(all_of="always"), r"claims\[1\] \(full\)\.all_of .* needs for_each"),
+    (lambda c: c["claims"][1].update(claim="{"), r"claims\[1\] \(\{\)\.claim = '\{'"),
+])
+def test_a_malformed_claims_file_names_the_file_and_the_entry(tmp_path: Path, edit, message) -> None:
+    path = tmp_path / "claims.yaml"
+    path.write_text(yaml.safe_dump(GOOD_CLAIMS))
+    good = load_claims(path)
+    assert [t for c in good.claims for t, _, _ in c.comparisons(good.runs)] == ["x helps", "y helps", "full"]
+    config = json.loads(json.dumps(GOOD_CLAIMS))
+    edit(config)
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(KDBenchError, match=f"{re.escape(str(path))}: {message}"):
+        load_claims(path)
+
+
+def test_claim_runs_replaced_on_the_command_line(results: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "claims.csv"
+    argv = ["--results", *map(str, results), "--claims-csv", str(out), "--bootstrap-n", "200",
+            "--claims", str(REFERENCE / "claims.yaml"), "--claim-run", "bases=rkl,fkl", "--claim-run", "indicators=fkl"]
+    assert main(argv) == 0
+    claims = pd.read_csv(out)["claim"].tolist()
+    assert claims[:3] == ["(a) AdaKD improves rkl", "(a) AdaKD improves fkl", "(a) AdaKD improves every base"]
+    assert "(d) Hellinger beats fkl" in claims
+    for bad, message in (("bogus=x", "names no such run"), ("full=a,b", "is one run label"), ("full", "NAME=LABEL")):
+        with pytest.raises(KDBenchError, match=message):
+            main([*argv[:-2], "--claim-run", bad])

@@ -29,7 +29,7 @@ def test_every_method_and_its_defaults_are_in_docs_methods(repo):
 def test_citations_name_docs_methods_and_a_section_it_has(repo):
     sections = _sections((repo / "docs/METHODS.md").read_text(encoding="utf-8"))
     cited = 0
-    for path in [*repo.glob("src/kdbench/*.py"), *repo.glob("methods/*.py"), *repo.glob("config/*.yaml"),
+    for path in [*repo.glob("src/kdbench/**/*.py"), *repo.glob("methods/*.py"), *repo.glob("config/*.yaml"),
                  *repo.glob("workflows/schemas/*.yaml"), *repo.glob("evaluation/**/*.md")]:
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"(?<![\w/])METHODS\.md", text), f"{path}: cite docs/METHODS.md (users have no other)"

@@ -96,3 +96,21 @@ def test_kdbench_check_summarises_a_valid_grid(repo, monkeypatch, capsys):
     out = capsys.readouterr().out
     # 31 student runs; 3 teachers + 31 runs on 5 sets = 170 evaluations
     assert "ok — 31 runs, 170 evaluations, tables main, design; pairs" in out and LLAMA in out
+
+
+def test_a_plugin_rule_name_is_guarded_without_a_core_edit(cfg, repo, tmp_path):
+    """A new methods/*.smk rule (here `distil_cache`) is a name a table may not take, read from the
+    plugin file itself (kdbench.config.rule_names): no core file lists it."""
+    from kdbench.config import rule_names
+
+    from tests.conftest import workflow_copy
+
+    root = workflow_copy(tmp_path)
+    assert not any("distil_cache" in p.read_text() for p in (repo / "src/kdbench").rglob("*.py"))
+    (root / "methods" / "distil_cache.smk").write_text(
+        "rule distil_cache:\n    output:\n        'cache.txt'\n    shell:\n        'touch {output}'\n")
+    assert {"distil_cache", "seqkd_data", "train"} <= rule_names(root)
+    bad = copy.deepcopy(cfg)
+    bad["tables"][0]["name"] = "distil_cache"
+    with pytest.raises(KDBenchError, match="'distil_cache' is the name of a workflow rule"):
+        grid(bad, root)

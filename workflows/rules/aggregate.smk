@@ -57,6 +57,7 @@ rule claims:
     input:
         results=lambda w: eval_results(pair=w.pair),
         predictions=lambda w: eval_results(pair=w.pair, predictions=True),
+        claims="evaluation/reference/claims.yaml",
     output:
         md=report(f"{RES}/tables/claims/{{pair}}/claims.md", category="Claims", subcategory="{pair}"),
         csv=f"{RES}/tables/claims/{{pair}}/claims.csv",
@@ -67,7 +68,7 @@ rule claims:
         ENV
     shell:
         "kdbench aggregate --results {input.results} --pair {wildcards.pair}"
-        " --claims-md {output.md} --claims-csv {output.csv} > {log} 2>&1"
+        " --claims {input.claims} --claims-md {output.md} --claims-csv {output.csv} > {log} 2>&1"
 
 
 rule plots:

@@ -1,0 +1,194 @@
+"""The inputs of the tables: evaluation result JSONs, their per-example predictions and lm-eval results.
+
+Result files live at ``.../evals/{pair}/{method}/seed{train_seed}/{set}.json`` (written by
+``kdbench evaluate``); pair, method and training seed come from the path, decoding seeds and
+scores from the file, the per-example scores from the ``{set}.predictions.jsonl`` beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdbench.errors import KDBenchError
+from kdbench.jsonl import json_lines
+
+COLUMNS = ["pair", "method", "train_seed", "set", "decoding_seed", "rougeL", "protocol"]
+MISSING = "–"
+AVG = "Avg"
+
+
+def _protocol_label(protocol: Any, where: Path) -> str:
+    """A one-line description of the generation settings that change scores (batch size excluded)."""
+    try:
+        decoding = (
+            f"sampling top-k {protocol['top_k']} top-p {protocol['top_p']} T {protocol['temperature']}"
+            if protocol["do_sample"]
+            else "greedy"
+        )
+        return (
+            f"{decoding}, ≤{protocol['max_new_tokens']} new tokens, "
+            f"prompts ≤{protocol['max_prompt_tokens']} tokens, "
+            f"no-repeat-ngram {protocol['no_repeat_ngram_size']}, protocol v{protocol['protocol_version']}"
+        )
+    except (KeyError, TypeError) as err:
+        raise KDBenchError(f"{where}: 'protocol' lacks {err}; re-run kdbench evaluate for this file") from err
+
+
+def _read_result(path: Path) -> list[dict[str, Any]]:
+    """The rows of one result file; the path must follow ``{pair}/{method}/seed{n}/{set}.json``."""
+    parts = path.parts
+    seed_dir = re.fullmatch(r"seed(\d+)", parts[-2]) if len(parts) >= 4 else None
+    if path.suffix != ".json" or seed_dir is None:
+        raise KDBenchError(
+            f"{path}: result paths must look like .../evals/{{pair}}/{{method}}/seed{{n}}/{{set}}.json"
+        )
+    pair, method, set_name = parts[-4], parts[-3], path.stem
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise KDBenchError(f"{path}: no such result file; run kdbench evaluate first") from err
+    except json.JSONDecodeError as err:
+        raise KDBenchError(f"{path}: not valid JSON ({err}); re-run kdbench evaluate for this file") from err
+    if not isinstance(result, dict) or result.get("set") != set_name:
+        found = result.get("set") if isinstance(result, dict) else None
+        raise KDBenchError(f"{path}: records set {found!r} but its file name says {set_name!r}")
+    per_seed = result.get("per_seed")
+    if not isinstance(per_seed, dict) or not per_seed:
+        raise KDBenchError(f"{path}: 'per_seed' must map decoding seeds to scores; re-run kdbench evaluate")
+    protocol = _protocol_label(result.get("protocol"), path)
+    rows = []
+    for decoding_seed, scores in per_seed.items():
+        score = scores.get("rougeL") if isinstance(scores, dict) else None
+        if not decoding_seed.isdigit() or not isinstance(score, (int, float)):
+            raise KDBenchError(f"{path}: per_seed[{decoding_seed!r}] = {scores!r} is not {{'rougeL': number}}")
+        rows.append(
+            {
+                "pair": pair,
+                "method": method,
+                "train_seed": int(seed_dir.group(1)),
+                "set": set_name,
+                "decoding_seed": int(decoding_seed),
+                "rougeL": float(score),
+                "protocol": protocol,
+            }
+        )
+    return rows
+
+
+def collect(result_files: Iterable[Path]) -> pd.DataFrame:
+    """Long table, one row per (pair, method, train_seed, set, decoding_seed), with ``rougeL``
+    and a ``protocol`` label; a (pair, method, train_seed, set, decoding_seed) seen twice is an error."""
+    rows = [row for path in result_files for row in _read_result(Path(path))]
+    if not rows:
+        raise KDBenchError("no result files given; pass the eval result JSONs with --results")
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    key = ["pair", "method", "train_seed", "set", "decoding_seed"]
+    duplicated = df[df.duplicated(key, keep=False)]
+    if not duplicated.empty:
+        first = duplicated.iloc[0]
+        raise KDBenchError(f"the same score appears in several result files: {dict(first[key])}")
+    return df
+
+
+PREDICTION_COLUMNS = ["pair", "method", "train_seed", "set", "decoding_seed", "idx", "rougeL", "protocol"]
+
+
+def _predictions_path(result: Path) -> Path:
+    return result.with_name(f"{result.stem}.predictions.jsonl")
+
+
+def load_predictions(result_files: Iterable[Path], methods: Iterable[str] | None = None) -> pd.DataFrame:
+    """Per-example scores from the ``{set}.predictions.jsonl`` beside each result JSON (only of
+    ``methods`` when given), one row per (pair, method, train_seed, set, decoding_seed, idx). Their
+    per-seed means must equal the result file's scores (a stale predictions file raises)."""
+    wanted = None if methods is None else set(methods)
+    frames = []
+    for result in map(Path, result_files):
+        if wanted is not None and (len(result.parts) < 3 or result.parts[-3] not in wanted):
+            continue
+        summary = pd.DataFrame(_read_result(result))
+        path = _predictions_path(result)
+        if not path.is_file():
+            raise KDBenchError(
+                f"{path}: no per-example predictions beside {result.name}; significance needs the "
+                "predictions file kdbench evaluate writes next to each result"
+            )
+        records = []
+        for where, rec in json_lines(path):
+            try:
+                records.append((int(rec["seed"]), int(rec["idx"]), float(rec["rougeL"])))
+            except (KeyError, TypeError, ValueError) as err:
+                raise KDBenchError(
+                    f"{where}: not a prediction record with seed, idx, rougeL ({err}); re-run kdbench evaluate"
+                ) from err
+        frame = pd.DataFrame(records, columns=["decoding_seed", "idx", "rougeL"])
+        means = frame.groupby("decoding_seed")["rougeL"].mean()
+        expected = summary.set_index("decoding_seed")["rougeL"]
+        if set(means.index) != set(expected.index) or not np.allclose(
+            means.reindex(expected.index).to_numpy(), expected.to_numpy(), rtol=0, atol=1e-6
+        ):
+            raise KDBenchError(f"{path}: its per-seed means differ from {result.name}; re-run kdbench evaluate")
+        if frame.duplicated(["decoding_seed", "idx"]).any():
+            raise KDBenchError(f"{path}: an (seed, idx) pair appears twice; re-run kdbench evaluate")
+        for column in ("pair", "method", "train_seed", "set", "protocol"):
+            frame[column] = summary[column].iloc[0]
+        frames.append(frame[PREDICTION_COLUMNS])
+    if not frames:
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+LM_EVAL_COLUMNS = ["pair", "method", "train_seed", "task", "decoding_seed", "score", "metric", "decoding"]
+
+
+def _read_lm_eval(path: Path) -> list[dict[str, Any]]:
+    """The rows of one ``kdbench lm-eval`` result, ``.../lm_eval/{pair}/{method}/seed{n}.json``: per
+    task and decoding seed, the task's primary metric."""
+    seed_dir = re.fullmatch(r"seed(\d+)", path.stem)
+    if path.suffix != ".json" or seed_dir is None or len(path.parts) < 3:
+        raise KDBenchError(f"{path}: lm-eval result paths must look like "
+                           ".../lm_eval/{pair}/{method}/seed{n}.json")
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise KDBenchError(f"{path}: no such lm-eval result; run kdbench lm-eval first") from err
+    except json.JSONDecodeError as err:
+        raise KDBenchError(f"{path}: not valid JSON ({err}); re-run kdbench lm-eval for this file") from err
+    tasks = result.get("tasks") if isinstance(result, dict) else None
+    if not isinstance(tasks, dict) or not tasks:
+        raise KDBenchError(f"{path}: no 'tasks' (an older kdbench lm-eval wrote it); re-run kdbench lm-eval")
+    rows = []
+    for task, entry in tasks.items():
+        try:
+            metric = entry["metric"]
+            scores = {seed: float(values[metric]) for seed, values in entry["per_seed"].items()}
+            decoding = entry["decoding"]
+        except (KeyError, TypeError, ValueError) as err:
+            raise KDBenchError(f"{path}: task {task!r} lacks {err} (metric, per_seed, decoding); re-run "
+                               "kdbench lm-eval") from err
+        rows += [{"pair": path.parts[-3], "method": path.parts[-2], "train_seed": int(seed_dir.group(1)),
+                  "task": task, "decoding_seed": int(seed), "score": score, "metric": metric, "decoding": decoding}
+                 for seed, score in scores.items()]
+    return rows
+
+
+def collect_lm_eval(result_files: Iterable[Path]) -> pd.DataFrame:
+    """Long table ``LM_EVAL_COLUMNS``, one row per (pair, method, train seed, task, decoding seed);
+    a task must have one metric and one decoding in every file."""
+    rows = [row for path in result_files for row in _read_lm_eval(Path(path))]
+    if not rows:
+        raise KDBenchError("no lm-eval result files given; pass them with --results")
+    df = pd.DataFrame(rows, columns=LM_EVAL_COLUMNS)
+    for task, group in df.groupby("task", sort=False):
+        for column in ("metric", "decoding"):
+            if group[column].nunique() > 1:
+                raise KDBenchError(f"lm-eval task {task}: results with different {column}s "
+                                   f"{sorted(group[column].unique())} would be pooled; re-run kdbench lm-eval")
+    return df
