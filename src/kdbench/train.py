@@ -1,11 +1,16 @@
 """`kdbench train <run.yaml>`: one distillation (or SFT) run on the DeepSpeed engine.
 
-The loop reads top to bottom: load the resolved run, the models and the method; tokenise the data;
-hand the student, optimizer and schedule to `deepspeed.initialize` (accelerator `cpu` on a CPU
-machine, `cuda` on GPUs, same code); then per optimizer step: gather the micro-batches, count the
-step's response tokens globally, and for each micro-batch run the teacher without grad, the student
-with grad, `kdbench.losses.objective`, backward and the engine step; feed the step's KD loss to the
-token policy; log. Finally save the student in Hugging Face format with `provenance.json`.
+A recipe in three parts, read top to bottom in `train`:
+- `build_session`: load the resolved run (typed: kdbench.spec.Training), the models and the method;
+  hand the student, optimizer and schedule to `deepspeed.initialize` (accelerator `cpu` on a CPU
+  machine, `cuda` on GPUs, same code); tokenise the data; resume at the newest good checkpoint.
+- `train_step`, per optimizer step: gather the micro-batches, count the step's response tokens
+  globally, and for each micro-batch run the teacher without grad, the student with grad,
+  `kdbench.losses.objective`, backward and the engine step; feed the step's KD loss to the token
+  policy; log; checkpoint.
+- `finish`: save the student in Hugging Face format with `provenance.json`.
+Fault injection reaches the loop only through `kdbench.testhooks` points (`train.step`,
+`train.micro_batch`), which do nothing outside the tests.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -69,209 +76,284 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(run: dict) -> None:
-    out = Path(run["run"]["dir"])
-    tr = run["training"]
-    seed = run["run"]["seed"]
+    """The recipe: build the session once, take its optimizer steps, save the student."""
+    s = build_session(run)
+    for step in tqdm(range(s.start_step, s.tr.steps), desc=f"{run['run']['pair']}/{s.method['label']}/seed{s.seed}",
+                     initial=s.start_step, total=s.tr.steps, mininterval=5):
+        train_step(s, step)
+    finish(s)
+
+
+@dataclass
+class Session:
+    """What a run's steps share: the resolved run, its typed training settings, the DeepSpeed engine
+    (student), the teacher, the method, the data source, checkpoints and the running counters."""
+
+    run: dict
+    tr: Training
+    tokenizer: Any
+    engine: Any
+    teacher: Any  # LastHidden of the teacher, or None (SFT)
+    teacher_forward: Any  # the teacher itself, or its ZeRO-3 inference engine
+    heads: Any  # kdbench.models.Heads: the output heads the loss applies
+    vocab_size: int
+    divergence: Any
+    policy: Composed | None
+    shapes: dict  # provenance
+    checkpoints: Checkpoints | None = None
+    stream: Stream | None = None
+    source: Any = None
+    selector: BestByValidRouge | None = None
+    metrics: Any = None  # metrics.jsonl, open for appending
+    valid: list | None = None  # encoded validation examples (sources that need a validation loss)
+    start_step: int = 0
+    tokens_seen: int = 0
+    tokens_here: int = 0
+    nonfinite_in_a_row: int = 0
+    skipped_total: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def out(self) -> Path:
+        return Path(self.run["run"]["dir"])
+
+    @property
+    def seed(self) -> int:
+        return self.run["run"]["seed"]
+
+    @property
+    def method(self) -> dict:
+        return self.run["method"]
+
+    def micro_batch_loss(self, mb: dict, n_global: int, progress: float) -> losses.LossParts:
+        """Teacher without grad, student with grad (final hidden states), then the harness."""
+        mb = {k: v.to(self.engine.device) for k, v in mb.items()}
+        with torch.no_grad():
+            t_hidden = self.teacher_forward(mb["input_ids"], mb["attention_mask"]) if self.teacher is not None else None
+        s_hidden = self.engine(mb["input_ids"], mb["attention_mask"])
+        student_head, teacher_head = self.heads.gather()  # released after this micro-batch's backward
+        return losses.objective(
+            s_hidden, t_hidden, mb["labels"], vocab_size=self.vocab_size, kd_ratio=self.method["kd_ratio"],
+            n_global=n_global, world_size=self.engine.world_size, divergence=self.divergence,
+            hparams=self.method["divergence"]["hp"] if self.divergence else None, policy=self.policy,
+            progress=progress, student_head=student_head, teacher_head=teacher_head,
+            chunk_size=self.tr.loss_chunk_size)
+
+    def validation_loss(self) -> float:
+        """The student's token-mean cross-entropy on the validation set in eval mode (DistiLLM's)."""
+        def ce_of(mb):
+            mb = {k: v.to(self.engine.device) for k, v in mb.items()}
+            with torch.no_grad():
+                s_hidden = self.engine(mb["input_ids"], mb["attention_mask"])
+                parts = losses.objective(s_hidden, None, mb["labels"], vocab_size=self.vocab_size, kd_ratio=0.0,
+                                         n_global=1, student_head=self.heads.gather()[0],
+                                         chunk_size=self.tr.loss_chunk_size)
+            self.heads.release()
+            return parts.ce_sum / max(parts.n_tokens, 1)
+
+        self.engine.eval()
+        loss = _validation_loss(self.valid, self.tokenizer.pad_token_id, self.tr.micro_batch_size, ce_of)
+        self.engine.train()
+        return loss
+
+
+def build_session(run: dict) -> Session:
+    """Models, method and engine (`_build_models`), then the data, resumed at the newest good
+    checkpoint of this exact run config, if any (`_build_data`)."""
     _single_process_env()
     _job_settings(run)  # what depends on where the job runs: accumulation for this world size, tensorboard
-    import deepspeed
-    from transformers import AutoTokenizer, get_scheduler
+    tr = Training.of(run["training"], f"{run['run']['dir']}/run.yaml")
+    random.seed(run["run"]["seed"])
+    torch.manual_seed(run["run"]["seed"])
+    s = _build_models(run, tr)
+    _build_data(s)
+    return s
 
-    from kdbench.jsonl import read_jsonl
-    from kdbench.models import (
-        Heads,
-        LastHidden,
-        apply_lora,
-        check_vocab,
-        enable_gradient_checkpointing,
-        SOURCE_FILE,
-        load_causal_lm,
-        model_shape,
-        model_source,
-        save_student,
-        zero3_inference_engine,
-    )
 
-    random.seed(seed)
-    torch.manual_seed(seed)
+def _build_models(run: dict, tr: Training) -> Session:
+    """The tokenizer, the student (LoRA, gradient checkpointing) and teacher, the method's
+    divergence and token policies, and the DeepSpeed engine around the student."""
+    from transformers import AutoTokenizer
 
-    # Models, tokenizer, method.
+    from kdbench.models import (Heads, LastHidden, apply_lora, check_vocab, enable_gradient_checkpointing,
+                                load_causal_lm, model_shape)
+
     tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
     # Under DeepSpeed bf16 the engine casts the student to bf16 and builds its fp32 masters from that copy.
-    student_lm = load_causal_lm(run["student"], dtype="bf16" if tr["bf16"] else "fp32")
-    vocab_size = len(tokenizer)
-    teacher = None
+    student_lm = load_causal_lm(run["student"], dtype="bf16" if tr.bf16 else "fp32")
+    vocab_size, teacher = len(tokenizer), None
     if run["teacher"]:
         teacher_lm = load_causal_lm(run["teacher"], dtype=run["teacher_dtype"])
         vocab_size = check_vocab(AutoTokenizer.from_pretrained(run["teacher"]), tokenizer,
                                  teacher_lm.get_output_embeddings().weight.shape[0],
                                  student_lm.get_output_embeddings().weight.shape[0], where=run["pair_file"])
         teacher = LastHidden(teacher_lm).eval().requires_grad_(False)
-    shapes = {"student": model_shape(student_lm), "teacher": model_shape(teacher_lm) if teacher else None}  # provenance
+    shapes = {"student": model_shape(student_lm), "teacher": model_shape(teacher_lm) if teacher else None}
     if run["lora"]:
         student_lm, n_trainable = apply_lora(student_lm, run["lora"])
         print(f"kdbench: LoRA: {n_trainable:,} trainable parameters", file=sys.stderr)
-    if tr["gradient_checkpointing"]:
+    if tr.gradient_checkpointing:
         enable_gradient_checkpointing(student_lm)
     method = run["method"]
     divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
     policy = None
     if method["policies"]:
         dims = {"student_dim": LastHidden(student_lm).hidden_size, "teacher_dim": teacher.hidden_size}
-        policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr["steps"], **dims)
+        policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr.steps, **dims)
                            for p in method["policies"]])
-    student = LastHidden(student_lm, extras=policy.modules() if policy else [])
+    engine = _engine(run, tr, LastHidden(student_lm, extras=policy.modules() if policy else []))
+    teacher_forward = teacher
+    if teacher is not None and run.get("teacher_zero3"):  # partitioned over the ranks (pair key teacher.zero3)
+        from kdbench.models import zero3_inference_engine
 
-    # Data: prompt-masked examples (the stream of micro-batches is created below, at the resume point).
-    prompt_format = run["prompt_format"]
-    examples = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["train"])]
+        teacher_forward = zero3_inference_engine(teacher, dtype=run["teacher_dtype"], micro_batch_size=tr.micro_batch_size,
+                                                 offload=run["teacher_zero3"]["offload"])
+    elif teacher is not None:
+        teacher.to(engine.device)
+    return Session(run=run, tr=tr, tokenizer=tokenizer, engine=engine, teacher=teacher, teacher_forward=teacher_forward,
+                   heads=Heads(engine.module, teacher),  # gathered per micro-batch under ZeRO-3
+                   vocab_size=vocab_size, divergence=divergence, policy=policy, shapes=shapes)
 
-    # Engine: DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule.
+
+def _engine(run: dict, tr: Training, student: torch.nn.Module):
+    """DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule."""
+    import deepspeed
+    from transformers import get_scheduler
+
     trainable = [p for p in student.parameters() if p.requires_grad]
     if run["deepspeed"].get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
         # ZeRO-Offload: AdamW steps on the CPU copies, with DeepSpeed's vectorised CPU kernel.
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 
-        optimizer = DeepSpeedCPUAdam(trainable, lr=tr["lr"], weight_decay=tr["weight_decay"], adamw_mode=True)
+        optimizer = DeepSpeedCPUAdam(trainable, lr=tr.lr, weight_decay=tr.weight_decay, adamw_mode=True)
     else:
-        optimizer = torch.optim.AdamW(trainable, lr=tr["lr"], weight_decay=tr["weight_decay"])
-    scheduler = get_scheduler(tr["schedule"], optimizer, num_warmup_steps=int(tr["warmup_ratio"] * tr["steps"]),
-                              num_training_steps=tr["steps"])
-    ds_config = {**run["deepspeed"], "train_micro_batch_size_per_gpu": tr["micro_batch_size"],
-                 "gradient_accumulation_steps": tr["gradient_accumulation_steps"], "gradient_clipping": tr["grad_clip"],
-                 "bf16": {"enabled": tr["bf16"]}}
-    if tr.get("tensorboard"):  # DeepSpeed's own monitor writes <run dir>/tensorboard/
-        ds_config["tensorboard"] = {"enabled": True, "output_path": str(out), "job_name": "tensorboard"}
+        optimizer = torch.optim.AdamW(trainable, lr=tr.lr, weight_decay=tr.weight_decay)
+    scheduler = get_scheduler(tr.schedule, optimizer, num_warmup_steps=int(tr.warmup_ratio * tr.steps),
+                              num_training_steps=tr.steps)
+    ds_config = {**run["deepspeed"], "train_micro_batch_size_per_gpu": tr.micro_batch_size,
+                 "gradient_accumulation_steps": tr.gradient_accumulation_steps, "gradient_clipping": tr.grad_clip,
+                 "bf16": {"enabled": tr.bf16}}
+    if tr.tensorboard:  # DeepSpeed's own monitor writes <run dir>/tensorboard/
+        ds_config["tensorboard"] = {"enabled": True, "output_path": run["run"]["dir"], "job_name": "tensorboard"}
     engine, _, _, _ = deepspeed.initialize(model=student, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     engine.train()  # from_pretrained returns eval mode: dropout must be on for training
-    world = engine.world_size
-    teacher_forward = teacher
-    if teacher is not None and run.get("teacher_zero3"):  # partitioned over the ranks (pair key teacher.zero3)
-        teacher_forward = zero3_inference_engine(teacher, dtype=run["teacher_dtype"], offload=run["teacher_zero3"]["offload"],
-                                                 micro_batch_size=tr["micro_batch_size"])
-    elif teacher is not None:
-        teacher.to(engine.device)
-    heads = Heads(engine.module, teacher)  # the output heads the loss applies (gathered per micro-batch under ZeRO-3)
+    return engine
 
-    def micro_batch_loss(mb, n_global, progress, policy=policy):
-        """Teacher without grad, student with grad (final hidden states), then the harness."""
-        mb = {k: v.to(engine.device) for k, v in mb.items()}
-        with torch.no_grad():
-            t_hidden = teacher_forward(mb["input_ids"], mb["attention_mask"]) if teacher is not None else None
-        s_hidden = engine(mb["input_ids"], mb["attention_mask"])
-        student_head, teacher_head = heads.gather()  # released after this micro-batch's backward
-        return losses.objective(
-            s_hidden, t_hidden, mb["labels"], vocab_size=vocab_size, kd_ratio=method["kd_ratio"],
-            n_global=n_global, world_size=world, divergence=divergence,
-            hparams=method["divergence"]["hp"] if divergence else None, policy=policy, progress=progress,
-            student_head=student_head, teacher_head=teacher_head,
-            chunk_size=tr["loss_chunk_size"])
 
-    def valid_ce_of(mb):
-        """The student's token-mean cross-entropy on one batch in eval mode (DistiLLM's validation loss)."""
-        mb = {k: v.to(engine.device) for k, v in mb.items()}
-        engine.eval()
-        with torch.no_grad():
-            s_hidden = engine(mb["input_ids"], mb["attention_mask"])
-            parts = losses.objective(s_hidden, None, mb["labels"], vocab_size=vocab_size, kd_ratio=0.0, n_global=1,
-                                     student_head=heads.gather()[0], chunk_size=tr["loss_chunk_size"])
-        heads.release()
-        engine.train()
-        return parts.ce_sum / max(parts.n_tokens, 1)
+def _build_data(s: Session) -> None:
+    """Prompt-masked examples as a resumable stream, the method's data source over it (dataset,
+    student samples, replay), validation selection and metrics.jsonl, at the resume point."""
+    from kdbench.jsonl import read_jsonl
 
-    # Resume from the newest good checkpoint of this exact run config, if any.
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoints = Checkpoints(out, run, keep=tr["keep_checkpoints"])
-    state = checkpoints.resume(engine) or {"step": 0, "micro_batches": 0, "tokens_seen": 0}
+    tr, engine, tokenizer, prompt_format = s.tr, s.engine, s.tokenizer, s.run["prompt_format"]
+    examples = [encode_example(r, tokenizer, tr.max_length, prompt_format) for r in read_jsonl(s.run["data"]["train"])]
+    s.out.mkdir(parents=True, exist_ok=True)
+    s.checkpoints = Checkpoints(s.out, s.run, keep=tr.keep_checkpoints)
+    state = s.checkpoints.resume(engine) or {"step": 0, "micro_batches": 0, "tokens_seen": 0}
     if state["step"]:  # Checkpoints.resume has restored the RNG states too
-        if policy is not None:
-            policy.load_state_dicts(state["policies"])
-        print(f"kdbench: resuming {out} at step {state['step']}", file=sys.stderr)
-    stream = Stream(examples, tr["micro_batch_size"], seed, start=state["micro_batches"])
+        if s.policy is not None:
+            s.policy.load_state_dicts(state["policies"])
+        print(f"kdbench: resuming {s.out} at step {state['step']}", file=sys.stderr)
+    s.start_step, s.tokens_seen = state["step"], state["tokens_seen"]
+    s.stream = Stream(examples, tr.micro_batch_size, s.seed, start=state["micro_batches"])
+    synced = _zero3(engine) and engine.world_size > 1  # ZeRO-3 on several ranks: generation in lockstep
     sampler = partial(sample_responses, engine.module.lm, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                      max_new_tokens=tr["sample_max_new_tokens"], max_length=tr["max_length"],
-                      synced_gpus=_zero3(engine) and world > 1)
-    source = make_source(method["source"], method["source_hp"], stream, sampler, tr["steps"], tr["micro_batch_size"])
+                      max_new_tokens=tr.sample_max_new_tokens, max_length=tr.max_length, synced_gpus=synced)
+    s.source = make_source(s.method["source"], s.method["source_hp"], s.stream, sampler, tr.steps, tr.micro_batch_size)
     if state["step"]:
-        source.load_state_dict(state["source"])
-    if source.needs_validation:
-        valid = [encode_example(r, tokenizer, tr["max_length"], prompt_format) for r in read_jsonl(run["data"]["valid"])]
-        steps_per_epoch = max(1, stream.per_epoch // tr["gradient_accumulation_steps"])
+        s.source.load_state_dict(state["source"])
+    if s.source.needs_validation:
+        s.valid = [encode_example(r, tokenizer, tr.max_length, prompt_format) for r in read_jsonl(s.run["data"]["valid"])]
         if not state["step"]:  # DistiLLM evaluates before training; its θ compares later epochs with this
-            source.begin(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
-    selector = BestByValidRouge(out, run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
-                                synced_gpus=_zero3(engine) and world > 1) if tr["select"] == "valid_rougeL" else None
-    metrics = _open_metrics(out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
-    nonfinite_in_a_row, skipped_total = 0, 0  # non-finite micro-batches (training.nonfinite)
+            s.source.begin(s.validation_loss())
+    if tr.select == "valid_rougeL":
+        s.selector = BestByValidRouge(s.out, s.run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
+                                      synced_gpus=synced)
+    s.metrics = _open_metrics(s.out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
 
-    start, tokens_seen, tokens_here = time.perf_counter(), state["tokens_seen"], 0
-    for step in tqdm(range(state["step"], tr["steps"]), desc=f"{run['run']['pair']}/{method['label']}/seed{seed}",
-                     initial=state["step"], total=tr["steps"], mininterval=5):
-        testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
-        lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
-        micro = [collate(source.next(step), tokenizer.pad_token_id) for _ in range(tr["gradient_accumulation_steps"])]
-        n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
-        kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
-        for mb in micro:
-            parts = micro_batch_loss(mb, n_global, step / tr["steps"])
-            parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
-            if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
-                nonfinite_in_a_row = _nonfinite(out, step, parts.loss.item(), tr, nonfinite_in_a_row + 1, checkpoints)
-                engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
-                engine.step()
-                n_skipped += losses.count_valid(mb["labels"])
-                continue
-            nonfinite_in_a_row = 0
-            engine.backward(parts.loss, scale_wrt_gas=False)
-            heads.release()
+
+def train_step(s: Session, step: int) -> None:
+    """One optimizer step: gather its micro-batches, count its response tokens over all ranks, run
+    each through the loss, backward and the engine step; feed the KD loss to the token policy; then
+    the source's epoch end, validation selection, the metrics record and the checkpoint."""
+    tr, engine = s.tr, s.engine
+    testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
+    lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
+    micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
+    n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
+    kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
+    for mb in micro:
+        parts = s.micro_batch_loss(mb, n_global, step / tr.steps)
+        parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
+        if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
+            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), tr, s.nonfinite_in_a_row + 1,
+                                              s.checkpoints)
+            engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
             engine.step()
-            kd_weighted += parts.kd_mean * parts.n_tokens
-            ce_sum += parts.ce_sum
-            n_selected += parts.n_selected
-            if parts.temperature is not None:
-                temps.append(parts.temperature)
-        n_used = n_global - _all_reduce_sum(n_skipped, engine.device)
-        skipped_total += n_global - n_used
-        kd_loss = _all_reduce_sum(kd_weighted, engine.device) / max(n_used, 1)
-        ce = _all_reduce_sum(ce_sum, engine.device) / max(n_used, 1)
-        if policy is not None and n_used:
-            policy.observe(kd_loss)
-        if source.needs_validation and (step + 1) % steps_per_epoch == 0:
-            source.end_epoch(_validation_loss(valid, tokenizer.pad_token_id, tr["micro_batch_size"], valid_ce_of))
-        tokens_seen, tokens_here = tokens_seen + n_global, tokens_here + n_global
-        valid_rouge = None
-        if selector is not None and ((step + 1) % tr["select_every"] == 0 or step == tr["steps"] - 1):
-            valid_rouge = selector.score(engine.module.lm, step + 1)
-        if step % tr["log_every"] == 0 or step == tr["steps"] - 1 or valid_rouge is not None:
-            record = _metrics_record(step, lr, method["kd_ratio"], ce, kd_loss, n_global, n_selected, policy,
-                                     temps, tokens_here / (time.perf_counter() - start))
-            record.update(source.metrics())  # GKD/DistiLLM: student-sampled (and replayed) batches so far, θ
-            if valid_rouge is not None:
-                record["valid_rougeL"] = valid_rouge
-            if skipped_total:
-                record["skipped_tokens"] = skipped_total
-            metrics.write(json.dumps(record) + "\n")
-            metrics.flush()
-            if engine.monitor.enabled:  # training.tensorboard: the same scalars, by step
-                engine.monitor.write_events([(f"kdbench/{key}", value, step) for key, value in record.items()
-                                             if key != "step" and isinstance(value, (int, float))])
-        if tr["checkpoint_every"] and (step + 1) % tr["checkpoint_every"] == 0 and step + 1 < tr["steps"]:
-            checkpoints.save(engine, step + 1, {
-                "step": step + 1, "micro_batches": stream.position, "source": source.state_dict(),
-                "tokens_seen": tokens_seen, "policies": policy.state_dicts() if policy else [],
-                "best": selector.best if selector else None, "metrics": (out / "metrics.jsonl").read_text()})
-    metrics.close()
-    heads.release()
-    if selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
-        selector.restore_best(engine.module.lm)
+            n_skipped += losses.count_valid(mb["labels"])
+            continue
+        s.nonfinite_in_a_row = 0
+        engine.backward(parts.loss, scale_wrt_gas=False)
+        s.heads.release()
+        engine.step()
+        kd_weighted, ce_sum, n_selected = kd_weighted + parts.kd_mean * parts.n_tokens, ce_sum + parts.ce_sum, \
+            n_selected + parts.n_selected
+        if parts.temperature is not None:
+            temps.append(parts.temperature)
+    n_used = n_global - _all_reduce_sum(n_skipped, engine.device)
+    s.skipped_total += n_global - n_used
+    kd_loss = _all_reduce_sum(kd_weighted, engine.device) / max(n_used, 1)
+    ce = _all_reduce_sum(ce_sum, engine.device) / max(n_used, 1)
+    if s.policy is not None and n_used:
+        s.policy.observe(kd_loss)
+    if s.source.needs_validation and (step + 1) % max(1, s.stream.per_epoch // tr.gradient_accumulation_steps) == 0:
+        s.source.end_epoch(s.validation_loss())
+    s.tokens_seen, s.tokens_here = s.tokens_seen + n_global, s.tokens_here + n_global
+    valid_rouge = None
+    if s.selector is not None and ((step + 1) % tr.select_every == 0 or step == tr.steps - 1):
+        valid_rouge = s.selector.score(engine.module.lm, step + 1)
+    if step % tr.log_every == 0 or step == tr.steps - 1 or valid_rouge is not None:
+        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy,
+                                 temps, s.tokens_here / (time.perf_counter() - s.start))
+        _log(s, step, record, valid_rouge)
+    if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.steps:
+        s.checkpoints.save(engine, step + 1, {
+            "step": step + 1, "micro_batches": s.stream.position, "source": s.source.state_dict(),
+            "tokens_seen": s.tokens_seen, "policies": s.policy.state_dicts() if s.policy else [],
+            "best": s.selector.best if s.selector else None, "metrics": (s.out / "metrics.jsonl").read_text()})
 
-    # Save the student (HF format, safetensors) atomically: write beside, then rename. Under ZeRO-3 every
-    # rank first gathers the full weights (GatheredParameters is a no-op for ZeRO stages 0-2).
+
+def _log(s: Session, step: int, record: dict, valid_rouge: float | None) -> None:
+    """One metrics.jsonl record (and the same scalars to tensorboard, with training.tensorboard)."""
+    record.update(s.source.metrics())  # GKD/DistiLLM: student-sampled (and replayed) batches so far, θ
+    if valid_rouge is not None:
+        record["valid_rougeL"] = valid_rouge
+    if s.skipped_total:
+        record["skipped_tokens"] = s.skipped_total
+    s.metrics.write(json.dumps(record) + "\n")
+    s.metrics.flush()
+    if s.engine.monitor.enabled:  # training.tensorboard: the same scalars, by step
+        s.engine.monitor.write_events([(f"kdbench/{key}", value, step) for key, value in record.items()
+                                       if key != "step" and isinstance(value, (int, float))])
+
+
+def finish(s: Session) -> None:
+    """Save the student (HF format, safetensors) atomically: write beside, then rename. Under ZeRO-3
+    every rank first gathers the full weights (GatheredParameters is a no-op for ZeRO stages 0-2)."""
+    import deepspeed
+
+    from kdbench.models import SOURCE_FILE, model_source, save_student
+
+    s.metrics.close()
+    s.heads.release()
+    engine, out, run, tr, method = s.engine, s.out, s.run, s.tr, s.method
+    if s.selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
+        s.selector.restore_best(engine.module.lm)
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
         if engine.global_rank == 0:
             tmp = out / ".model.tmp"
             save_student(engine.module.lm, tmp)
-            tokenizer.save_pretrained(tmp)
+            s.tokenizer.save_pretrained(tmp)
             if len(engine.module.extras):
                 save_file(engine.module.extras.state_dict(), tmp / "kdbench_policy_modules.safetensors")
             origin = model_source(run["student"])  # pretrained weights: carried into every model trained from them
@@ -281,11 +363,11 @@ def train(run: dict) -> None:
                 shutil.rmtree(out / "model")
             os.replace(tmp, out / "model")
             atomic.write_json(out / "provenance.json", provenance.collect(
-                Path.cwd(), engine.device, run=run["run"], seeds={"train": seed},
+                Path.cwd(), engine.device, run=run["run"], seeds={"train": s.seed},
                 methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
-                models={"start": model_source(run["student"]), "teacher": model_source(run["teacher"])}, shapes=shapes,
-                steps=tr["steps"], tokens=tokens_seen, seconds=round(time.perf_counter() - start, 2),
-                selected={"rule": tr["select"], **(selector.best if selector else {"step": tr["steps"]})}))
+                models={"start": model_source(run["student"]), "teacher": model_source(run["teacher"])}, shapes=s.shapes,
+                steps=tr.steps, tokens=s.tokens_seen, seconds=round(time.perf_counter() - s.start, 2),
+                selected={"rule": tr.select, **(s.selector.best if s.selector else {"step": tr.steps})}))
     # Ranks leave together once rank 0 has saved; a rank that exits with its process group alive can
     # abort in interpreter teardown (seen with ZeRO-3 on two CPU ranks, about 1 exit in 20).
     if torch.distributed.is_initialized():
@@ -305,7 +387,7 @@ def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, polic
     return record
 
 
-def _nonfinite(out: Path, step: int, value: float, tr: dict, in_a_row: int, checkpoints: Checkpoints) -> int:
+def _nonfinite(out: Path, step: int, value: float, tr: Training, in_a_row: int, checkpoints: Checkpoints) -> int:
     """A micro-batch whose loss is NaN/inf, seen before its backward (so the weights never take it):
     stop the run (`training.nonfinite: stop`), or skip it and go on, stopping once
     `training.max_nonfinite` come in a row. Returns how many came in a row."""
@@ -313,11 +395,11 @@ def _nonfinite(out: Path, step: int, value: float, tr: dict, in_a_row: int, chec
     what = (f"run {out}: the loss became {value} at step {step}; last good checkpoint: "
             f"{last[-1] if last else 'none'}.")
     advice = "Lower the learning rate or check the data, then rerun (it resumes from that checkpoint)"
-    if tr["nonfinite"] == "stop":
+    if tr.nonfinite == "stop":
         raise KDBenchError(f"{what} {advice}; or set training.nonfinite: skip to skip such micro-batches.")
-    if in_a_row >= tr["max_nonfinite"]:
+    if in_a_row >= tr.max_nonfinite:
         raise KDBenchError(f"{what} {in_a_row} micro-batches in a row were non-finite (training.max_nonfinite "
-                           f"{tr['max_nonfinite']}), so the weights have likely diverged. {advice}.")
+                           f"{tr.max_nonfinite}), so the weights have likely diverged. {advice}.")
     print(f"kdbench: {what} Skipping that micro-batch (training.nonfinite: skip).", file=sys.stderr)
     return in_a_row
 
@@ -359,14 +441,14 @@ class BestByValidRouge:
     validation examples): the trainable weights of the best step are kept beside the run and put
     back into the model before it is saved. Its state (best step and score) resumes with the run."""
 
-    def __init__(self, out: Path, valid_path: str, tokenizer, tr: dict, best: dict | None, prompt_format: str,
+    def __init__(self, out: Path, valid_path: str, tokenizer, tr: Training, best: dict | None, prompt_format: str,
                  synced_gpus: bool = False):
         from kdbench.jsonl import read_jsonl
 
         self.path, self.tokenizer, self.tr = out / "best_trainable.safetensors", tokenizer, tr
         self.prompt_format = prompt_format
         self.synced_gpus = synced_gpus  # ZeRO-3 on several ranks: generation steps in lockstep
-        self.examples = read_jsonl(valid_path)[:tr["select_examples"]]
+        self.examples = read_jsonl(valid_path)[:tr.select_examples]
         self.best = best or {"step": None, "valid_rougeL": -1.0}
 
     def score(self, lm, step: int) -> float:
@@ -375,7 +457,7 @@ class BestByValidRouge:
         was_training = lm.training
         lm.eval()
         summary, _ = evaluate_set(lm, self.tokenizer, self.examples, set_name="valid", seeds=[0], protocol={
-            "do_sample": False, "max_new_tokens": self.tr["sample_max_new_tokens"], "batch_size": 16,
+            "do_sample": False, "max_new_tokens": self.tr.sample_max_new_tokens, "batch_size": 16,
             "prompt_format": self.prompt_format},
             synced_gpus=self.synced_gpus)
         lm.train(was_training)
