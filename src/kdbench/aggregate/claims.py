@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from kdbench.aggregate.results import read_document
 from kdbench.aggregate.statistics import BOOTSTRAP_N, compare
 from kdbench.aggregate.tables import bootstrap_header
 from kdbench.errors import KDBenchError
@@ -117,12 +117,7 @@ def load_claims(path: Path) -> ClaimSet:
     """Read claims.yaml (``paper``, ``runs``, ``claims``: see the file's header); bad entries raise,
     naming the file and the entry."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise KDBenchError(f"{path}: no such claims file; see evaluation/reference/claims.yaml") from err
-    except yaml.YAMLError as err:
-        raise KDBenchError(f"{path}: not valid YAML ({err})") from err
+    data = read_document(path, "no such claims file; see evaluation/reference/claims.yaml")
     if not isinstance(data, dict) or set(data) != {"paper", "runs", "claims"}:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise KDBenchError(f"{path}: expected the top-level keys claims, paper, runs; found {found}")

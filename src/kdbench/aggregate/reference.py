@@ -12,9 +12,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from kdbench.aggregate.results import AVG, MISSING
+from kdbench.aggregate.results import AVG, MISSING, read_document
 from kdbench.aggregate.tables import cell_stats
 from kdbench.errors import KDBenchError
 
@@ -100,12 +99,7 @@ class PaperLabel:
 def load_labels(path: Path) -> dict[str, PaperLabel]:
     """Read labels.yaml (``labels: {<our label>: {method, adakd, variant?}}``); bad entries raise."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise KDBenchError(f"{path}: no such labels file; see evaluation/reference/labels.yaml") from err
-    except yaml.YAMLError as err:
-        raise KDBenchError(f"{path}: not valid YAML ({err})") from err
+    data = read_document(path, "no such labels file; see evaluation/reference/labels.yaml")
     entries = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise KDBenchError(f"{path}: expected a top-level 'labels:' mapping of run label → {{method, adakd}}")

@@ -16,8 +16,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import yaml
+
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import json_lines
+
+
+def read_document(path: Path, missing: str, invalid: str = "") -> Any:
+    """A JSON (``.json``) or YAML file's content; a missing or malformed file raises an error naming
+    it: ``<path>: <missing>``, or ``<path>: not valid JSON/YAML (...)[; <invalid>]``."""
+    loads, error, kind = ((json.loads, json.JSONDecodeError, "JSON") if path.suffix == ".json"
+                          else (yaml.safe_load, yaml.YAMLError, "YAML"))
+    try:
+        return loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise KDBenchError(f"{path}: {missing}") from err
+    except error as err:
+        raise KDBenchError(f"{path}: not valid {kind} ({err})" + (f"; {invalid}" if invalid else "")) from err
 
 COLUMNS = ["pair", "method", "train_seed", "set", "decoding_seed", "rougeL", "protocol"]
 MISSING = "–"
@@ -50,12 +65,8 @@ def _read_result(path: Path) -> list[dict[str, Any]]:
             f"{path}: result paths must look like .../evals/{{pair}}/{{method}}/seed{{n}}/{{set}}.json"
         )
     pair, method, set_name = parts[-4], parts[-3], path.stem
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise KDBenchError(f"{path}: no such result file; run kdbench evaluate first") from err
-    except json.JSONDecodeError as err:
-        raise KDBenchError(f"{path}: not valid JSON ({err}); re-run kdbench evaluate for this file") from err
+    result = read_document(path, "no such result file; run kdbench evaluate first",
+                           "re-run kdbench evaluate for this file")
     if not isinstance(result, dict) or result.get("set") != set_name:
         found = result.get("set") if isinstance(result, dict) else None
         raise KDBenchError(f"{path}: records set {found!r} but its file name says {set_name!r}")
@@ -155,12 +166,8 @@ def _read_lm_eval(path: Path) -> list[dict[str, Any]]:
     if path.suffix != ".json" or seed_dir is None or len(path.parts) < 3:
         raise KDBenchError(f"{path}: lm-eval result paths must look like "
                            ".../lm_eval/{pair}/{method}/seed{n}.json")
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise KDBenchError(f"{path}: no such lm-eval result; run kdbench lm-eval first") from err
-    except json.JSONDecodeError as err:
-        raise KDBenchError(f"{path}: not valid JSON ({err}); re-run kdbench lm-eval for this file") from err
+    result = read_document(path, "no such lm-eval result; run kdbench lm-eval first",
+                           "re-run kdbench lm-eval for this file")
     tasks = result.get("tasks") if isinstance(result, dict) else None
     if not isinstance(tasks, dict) or not tasks:
         raise KDBenchError(f"{path}: no 'tasks' (an older kdbench lm-eval wrote it); re-run kdbench lm-eval")
