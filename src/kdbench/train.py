@@ -196,12 +196,13 @@ def _build_models(run: dict, tr: Training) -> Session:
         enable_gradient_checkpointing(student_lm)
     method = run["method"]
     divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
-    policy = None
+    student, policy = LastHidden(student_lm), None
     if method["policies"]:
-        dims = {"student_dim": LastHidden(student_lm).hidden_size, "teacher_dim": teacher.hidden_size}
+        dims = {"student_dim": student.hidden_size, "teacher_dim": teacher.hidden_size}
         policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr.steps, **dims)
                            for p in method["policies"]])
-    engine = _engine(run, tr, LastHidden(student_lm, extras=policy.modules() if policy else []))
+        student.extras = torch.nn.ModuleList(policy.modules())  # trained and saved with the student (EGAD's W)
+    engine = _engine(run, tr, student)
     teacher_forward = teacher
     if teacher is not None and run.get("teacher_zero3"):  # partitioned over the ranks (pair key teacher.zero3)
         from kdbench.models import zero3_inference_engine
