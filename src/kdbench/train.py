@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,7 @@ class Session:
     tokens_here: int = 0
     nonfinite_in_a_row: int = 0
     skipped_total: int = 0
-    start: float = field(default_factory=time.perf_counter)
+    start: float = 0.0  # perf_counter at the first step (tokens_per_s, provenance seconds)
 
     @property
     def out(self) -> Path:
@@ -167,6 +167,7 @@ def build_session(run: dict) -> Session:
     torch.manual_seed(run["run"]["seed"])
     s = _build_models(run, tr)
     _build_data(s)
+    s.start = time.perf_counter()  # the clock starts at the first step, as tokens_per_s and provenance count
     return s
 
 
