@@ -37,11 +37,11 @@ class Claim:
     def comparisons(self, runs: Mapping[str, str | list[str]]) -> list[tuple[str, str, str]]:
         """``(claim text, a, b)`` of each row, the placeholders filled from ``runs``."""
         scalars = {k: v for k, v in runs.items() if isinstance(v, str)}
-        if self.for_each is None:
-            return [(self.claim.format(**scalars), self.better.format(**scalars), self.than.format(**scalars))]
-        var, listed = self.for_each
-        values = [{**scalars, var: label} for label in runs[listed]]
-        return [(self.claim.format(**v), self.better.format(**v), self.than.format(**v)) for v in values]
+        fills = [scalars]
+        if self.for_each is not None:
+            var, listed = self.for_each
+            fills = [{**scalars, var: label} for label in runs[listed]]
+        return [(self.claim.format(**v), self.better.format(**v), self.than.format(**v)) for v in fills]
 
 
 @dataclass(frozen=True)
