@@ -147,10 +147,11 @@ def generate(
     error; ``prompt_format`` is the caller's, the prompts are already rendered).
 
     Prompts longer than ``max_prompt_tokens`` lose their beginning (the response header at the end
-    must survive). Batches are left-padded with an attention mask and formed from prompts sorted by
-    length (longest first, so memory problems show in the first batch). ``torch.manual_seed(seed)``
-    is set once before the first batch, so a run is reproducible for a given seed, prompt set and
-    batch size. Generation stops at eos; only the new tokens are decoded, special tokens skipped,
+    must survive). Batches are left-padded with an attention mask and formed from prompts sorted as
+    lm-eval's ``HFLM.generate_until`` sorts its requests: by untruncated length, longest first (so
+    memory problems show in the first batch), then by prompt text. ``torch.manual_seed(seed)`` is set
+    once before the first batch, so a run is reproducible for a given seed, prompt set and batch size,
+    and lm-eval on the same set, seed and batch size samples the same responses (`kdbench lm-eval`). Generation stops at eos; only the new tokens are decoded, special tokens skipped,
     whitespace stripped. Sets ``tokenizer.padding_side`` and ``truncation_side`` to ``"left"`` and
     the pad token to eos when the tokenizer has none. ``synced_gpus``: every rank keeps stepping until
     all are done (a ZeRO-3 model on several ranks: each forward is collective); not a protocol setting.
@@ -160,7 +161,8 @@ def generate(
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
     encoded = tokenizer(prompts, truncation=True, max_length=settings["max_prompt_tokens"])["input_ids"]
-    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
+    untruncated = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # lm-eval's sort key: tok_encode
+    order = sorted(range(len(prompts)), key=lambda i: (-len(untruncated[i]), prompts[i]))
     kwargs = _generate_kwargs(model, tokenizer, settings, synced_gpus)
 
     responses: list[str] = [""] * len(prompts)

@@ -13,6 +13,9 @@ kdbench's tasks (``metadata.protocol: kdbench``, from evaluation/tasks/_default_
 the grid's decoding protocol as ``kdbench evaluate`` does: new tokens, prompt budget (lm-eval keeps
 the last ``max_length - max_gen_toks`` prompt tokens), greedy or sampled, n-gram blocking, prompt
 format; every other task keeps its own settings. The model is loaded once for every seed and task.
+Each kdbench task runs in its own ``simple_evaluate`` call, its seeds set right before it as
+``kdbench evaluate`` sets them before each set, and both sort prompts alike (lm-eval's order), so
+the two sample the same responses and report the same scores for every seed.
 
 The result JSON holds, per task, its decoding, the seeds run, the primary metric (the first lm-eval
 reports) and every metric per seed; ``kdbench lm-eval-table`` turns these files into tables.
@@ -303,16 +306,15 @@ def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, pro
                                     "output_type": task.get_config("output_type"),
                                     "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
                                     else None, "per_seed": {}})
-        for ours in (True, False):
-            todo = [task for name, task in loaded.items()
-                    if _is_kdbench(task) == ours and (i == 0 or tasks[name]["decoding"] == "sampled")]
-            if not todo:
-                continue
+        todo = [task for name, task in loaded.items() if i == 0 or tasks[name]["decoding"] == "sampled"]
+        # kdbench's tasks one at a time, seeded as `kdbench evaluate` seeds each set: the same samples
+        groups = [[task] for task in todo if _is_kdbench(task)] + [[task for task in todo if not _is_kdbench(task)]]
+        for group in filter(None, groups):
             out = lm_eval.simple_evaluate(
-                model=lms[ours], tasks=todo, task_manager=manager, limit=args.limit, log_samples=False,
+                model=lms[_is_kdbench(group[0])], tasks=group, task_manager=manager, limit=args.limit, log_samples=False,
                 bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                 fewshot_random_seed=seed)
-            for task in todo:
+            for task in group:
                 entry = tasks[task.task_name]
                 entry["per_seed"][str(seed)] = _metrics(out["results"][task.task_name])
                 entry.setdefault("n_docs", out.get("n-samples", {}).get(task.task_name, {}).get("effective"))

@@ -131,6 +131,19 @@ def test_sampling_is_reproducible_per_seed_and_differs_across_seeds(model, token
     assert len(first) == len(PROMPTS) and all(isinstance(text, str) for text in first)
 
 
+def test_sampled_responses_follow_the_prompt_not_its_position(model, tokenizer) -> None:
+    """Prompts are batched in lm-eval's order (untruncated length, longest first, then text), so the
+    file order does not change which random numbers a prompt's response draws; equal-length prompts
+    are the case a length-only sort would leave to the file order."""
+    same_length = ["Say A.", "Say B.", "Say C.", "Say D."]
+    assert len({len(tokenizer(p)["input_ids"]) for p in same_length}) == 1
+    prompts = same_length + PROMPTS
+    forward = generate(model, tokenizer, prompts, seed=10, batch_size=3, **FEW)
+    backward = generate(model, tokenizer, prompts[::-1], seed=10, batch_size=3, **FEW)
+    assert forward == backward[::-1]
+    assert len(set(forward[:4])) > 1  # sampled: the equal-length prompts' responses differ
+
+
 def test_pad_token_falls_back_to_eos() -> None:
     tokenizer = _tokenizer()
     assert tokenizer.pad_token is None

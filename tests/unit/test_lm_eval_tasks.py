@@ -278,11 +278,14 @@ def test_a_stock_multiple_choice_task_on_local_data_runs_once(lm_eval_run: dict)
     assert arc["per_seed"]["10"]["acc"] in {0.0, 1 / 3, 2 / 3, 1.0} and "acc_norm" in arc["per_seed"]["10"]
 
 
-@pytest.mark.parametrize("prompt_format", ["minillm", "chat"])
-def test_greedy_protocol_scores_what_kdbench_evaluate_scores(workdir: Path, tiny_model, prompt_format: str) -> None:
-    """--greedy (evaluation.greedy): one seed, and the score of `kdbench evaluate --greedy` on the same
-    model, set and protocol; with --prompt-format chat too (the tokenizer's chat template around the
-    instruction, kdbench's rendering)."""
+@pytest.mark.parametrize("prompt_format, decoding", [("minillm", "greedy"), ("chat", "greedy"), ("minillm", "sampled")])
+def test_lm_eval_scores_what_kdbench_evaluate_scores(workdir: Path, tiny_model, prompt_format: str,
+                                                     decoding: str) -> None:
+    """Under the grid's protocol `kdbench lm-eval` reports, per task and seed, the score `kdbench
+    evaluate` gives the same model on the same set: greedy (evaluation.greedy: one seed), with
+    --prompt-format chat too (the tokenizer's chat template around the instruction, kdbench's
+    rendering), and sampled over two seeds on two sets in batches of 2 (same prompt order, each set
+    seeded alone: the same samples)."""
     from kdbench.evaluate import main as evaluate_main
 
     model = workdir / "model"
@@ -294,22 +297,32 @@ def test_greedy_protocol_scores_what_kdbench_evaluate_scores(workdir: Path, tiny
         config["chat_template"] = build_prompt("{{ messages[0].content }}")
         (chat / "tokenizer_config.json").write_text(json.dumps(config))
         model = chat
-    out = workdir / "lm_eval" / f"greedy_{prompt_format}.json"
-    protocol = ["--max-new-tokens", "8", "--max-prompt-tokens", "256", "--batch-size", "1", "--greedy",
-                "--prompt-format", prompt_format]
-    assert lm_eval_main(["--model", str(model), "--tasks", "kdbench_gen_vicuna", "--include-path", str(TASKS_DIR),
-                         "--seeds", "10", "20", *protocol, "--out", str(out)]) == 0
-    vicuna = json.loads(out.read_text())["tasks"]["kdbench_gen_vicuna"]
-    assert vicuna["decoding"] == "greedy" and list(vicuna["per_seed"]) == ["10"] and "greedy" in vicuna["why"]
-    ours = workdir / "evals" / f"vicuna_{prompt_format}.json"
-    assert evaluate_main(["--model", str(model), "--data", "results/data/eval/vicuna.jsonl", "--set", "vicuna",
-                          "--seeds", "10", "20", *protocol, "--out", str(ours),
-                          "--predictions", str(ours.with_suffix(".predictions.jsonl"))]) == 0
-    expected = json.loads(ours.read_text())["per_seed"]["10"]["rougeL"]
-    records = [json.loads(line) for line in ours.with_suffix(".predictions.jsonl").read_text().splitlines()]
-    plain = [build_prompt(d["instruction"], d["input"]) for d, _ in CASES]
-    assert ([r["prompt"] for r in records] == plain) == (prompt_format == "minillm")  # chat: inputs in the user turn
-    assert expected > 0 and vicuna["per_seed"]["10"]["rougeL"] == pytest.approx(expected, abs=1e-9)
+    sets = ["vicuna"] if decoding == "greedy" else ["dolly", "vicuna"]
+    out = workdir / "lm_eval" / f"{decoding}_{prompt_format}.json"
+    protocol = ["--max-new-tokens", "8", "--max-prompt-tokens", "256", "--prompt-format", prompt_format,
+                *(["--batch-size", "1", "--greedy"] if decoding == "greedy" else ["--batch-size", "2"])]
+    assert lm_eval_main(["--model", str(model), "--tasks", *[f"kdbench_gen_{x}" for x in sets],
+                         "--include-path", str(TASKS_DIR), "--seeds", "10", "20", *protocol, "--out", str(out)]) == 0
+    tasks = json.loads(out.read_text())["tasks"]
+    seeds = ["10"] if decoding == "greedy" else ["10", "20"]
+    for set_name in sets:
+        theirs = tasks[f"kdbench_gen_{set_name}"]
+        assert theirs["decoding"] == decoding and list(theirs["per_seed"]) == seeds
+        ours = workdir / "evals" / f"{set_name}_{decoding}_{prompt_format}.json"
+        assert evaluate_main(["--model", str(model), "--data", f"results/data/eval/{set_name}.jsonl", "--set", set_name,
+                              "--seeds", "10", "20", *protocol, "--out", str(ours),
+                              "--predictions", str(ours.with_suffix(".predictions.jsonl"))]) == 0
+        expected = {seed: score["rougeL"] for seed, score in json.loads(ours.read_text())["per_seed"].items()}
+        assert all(expected[seed] > 0 for seed in seeds)
+        assert {seed: theirs["per_seed"][seed]["rougeL"] for seed in seeds} == pytest.approx(
+            {seed: expected[seed] for seed in seeds}, abs=1e-9)
+        if decoding == "sampled":
+            assert expected["10"] != expected["20"]  # the seeds sample different responses: not a greedy tie
+    if decoding == "greedy":
+        assert "greedy" in tasks["kdbench_gen_vicuna"]["why"]
+        records = [json.loads(line) for line in ours.with_suffix(".predictions.jsonl").read_text().splitlines()]
+        plain = [build_prompt(d["instruction"], d["input"]) for d, _ in CASES]
+        assert ([r["prompt"] for r in records] == plain) == (prompt_format == "minillm")  # chat: inputs in the user turn
 
 
 def test_lm_eval_table_is_mean_and_std_over_seeds(workdir: Path, lm_eval_run: dict) -> None:
