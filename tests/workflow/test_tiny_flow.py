@@ -121,8 +121,9 @@ def test_bad_config_fails_before_any_job(flow):
 
 def test_lm_eval_tables_every_seed_and_reruns_when_task_data_change(flow):
     """evaluation.lm_eval_tasks: a kdbench task and a stock multiple-choice task on a local file, on
-    the teacher and fkl; the table has every cell, the sampled task every decoding seed, the report
-    shows it, and editing the local data reruns exactly the lm-eval jobs."""
+    the teacher and fkl; the table has every cell, the sampled task every decoding seed with the scores
+    of the run's own evaluation, the report shows it, and editing the local data reruns exactly the
+    lm-eval jobs."""
     local_arc_task(flow)
     (flow / "lm_eval.yaml").write_text(yaml.safe_dump({"evaluation": {"lm_eval_tasks": ["kdbench_gen_dolly",
                                                                                         "mc/arc_local.yaml"]}}))
@@ -133,6 +134,9 @@ def test_lm_eval_tables_every_seed_and_reruns_when_task_data_change(flow):
     dolly, arc = result["tasks"]["kdbench_gen_dolly"], result["tasks"]["arc_local"]
     assert list(dolly["per_seed"]) == ["10", "20"] and dolly["generation_kwargs"]["max_gen_toks"] == 12
     assert list(arc["per_seed"]) == ["10"] and arc["decoding"] == "scored"
+    ours = json.loads((flow / f"results/evals/{PAIR}/fkl/seed1/dolly.json").read_text())["per_seed"]
+    assert {seed: score["rougeL"] for seed, score in dolly["per_seed"].items()} == pytest.approx(
+        {seed: ours[seed]["rougeL"] for seed in ("10", "20")}, abs=1e-9)  # the same samples as kdbench evaluate
     table = (flow / f"results/tables/lm_eval/{PAIR}.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ") and "method" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["teacher", "fkl"]
