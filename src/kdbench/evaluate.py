@@ -161,7 +161,8 @@ def generate(
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
     encoded = tokenizer(prompts, truncation=True, max_length=settings["max_prompt_tokens"])["input_ids"]
-    untruncated = tokenizer(prompts, add_special_tokens=False)["input_ids"]  # lm-eval's sort key: tok_encode
+    # lm-eval's sort key (its tok_encode); a prompt over the model's length is only measured here
+    untruncated = tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: (-len(untruncated[i]), prompts[i]))
     kwargs = _generate_kwargs(model, tokenizer, settings, synced_gpus)
 
