@@ -151,8 +151,9 @@ def generate(
     lm-eval's ``HFLM.generate_until`` sorts its requests: by untruncated length, longest first (so
     memory problems show in the first batch), then by prompt text. ``torch.manual_seed(seed)`` is set
     once before the first batch, so a run is reproducible for a given seed, prompt set and batch size,
-    and lm-eval on the same set, seed and batch size samples the same responses (`kdbench lm-eval`). Generation stops at eos; only the new tokens are decoded, special tokens skipped,
-    whitespace stripped. Sets ``tokenizer.padding_side`` and ``truncation_side`` to ``"left"`` and
+    and lm-eval on the same set, seed and batch size samples the same responses (`kdbench lm-eval`).
+    Generation stops at eos; only the new tokens are decoded, special tokens skipped, whitespace
+    stripped. Sets ``tokenizer.padding_side`` and ``truncation_side`` to ``"left"`` and
     the pad token to eos when the tokenizer has none. ``synced_gpus``: every rank keeps stepping until
     all are done (a ZeRO-3 model on several ranks: each forward is collective); not a protocol setting.
     """

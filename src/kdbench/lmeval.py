@@ -311,8 +311,8 @@ def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, pro
         groups = [[task] for task in todo if _is_kdbench(task)] + [[task for task in todo if not _is_kdbench(task)]]
         for group in filter(None, groups):
             out = lm_eval.simple_evaluate(
-                model=lms[_is_kdbench(group[0])], tasks=group, task_manager=manager, limit=args.limit, log_samples=False,
-                bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                model=lms[_is_kdbench(group[0])], tasks=group, task_manager=manager, limit=args.limit,
+                log_samples=False, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                 fewshot_random_seed=seed)
             for task in group:
                 entry = tasks[task.task_name]
