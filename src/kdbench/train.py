@@ -95,6 +95,7 @@ class Session:
     engine: Any
     teacher: Any  # LastHidden of the teacher, or None (SFT)
     teacher_forward: Any  # the teacher itself, or its ZeRO-3 inference engine
+    teacher_states: Any  # kdbench.teacher_states.Cached (the teacher's stored hidden states), or None
     heads: Any  # kdbench.models.Heads: the output heads the loss applies
     vocab_size: int
     divergence: Any
@@ -129,7 +130,12 @@ class Session:
         """Teacher without grad, student with grad (final hidden states), then the harness."""
         mb = {k: v.to(self.engine.device) for k, v in mb.items()}
         with torch.no_grad():
-            t_hidden = self.teacher_forward(mb["input_ids"], mb["attention_mask"]) if self.teacher is not None else None
+            if self.teacher_states is not None:  # stored where they hold this micro-batch, else live
+                t_hidden = self.teacher_states(mb)
+            elif self.teacher is not None:
+                t_hidden = self.teacher_forward(mb["input_ids"], mb["attention_mask"])
+            else:
+                t_hidden = None
         s_hidden = self.engine(mb["input_ids"], mb["attention_mask"])
         student_head, teacher_head = self.heads.gather()  # released after this micro-batch's backward
         return losses.objective(
@@ -166,6 +172,7 @@ def build_session(run: dict) -> Session:
     random.seed(run["run"]["seed"])
     torch.manual_seed(run["run"]["seed"])
     s = _build_models(run, tr)
+    s.teacher_states = _teacher_states(s)
     _build_data(s)
     s.start = time.perf_counter()  # the clock starts at the first step, as tokens_per_s and provenance count
     return s
@@ -213,8 +220,21 @@ def _build_models(run: dict, tr: Training) -> Session:
     elif teacher is not None:
         teacher.to(engine.device)
     return Session(run=run, tr=tr, tokenizer=tokenizer, engine=engine, teacher=teacher, teacher_forward=teacher_forward,
+                   teacher_states=None,
                    heads=Heads(engine.module, teacher),  # gathered per micro-batch under ZeRO-3
                    vocab_size=vocab_size, divergence=divergence, policy=policy, shapes=shapes)
+
+
+def _teacher_states(s: Session):
+    """The teacher's stored hidden states on this run's micro-batches, where the workflow's
+    teacher_states job has written them (`teacher_cache`; kdbench.teacher_states), else None."""
+    from kdbench.teacher_states import Cached, states_path
+
+    path = states_path(s.run)
+    if path is None or not path.is_file():
+        return None
+    print(f"kdbench: the teacher's hidden states come from {path} where it holds a micro-batch", file=sys.stderr)
+    return Cached(path, s.teacher, s.engine.device)
 
 
 def _engine(run: dict, tr: Training, student: torch.nn.Module):
@@ -369,7 +389,8 @@ def finish(s: Session) -> None:
                 methods=[{"key": m["key"], "version": m["version"]} for m in (method["divergence"], *method["policies"]) if m],
                 models={"start": model_source(run["student"]), "teacher": model_source(run["teacher"])}, shapes=s.shapes,
                 steps=tr.steps, tokens=s.tokens_seen, seconds=round(time.perf_counter() - s.start, 2),
-                selected={"rule": tr.select, **(s.selector.best if s.selector else {"step": tr.steps})}))
+                selected={"rule": tr.select, **(s.selector.best if s.selector else {"step": tr.steps})},
+                teacher_states=s.teacher_states.provenance() if s.teacher_states else None))
     # Ranks leave together once rank 0 has saved; a rank that exits with its process group alive can
     # abort in interpreter teardown (seen with ZeRO-3 on two CPU ranks, about 1 exit in 20).
     if torch.distributed.is_initialized():

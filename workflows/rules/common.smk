@@ -72,6 +72,7 @@ wildcard_constraints:
     role=r"teacher|student",
     name="|".join(PREPARED),
     table="|".join(GRID.tables),
+    key=r"mb\d+_len\d+_[0-9a-f]{10}",
 
 
 def run_dir(w):
@@ -102,7 +103,22 @@ def train_inputs(w):
     }
     if run["teacher"]:
         inputs["teacher"] = run["teacher"]
+    states = GRID.teacher_states(w.pair, w.method, int(w.seed))
+    if states:  # teacher_cache: the teacher's hidden states, shared with the runs that read the same batches
+        inputs["teacher_states"] = states
     return inputs
+
+
+def teacher_states_inputs(w):
+    """The run.yaml the teacher_states job reads (one of the runs that share it), its teacher,
+    tokenizer and data."""
+    run_yaml, _ = GRID.teacher_states_run(w.pair, int(w.seed), w.key)
+    run = GRID.resolve_run(w.pair, Path(run_yaml).parent.parent.name, int(w.seed))
+    return {"run": run_yaml, "teacher": run["teacher"], "tokenizer": run["tokenizer"], "data": run["data"]["train"]}
+
+
+def teacher_states_micro_batches(w):
+    return GRID.teacher_states_run(w.pair, int(w.seed), w.key)[1]
 
 
 def prepare_inputs(w):
