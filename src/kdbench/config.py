@@ -24,7 +24,8 @@ import yaml
 
 from kdbench import registry, releases
 from kdbench.spec import Evaluation, Method, Training, default_kd_ratio, required, with_spec
-from kdbench.teacher_states import micro_batches, states_path, stream_key
+from kdbench.teacher_states import spec as stream_spec
+from kdbench.teacher_states import states_path
 from kdbench.errors import KDBenchError
 
 ALL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
@@ -398,32 +399,22 @@ class Grid:
                        for m in t["methods"] for s in t["seeds"])
 
     def teacher_states(self, pair: str, label: str, seed: int) -> str | None:
-        """With `teacher_cache`: the teacher-states file a run reads (kdbench.teacher_states), where
-        at least one other run of the grid reads the same micro-batch stream; else None."""
+        """With `teacher_cache`: the teacher-states file a run reads (kdbench.teacher_states), or None
+        (no `teacher_cache`, or a run they cannot serve). It depends on the run alone, not on which
+        other runs the selection holds, so growing a partial grid retrains nothing."""
         if not self.config["teacher_cache"]:
             return None
-        key = self._stream_key(pair, label, seed)
-        if key is None or len(self._sharing(pair, seed, key)) < 2:
-            return None
-        return str(states_path(self.resolve_run(pair, label, seed)))
+        path = states_path(self.resolve_run(pair, label, seed))
+        return str(path) if path else None
 
-    def teacher_states_run(self, pair: str, seed: int, key: str) -> tuple[str, int]:
-        """The run whose run.yaml the teacher_states job of `key` reads (the sharing run that reads
-        the most micro-batches, first in table order) and how many micro-batches to cover."""
-        runs = self._sharing(pair, seed, key)
-        if not runs:
-            raise KDBenchError(f"no run of the grid on pair {pair}, seed {seed} reads the micro-batch stream {key}.")
-        counts = {label: micro_batches(self.resolve_run(pair, label, seed)) for label in runs}
-        label = max(runs, key=lambda m: counts[m])
-        return f"{self.results}/runs/{pair}/{label}/seed{seed}/run.yaml", counts[label]
-
-    def _sharing(self, pair: str, seed: int, key: str) -> list[str]:
-        """The grid's runs on `pair` at `seed` that read the micro-batch stream `key`."""
-        return [m for p, m, s in self.runs(pair=pair) if s == seed and self._stream_key(p, m, s) == key]
-
-    @functools.lru_cache(maxsize=None)  # noqa: B019 (one Grid per workflow: the cache lives as long as it)
-    def _stream_key(self, pair: str, label: str, seed: int) -> str | None:
-        return stream_key(self.resolve_run(pair, label, seed))
+    def teacher_states_spec(self, pair: str, seed: int, key: str) -> dict:
+        """The spec the states file `key` is computed from: that of any run of the grid that reads
+        it (they share one spec: it holds no method setting)."""
+        for p, label, s in self.runs(pair=pair):
+            path = self.teacher_states(p, label, s) if s == seed else None
+            if path and Path(path).stem == key:
+                return stream_spec(self.resolve_run(p, label, s))
+        raise KDBenchError(f"no run of the grid on pair {pair}, seed {seed} reads the teacher states {key}.")
 
     def evals(self, table: str | None = None, pair: str | None = None) -> list[tuple[str, str, int, str]]:
         """Every (pair, label, seed, set) evaluation the grid (or one table, one pair) needs, the

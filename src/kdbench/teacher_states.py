@@ -31,35 +31,34 @@ from kdbench.errors import KDBenchError
 IGNORE = -100  # kdbench.losses.IGNORE (not imported: the workflow reads stream_key, and torch is slow to import)
 
 VERIFY_EVERY = 100  # a hit checked against the live teacher, besides the first
+SPEC_KEYS = {"pair", "seed", "teacher", "teacher_dtype", "tokenizer", "prompt_format", "data", "max_length",
+             "micro_batch_size", "micro_batches", "gpus"}
 
 
-def stream_key(run: dict) -> str | None:
-    """The name of the states a resolved run can share (`mb16_len128_<hash>`), or None where they
-    cannot help it: SFT, on-policy sources, a ZeRO-3 teacher or several ranks (each rank reads its
-    own slice of the stream)."""
+def spec(run: dict) -> dict | None:
+    """What a resolved run's stream of dataset micro-batches and its teacher's forward on them depend
+    on, and so what its states file is computed from; None where stored states cannot serve it: SFT,
+    on-policy sources, a ZeRO-3 teacher, several ranks (each reads its own slice of the stream). It
+    holds no method setting, so every run of a pair and seed on the same data has the same spec."""
     tr, method = run["training"], run["method"]
     if (not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy"
             or run.get("teacher_zero3") or tr["gpus"] > 1):
         return None
-    what = [run["teacher"], run["teacher_dtype"], run["tokenizer"], run["prompt_format"], run["data"]["train"],
-            tr["max_length"], tr["micro_batch_size"], run["run"]["seed"], tr["gpus"]]
-    digest = hashlib.sha256(repr(what).encode()).hexdigest()[:10]
-    return f"mb{tr['micro_batch_size']}_len{tr['max_length']}_{digest}"
+    return {"pair": run["run"]["pair"], "seed": run["run"]["seed"], "teacher": run["teacher"],
+            "teacher_dtype": run["teacher_dtype"], "tokenizer": run["tokenizer"], "prompt_format": run["prompt_format"],
+            "data": run["data"]["train"], "max_length": tr["max_length"], "micro_batch_size": tr["micro_batch_size"],
+            "micro_batches": tr["steps"] * tr["gradient_accumulation_steps"], "gpus": tr["gpus"]}
 
 
 def states_path(run: dict) -> Path | None:
-    """Where the states a resolved run can share lie: <results>/teacher_states/<pair>/seed<seed>/<key>.safetensors
-    (the run's directory is <results>/runs/<pair>/<label>/seed<seed>), or None (`stream_key`)."""
-    key = stream_key(run)
-    if key is None:
+    """Where a resolved run's teacher states lie (None: see `spec`), named by its stream:
+    <results>/teacher_states/<pair>/seed<seed>/mb<micro-batch>_len<max length>_<hash of the spec>.safetensors
+    (the run's directory is <results>/runs/<pair>/<label>/seed<seed>)."""
+    what = spec(run)
+    if what is None:
         return None
-    results = Path(run["run"]["dir"]).parents[3]
-    return results / "teacher_states" / run["run"]["pair"] / f"seed{run['run']['seed']}" / f"{key}.safetensors"
-
-
-def micro_batches(run: dict) -> int:
-    """How many micro-batches of the stream a run reads."""
-    return run["training"]["steps"] * run["training"]["gradient_accumulation_steps"]
+    key = f"mb{what['micro_batch_size']}_len{what['max_length']}_{hashlib.sha256(repr(what).encode()).hexdigest()[:10]}"
+    return Path(run["run"]["dir"]).parents[3] / "teacher_states" / what["pair"] / f"seed{what['seed']}" / f"{key}.safetensors"
 
 
 def digest(mb: dict) -> bytes:
@@ -79,34 +78,38 @@ def response_rows(hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench teacher-states",
-                                 description="The teacher's hidden states on a run's dataset micro-batches.")
-    ap.add_argument("run_yaml", type=Path, help="a resolved run whose micro-batches to cover (the workflow picks one)")
+                                 description="The teacher's hidden states on a stream of dataset micro-batches.")
+    ap.add_argument("spec", type=Path, help="the stream's spec (the workflow writes it beside the states), or a run.yaml")
     ap.add_argument("out", type=Path, help="the .safetensors file to write")
-    ap.add_argument("--micro-batches", type=int, default=None, help="how many (default: the run's steps × accumulation)")
+    ap.add_argument("--micro-batches", type=int, default=None, help="how many (default: the spec's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (the training jobs' own)")
     args = ap.parse_args(argv)
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not args.run_yaml.is_file():
-        raise KDBenchError(f"{args.run_yaml}: no such run config; `kdbench resolve` or the workflow writes it.")
-    run = yaml.safe_load(args.run_yaml.read_text())
-    from kdbench.spec import Training
+    if not args.spec.is_file():
+        raise KDBenchError(f"{args.spec}: no such file; the workflow's teacher_states_spec rule writes it.")
+    what = yaml.safe_load(args.spec.read_text())
+    if isinstance(what, dict) and "method" in what:  # a resolved run
+        from kdbench.spec import Training
 
-    run["training"] = Training.resolve(run["training"])
-    if stream_key(run) is None:
-        raise KDBenchError(f"{args.run_yaml}: this run cannot share teacher states (it needs a teacher, kd_ratio > 0, "
-                           "the off_policy source, no ZeRO-3 teacher and at most one GPU).")
+        what = spec({**what, "training": Training.resolve(what["training"])})
+        if what is None:
+            raise KDBenchError(f"{args.spec}: this run cannot use stored teacher states (they need a teacher, kd_ratio "
+                               "> 0, the off_policy source, no ZeRO-3 teacher and at most one GPU).")
+    missing = sorted(SPEC_KEYS - set(what)) if isinstance(what, dict) else sorted(SPEC_KEYS)
+    if missing:
+        raise KDBenchError(f"{args.spec}: not a teacher-states spec or run.yaml (missing {', '.join(missing)}).")
     from kdbench.gpus import pinned
 
-    with pinned(run["training"]["gpus"], "the teacher states (training.gpus)"):
-        write(run, args.out, args.micro_batches or micro_batches(run))
+    with pinned(what["gpus"], "the teacher states (training.gpus)"):
+        write(what, args.out, args.micro_batches or what["micro_batches"])
     return 0
 
 
-def write(run: dict, out: Path, n: int) -> None:
-    """Run the teacher over the first `n` micro-batches of the run's stream; write them atomically."""
+def write(what: dict, out: Path, n: int) -> None:
+    """Run the teacher over the first `n` micro-batches of the spec's stream; write them atomically."""
     import os
 
     import torch
@@ -118,14 +121,12 @@ def write(run: dict, out: Path, n: int) -> None:
     from kdbench.sft_data import collate, encode_example
     from kdbench.train import Stream
 
-    tr = run["training"]
-    tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
+    tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = LastHidden(load_causal_lm(run["teacher"], dtype=run["teacher_dtype"])).eval().requires_grad_(False)
+    teacher = LastHidden(load_causal_lm(what["teacher"], dtype=what["teacher_dtype"])).eval().requires_grad_(False)
     teacher.to(device)
-    examples = [encode_example(r, tokenizer, tr["max_length"], run["prompt_format"])
-                for r in read_jsonl(run["data"]["train"])]
-    stream = Stream(examples, tr["micro_batch_size"], run["run"]["seed"])
+    examples = [encode_example(r, tokenizer, what["max_length"], what["prompt_format"]) for r in read_jsonl(what["data"])]
+    stream = Stream(examples, what["micro_batch_size"], what["seed"])
     rows, digests, offsets = [], [], [0]
     with torch.no_grad():
         for _ in range(n):
@@ -137,7 +138,7 @@ def write(run: dict, out: Path, n: int) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     save_file({"states": torch.cat(rows), "digests": torch.stack(digests), "offsets": torch.tensor(offsets)}, tmp,
-              metadata={"teacher": run["teacher"], "threads": str(torch.get_num_threads()), "device": device.type})
+              metadata={"teacher": what["teacher"], "threads": str(torch.get_num_threads()), "device": device.type})
     os.replace(tmp, out)
     size = sum(r.numel() * r.element_size() for r in rows) / 2**20
     print(f"kdbench: teacher states of {n} micro-batches ({offsets[-1]:,} rows, {size:.1f} MiB) → {out}", file=sys.stderr)

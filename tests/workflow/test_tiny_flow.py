@@ -81,6 +81,18 @@ def test_each_run_trained_and_recorded_provenance(flow):
     assert [p["key"] for p in resolved["method"]["policies"]] == ["adakd"]
 
 
+def test_the_students_read_one_shared_teacher_states_file(flow):
+    """teacher_cache (on in config/tiny.yaml): fkl, trained in the partial grid, and fkl+adakd, added
+    by the full one, read the same stored teacher states for all 30 micro-batches; SFT has none."""
+    files = sorted((flow / f"results/teacher_states/{PAIR}/seed1").glob("*.safetensors"))
+    assert len(files) == 1 and files[0].with_suffix(".yaml").is_file()
+    for method in ("fkl", "fkl+adakd"):
+        used = json.loads((flow / f"results/runs/{PAIR}/{method}/seed1/provenance.json").read_text())["teacher_states"]
+        assert used == {"file": str(files[0].relative_to(flow)), "used": True, "hits": 30, "misses": 0, "checked": 1}
+    assert json.loads((flow / f"results/runs/{PAIR}/sft/seed1/provenance.json").read_text())["teacher_states"] is None
+    assert "rule teacher_states:" not in PARTIAL["full_log"]  # the partial grid's file served fkl+adakd too
+
+
 def test_a_partial_grid_draws_the_whole_table_with_missing_cells_marked(flow):
     rows = {line.split("|")[1].strip(): line for line in PARTIAL["table"].splitlines() if line.startswith("| ")}
     assert re.search(r"\d+\.\d\d ±", rows["fkl"])

@@ -109,16 +109,19 @@ def train_inputs(w):
     return inputs
 
 
+def teacher_states_spec(w):
+    return GRID.teacher_states_spec(w.pair, int(w.seed), w.key)
+
+
 def teacher_states_inputs(w):
-    """The run.yaml the teacher_states job reads (one of the runs that share it), its teacher,
-    tokenizer and data."""
-    run_yaml, _ = GRID.teacher_states_run(w.pair, int(w.seed), w.key)
-    run = GRID.resolve_run(w.pair, Path(run_yaml).parent.parent.name, int(w.seed))
-    return {"run": run_yaml, "teacher": run["teacher"], "tokenizer": run["tokenizer"], "data": run["data"]["train"]}
-
-
-def teacher_states_micro_batches(w):
-    return GRID.teacher_states_run(w.pair, int(w.seed), w.key)[1]
+    """The stream's spec, and the teacher, tokenizer and training data it names."""
+    spec = teacher_states_spec(w)
+    return {
+        "spec": f"{RES}/teacher_states/{w.pair}/seed{w.seed}/{w.key}.yaml",
+        "teacher": spec["teacher"],
+        "tokenizer": spec["tokenizer"],
+        "data": spec["data"],
+    }
 
 
 def prepare_inputs(w):

@@ -36,26 +36,38 @@ rule train:
         "kdbench train {input.run} --threads {threads} > {log} 2>&1"
 
 
-# With teacher_cache: the teacher's hidden states on a micro-batch stream that several runs of a pair
-# read (kdbench.teacher_states), once, where each of those train jobs finds them (an input of each);
-# deleted when the last of them has trained.
+# With teacher_cache: the teacher's hidden states on one stream of dataset micro-batches, which every
+# dataset-source run of the pair at that seed reads (kdbench.teacher_states); each of those train jobs
+# takes the file as an input and finds it by its name. Its spec holds no method setting, so a run
+# added to the grid later reuses it and the finished runs stay finished.
+rule teacher_states_spec:
+    output:
+        f"{RES}/teacher_states/{{pair}}/seed{{seed}}/{{key}}.yaml",
+    params:
+        run=teacher_states_spec,
+    log:
+        f"{RES}/logs/teacher_states/{{pair}}/seed{{seed}}/{{key}}.spec.log",
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/write_run.py"
+
+
 rule teacher_states:
     input:
         unpack(teacher_states_inputs),
     output:
-        temp(f"{RES}/teacher_states/{{pair}}/seed{{seed}}/{{key}}.safetensors"),
+        f"{RES}/teacher_states/{{pair}}/seed{{seed}}/{{key}}.safetensors",
     log:
         f"{RES}/logs/teacher_states/{{pair}}/seed{{seed}}/{{key}}.log",
     threads: 1  # as the train jobs': the same threads give the same bits
-    params:
-        micro_batches=teacher_states_micro_batches,
     resources:
-        gpu=lambda w: GRID.training(w.pair)["gpus"],
+        gpu=lambda w: teacher_states_spec(w)["gpus"],
         runtime=pair_resource("train", "runtime"),
         mem_mb=pair_resource("train", "mem_mb"),
         cpus_per_task=pair_resource("train", "cpus"),
     conda:
         ENV
     shell:
-        "kdbench teacher-states {input.run} {output} --micro-batches {params.micro_batches} --threads {threads} "
-        "> {log} 2>&1"
+        "kdbench teacher-states {input.spec} {output} --threads {threads} > {log} 2>&1"

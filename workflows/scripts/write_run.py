@@ -1,4 +1,4 @@
-"""Shim: write the resolved run config (a rule param) to run.yaml, atomically."""
+"""Shim: write a rule's `run` param (a resolved run config, or a teacher-states spec) as YAML, atomically."""
 import yaml
 
 from kdbench.atomic import write_text
