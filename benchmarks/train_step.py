@@ -10,6 +10,9 @@ hand-written PyTorch distillation loops, same models, data, method and optimizer
   same data stream. Each run is a process of its own (`train` ends by destroying its process
   group, so a second one cannot start in the same process); nothing in the loop is changed but
   its clock (`time.perf_counter`, which `--clock cpu` replaces by that process's `time.process_time`).
+- harness, stored: the same run with the teacher's hidden states stored beforehand (`teacher_cache`,
+  kdbench.teacher_states, computed once outside the timing): what a student of the default grid
+  pays when its teacher ran once for all its siblings.
 - hand loop: what one writes without a harness: `model(input_ids, attention_mask).logits` for the
   teacher (no grad) and the student, shift, keep the response positions, log_softmax of both, the
   fkl plugin's per-token divergence, sum / response tokens, backward, `clip_grad_norm_`, AdamW step,
@@ -29,7 +32,7 @@ wall` for elapsed time (the default on a GPU, where the hand loops run on cuda t
 loops run in turn, `--repeats` rounds in one process on `--threads` torch threads; the best
 (fastest) repeat of each is reported, as interference only ever slows a run down.
 
-    python benchmarks/train_step.py                       # 110 steps, 3 loops x 2 repeats (~1.5 min)
+    python benchmarks/train_step.py                       # 110 steps, 4 loops x 2 repeats (~2 min)
     python benchmarks/train_step.py --clock wall --repeats 3
     python benchmarks/train_step.py --profile 25          # plus cProfile's top 25 of each loop
 """
@@ -164,6 +167,24 @@ def harness(run: dict, name: str, tokens: list[int], warmup: int, clock: str, th
     return seconds_at(last) - seconds_at(warmup), cumulative[last] - cumulative[warmup]
 
 
+def stored_teacher(run: dict):
+    """The teacher's hidden states on the run's stream (kdbench.teacher_states), computed once; returns
+    a wrapper that puts them where the harness looks (`states_path`) for one call and away after it."""
+    from kdbench.teacher_states import spec, states_path, write
+
+    where = states_path(run)
+    aside = where.with_name(where.name + ".aside")
+    write(spec(run), aside, spec(run)["micro_batches"])
+
+    def call(loop):
+        os.replace(aside, where)
+        try:
+            return loop()
+        finally:
+            os.replace(where, aside)
+    return call
+
+
 def hand_loop(run: dict, batches: list[list[dict]], tokens: list[int], warmup: int, tokenizer, clock,
               response_heads: bool = False) -> tuple[float, int]:
     """Seconds and response tokens of steps warmup+1 .. steps−1 of a minimal hand-written KD loop
@@ -233,11 +254,14 @@ def main(argv: list[str] | None = None) -> None:
         os.chdir(tmp)  # the resolved run's paths are relative to the workflow directory
         try:
             run = build(Path(tmp), args)
-            print(f"built in {tmp}; timing {args.repeats} x 3 runs of {args.steps} steps", file=sys.stderr, flush=True)
+            print(f"built in {tmp}; timing {args.repeats} x 4 runs of {args.steps} steps", file=sys.stderr, flush=True)
             tokenizer = transformers.AutoTokenizer.from_pretrained(run["tokenizer"])
             batches, tokens = stream_batches(run, tokenizer)
+            stored = stored_teacher(run)
             loops = {
                 "harness": lambda i: harness(run, f"r{i}", tokens, args.warmup, args.clock, args.threads),
+                "harness, stored": lambda i: stored(lambda: harness(run, f"s{i}", tokens, args.warmup, args.clock,
+                                                                    args.threads)),
                 "hand loop": lambda i: hand_loop(run, batches, tokens, args.warmup, tokenizer, clock),
                 "hand, resp. heads": lambda i: hand_loop(run, batches, tokens, args.warmup, tokenizer, clock,
                                                           response_heads=True),
@@ -276,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:<18} {rate[name]:>9,.0f} {ms:>8.1f}   {', '.join(f'{r:,.0f}' for r in rates)}")
     print(f"harness / hand loop: {rate['harness'] / rate['hand loop']:.3f}x tokens/s (target >= 0.95x)")
     print(f"harness / hand loop with response heads: {rate['harness'] / rate['hand, resp. heads']:.3f}x tokens/s")
+    print(f"harness with stored teacher states / harness: {rate['harness, stored'] / rate['harness']:.3f}x tokens/s "
+          "(teacher_cache; the same weights)")
     for name, profile in profiles.items():
         print(f"\ncProfile, {name} (one whole run incl. startup; sorted by own time):\n"
               f"{top_functions(profile, args.profile)}")
