@@ -54,11 +54,11 @@ def states_path(run: dict) -> Path | None:
     """Where a resolved run's teacher states lie (None: see `spec`), named by its stream:
     <results>/teacher_states/<pair>/seed<seed>/mb<micro-batch>_len<max length>_<hash of the spec>.safetensors
     (the run's directory is <results>/runs/<pair>/<label>/seed<seed>)."""
-    what = spec(run)
-    if what is None:
+    what, run_dir = spec(run), Path(run["run"]["dir"])
+    if what is None or len(run_dir.parents) < 4 or run_dir.parents[2].name != "runs":  # a run outside a results tree
         return None
     key = f"mb{what['micro_batch_size']}_len{what['max_length']}_{hashlib.sha256(repr(what).encode()).hexdigest()[:10]}"
-    return Path(run["run"]["dir"]).parents[3] / "teacher_states" / what["pair"] / f"seed{what['seed']}" / f"{key}.safetensors"
+    return run_dir.parents[3] / "teacher_states" / what["pair"] / f"seed{what['seed']}" / f"{key}.safetensors"
 
 
 def digest(mb: dict) -> bytes:

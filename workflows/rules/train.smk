@@ -62,8 +62,7 @@ rule teacher_states:
     log:
         f"{RES}/logs/teacher_states/{{pair}}/seed{{seed}}/{{key}}.log",
     threads: 1  # as the train jobs': the same threads give the same bits
-    resources:
-        gpu=lambda w: teacher_states_spec(w)["gpus"],
+    resources:  # on the job's CPU (a train job on a GPU finds the device differs and runs its teacher live)
         runtime=pair_resource("train", "runtime"),
         mem_mb=pair_resource("train", "mem_mb"),
         cpus_per_task=pair_resource("train", "cpus"),
