@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     missing = sorted(SPEC_KEYS - set(what)) if isinstance(what, dict) else sorted(SPEC_KEYS)
     if missing:
         raise KDBenchError(f"{args.spec}: not a teacher-states spec or run.yaml (missing {', '.join(missing)}).")
-    from kdbench.gpus import pinned
-
-    with pinned(what["gpus"], "the teacher states (training.gpus)"):
-        write(what, args.out, args.micro_batches or what["micro_batches"])
+    write(what, args.out, args.micro_batches or what["micro_batches"])
     return 0
 
 
@@ -122,7 +119,7 @@ def write(what: dict, out: Path, n: int) -> None:
     from kdbench.train import Stream
 
     tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device("cpu")  # the job claims no GPU; a run on one sees the device differs and runs its teacher live
     teacher = LastHidden(load_causal_lm(what["teacher"], dtype=what["teacher_dtype"])).eval().requires_grad_(False)
     teacher.to(device)
     examples = [encode_example(r, tokenizer, what["max_length"], what["prompt_format"]) for r in read_jsonl(what["data"])]
