@@ -1,4 +1,4 @@
-"""`kdbench teacher-states <run.yaml> <out.safetensors>`: the teacher's final hidden states on every
+"""`kdbench teacher-states <spec.yaml | run.yaml> <out.safetensors>`: the teacher's final hidden states on every
 dataset micro-batch of a run, computed once and shared by the runs that read the same micro-batches.
 
 Every dataset-source student of a pair at one seed (FKL, RKL, … each ± AdaKD) reads the same stream
@@ -27,8 +27,6 @@ from pathlib import Path
 import yaml
 
 from kdbench.errors import KDBenchError
-
-IGNORE = -100  # kdbench.losses.IGNORE (not imported: the workflow reads stream_key, and torch is slow to import)
 
 VERIFY_EVERY = 100  # a hit checked against the live teacher, besides the first
 SPEC_KEYS = {"pair", "seed", "teacher", "teacher_dtype", "tokenizer", "prompt_format", "data", "max_length",
@@ -71,11 +69,6 @@ def digest(mb: dict) -> bytes:
     return h.digest()
 
 
-def response_rows(hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The rows of (B, T, D) hidden states the loss reads (as `losses.valid_positions` selects them)."""
-    return hidden[:, :-1][labels[:, 1:] != IGNORE]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench teacher-states",
                                  description="The teacher's hidden states on a stream of dataset micro-batches.")
@@ -114,6 +107,7 @@ def write(what: dict, out: Path, n: int) -> None:
     from transformers import AutoTokenizer
 
     from kdbench.jsonl import read_jsonl
+    from kdbench.losses import valid_positions
     from kdbench.models import LastHidden, load_causal_lm
     from kdbench.sft_data import collate, encode_example
     from kdbench.train import Stream
@@ -129,7 +123,7 @@ def write(what: dict, out: Path, n: int) -> None:
         for _ in range(n):
             mb = collate(next(stream), tokenizer.pad_token_id)
             hidden = teacher(mb["input_ids"].to(device), mb["attention_mask"].to(device))
-            rows.append(response_rows(hidden, mb["labels"].to(device)).cpu())
+            rows.append(valid_positions(hidden, mb["labels"].to(device))[0].cpu())
             digests.append(torch.frombuffer(bytearray(digest(mb)), dtype=torch.uint8))
             offsets.append(offsets[-1] + len(rows[-1]))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,8 +144,6 @@ class Cached:
         from safetensors import safe_open
 
         self.path, self.live, self.device, self.on = path, live, device, True
-        if not path.is_file():
-            raise KDBenchError(f"{path}: no such teacher-states file (the workflow's teacher_states rule writes it).")
         self.file = safe_open(str(path), framework="pt")
         meta = self.file.metadata() or {}
         offsets = self.file.get_tensor("offsets").tolist()
@@ -171,12 +163,14 @@ class Cached:
             return self.live(mb["input_ids"], mb["attention_mask"])
         import torch
 
+        from kdbench.losses import IGNORE, valid_positions
+
         self.counts["hits"] += 1
         rows = self.states[span[0]:span[1]].to(self.device)
         if (self.counts["hits"] - 1) % VERIFY_EVERY == 0:
             self.counts["checked"] += 1
             live = self.live(mb["input_ids"], mb["attention_mask"])
-            if not torch.equal(response_rows(live, mb["labels"]), rows):
+            if not torch.equal(valid_positions(live, mb["labels"])[0], rows):
                 self._off("a stored micro-batch differs from the live teacher's forward")
                 return live
         hidden = rows.new_zeros((*mb["input_ids"].shape, rows.shape[-1]))
