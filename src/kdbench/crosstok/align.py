@@ -20,6 +20,8 @@ Two alignments:
 - `mined_alignment`: FuseLLM's minimum-edit-distance alignment: dynamic time warping over the two
   token sequences with the Levenshtein distance between token strings (markers removed) as the
   cost; each student position gets the teacher positions the warping path matches it with.
+
+Which method uses which alignment: docs/METHODS.md §6.
 """
 
 from __future__ import annotations

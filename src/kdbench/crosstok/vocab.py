@@ -23,7 +23,7 @@ safetensors file (numpy arrays, the report in its metadata) and the report besid
   token similarity mapping are not applied.
 
 The report: vocabulary sizes, common size, overlap ratio (common / smaller vocabulary, as NeMo-RL's
-overlap table), projection entries, build seconds, and where each tokenizer came from.
+overlap table), projection entries, build seconds, and where each tokenizer came from (docs/METHODS.md §6).
 """
 
 from __future__ import annotations
