@@ -156,3 +156,13 @@ def test_vocab_map_command_writes_the_artifact_and_its_report(tmp_path, capsys):
     assert cli(["vocab-map", "--student", str(tmp_path / "nope"), "--teacher", str(teacher_dir), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "--student" in err and "nope" in err and "no tokenizer there" in err
+
+
+def test_a_tokenizer_against_itself_shares_every_token_but_the_special_ones():
+    tokenizer = byte_level_bpe()
+    common_s, common_t = vocab.common_vocab(tokenizer, tokenizer)
+    text_ids = sorted(set(range(len(tokenizer))) - vocab.special_ids(tokenizer))
+    assert common_s.tolist() == common_t.tolist() == text_ids
+    indices, weights = vocab.xtoken_projection(tokenizer, tokenizer, (common_s, common_t))
+    assert indices[text_ids, 0].tolist() == text_ids and (weights[text_ids, 0] == 1).all()
+    assert (indices[:, 1:] == -1).all()
