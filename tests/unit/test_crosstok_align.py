@@ -18,6 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kdbench.crosstok.align import (Group, dtw, encode, exact_groups, exact_pairs, levenshtein, mined_alignment,
                                     teacher_positions)
+from kdbench.errors import KDBenchError
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = ("the cat sat on mat dog ran far away quick brown fox jumps over lazy café déjà vu naïve "
@@ -211,3 +212,9 @@ def test_mined_alignment_covers_every_text_position_monotonically_on_real_tokeni
         # where the exact alignment pairs identical single tokens, MinED (zero cost there) agrees
         agree = sum(mapped[j] == (i,) for j, i in exact_pairs(exact_groups(s, t)))
         assert agree >= 0.8 * len(exact_pairs(exact_groups(s, t)))
+
+
+def test_a_tokenizer_without_offsets_is_refused_by_name():
+    slow = type("SlowTokenizer", (), {"is_fast": False, "name_or_path": "models/x"})()
+    with pytest.raises(KDBenchError, match=r"models/x: not a fast tokenizer"):
+        encode(slow, "text")

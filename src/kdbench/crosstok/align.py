@@ -29,6 +29,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
+from kdbench.errors import KDBenchError
+
 # Word-boundary markers of byte-level BPE (GPT-2 `Ġ`, newline `Ċ` is text) and SentencePiece (`▁`).
 MARKERS = ("Ġ", "▁")
 
@@ -58,7 +60,8 @@ def encode(tokenizer, text: str, *, start: int = 0, add_special_tokens: bool = T
     Tokens that end at or before `start` (the prompt of a template the other side renders
     differently) and tokens with an empty span (special tokens the tokenizer adds) get span None."""
     if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(f"{type(tokenizer).__name__} is not a fast tokenizer: character offsets are needed.")
+        raise KDBenchError(f"{getattr(tokenizer, 'name_or_path', type(tokenizer).__name__)}: not a fast tokenizer; "
+                           "cross-tokenizer alignment needs the character offsets only fast (tokenizer.json) ones give.")
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     spans = tuple(None if e <= s or e <= start else (max(s, start) - start, e - start)
                   for s, e in enc["offset_mapping"])
@@ -66,13 +69,9 @@ def encode(tokenizer, text: str, *, start: int = 0, add_special_tokens: bool = T
     return Encoded(ids, tuple(tokenizer.convert_ids_to_tokens(list(ids))), spans)
 
 
-def _last_index_per_end(spans: tuple[Span | None, ...]) -> dict[int, int]:
-    """{character end: the last position whose token ends there}, over tokens with text."""
-    last: dict[int, int] = {}
-    for position, span in enumerate(spans):
-        if span is not None:
-            last[span[1]] = position
-    return last
+def _ends(spans: tuple[Span | None, ...]) -> set[int]:
+    """The characters where a token with text ends."""
+    return {span[1] for span in spans if span is not None}
 
 
 def _assign(spans: tuple[Span | None, ...], cuts: list[int]) -> list[list[int]]:
@@ -88,7 +87,7 @@ def _assign(spans: tuple[Span | None, ...], cuts: list[int]) -> list[list[int]]:
 
 def exact_groups(student: Encoded, teacher: Encoded) -> list[Group]:
     """Groups of student and teacher positions between consecutive common cuts (see module doc)."""
-    cuts = sorted(_last_index_per_end(student.spans).keys() & _last_index_per_end(teacher.spans).keys())
+    cuts = sorted(_ends(student.spans) & _ends(teacher.spans))
     pairs = zip(_assign(student.spans, cuts), _assign(teacher.spans, cuts))
     return [Group(tuple(s), tuple(t)) for s, t in pairs if s and t]
 
