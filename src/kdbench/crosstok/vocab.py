@@ -59,15 +59,18 @@ def token_bytes(tokenizer) -> dict[int, bytes]:
     """The text of every non-special token as bytes, the markers normalised (see module doc)."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+    table = {ch: b for b, ch in bytes_to_unicode().items()}
+
+    def byte_level(tok: str) -> bytes:  # an added token outside the byte table is its own text
+        return bytes(table[c] for c in tok) if all(c in table for c in tok) else tok.encode()
+
+    def sentencepiece(tok: str) -> bytes:
+        if len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
+            return bytes([int(tok[3:5], 16)])
+        return tok.replace("▁", " ").encode()
+
+    as_bytes = byte_level if _is_byte_level(tokenizer) else sentencepiece
     skip = special_ids(tokenizer)
-    if _is_byte_level(tokenizer):
-        table = {ch: b for b, ch in bytes_to_unicode().items()}
-        as_bytes = lambda tok: bytes(table[c] for c in tok) if all(c in table for c in tok) else tok.encode()  # noqa: E731
-    else:
-        def as_bytes(tok: str) -> bytes:
-            if len(tok) == 6 and tok.startswith("<0x") and tok.endswith(">"):
-                return bytes([int(tok[3:5], 16)])
-            return tok.replace("▁", " ").encode()
     return {i: as_bytes(tok) for tok, i in tokenizer.get_vocab().items() if i not in skip}
 
 
