@@ -566,7 +566,18 @@ def _local_path(name: str) -> bool:
 
 
 def _plugin_entry(plugin: registry.Method, hp: dict) -> dict:
-    return {"key": plugin.key, "path": str(plugin.path), "version": plugin.version, "hp": hp}
+    return {"key": plugin.key, "path": portable(plugin.path), "version": plugin.version, "hp": hp}
+
+
+def portable(path: str | Path) -> str:
+    """`path` relative to the working directory (the checkout, where every job runs) when it lies
+    inside it, else as given: what enters a run's config, its inputs and Snakemake's rerun triggers
+    then survives copying or renaming the checkout with its results."""
+    import os
+
+    absolute = os.path.abspath(path)
+    inside = os.path.commonpath([absolute, os.getcwd()]) == os.getcwd()
+    return os.path.relpath(absolute) if inside else str(path)
 
 
 def _load_json(path: Path) -> dict:
