@@ -286,3 +286,38 @@ def release_loss_composed(h_s, h_t, labels, head_s, head_t, divergence):
     tau = torch.exp(-0.5 * torch.tanh(torch.log(s[sel] / s[sel].median()))) ** 2
     values = divergence(F.log_softmax(z_s[sel] / tau[:, None], -1), F.log_softmax(z_t[sel] / tau[:, None], -1))
     return (values * tau**2).mean()
+
+
+# --- the release's script settings and the new labels in the grids ----------------------------------------
+
+def test_gkd_and_distillm_under_adakd_run_the_release_scripts_settings(repo):
+    from kdbench.config import workflow_grid
+
+    g = workflow_grid(repo / "config" / "config.yaml", workdir=repo, require_data=False)
+    for base in ("gkd", "distillm"):
+        plain, adakd = g.method(base), g.method(f"{base}+adakd")
+        assert not plain["policies"] and adakd["divergence"]["key"] == "rkl"
+        (policy,) = adakd["policies"]
+        hp = policy["hp"]
+        assert (hp["indicator"], hp["c"], hp["warmup"], hp["topk_k"]) == ("nmtkd", 0.3, 0.0, 10)
+        assert hp["tau_grad"] is True
+    full = g.method("rkl+adakd")["policies"][0]["hp"]  # AdaKD.sh: Hellinger, c 0.5, warm-up 0.05
+    assert (full["indicator"], full["c"], full["warmup"], full["tau_grad"]) == ("hellinger", 0.5, 0.05, True)
+    assert g.method("rkl+adakd-tau-detached")["policies"][0]["hp"]["tau_grad"] is False
+    table3 = [m for _, m, _ in g.runs(table="table3")]
+    assert "rkl+adakd-random" in table3 and "rkl+adakd-ind-nmtkd" in table3
+    assert g.method("rkl+adakd-random")["policies"][0]["hp"]["indicator"] == "random"
+
+
+@pytest.mark.parametrize("label", ["adakd-random", "adakd-ind-nmtkd", "adakd-tau-detached"])
+def test_new_labels_train_a_step(plugins, repo, label):
+    import yaml
+
+    spec = yaml.safe_load((repo / "config" / "variants.yaml").read_text())["policy_defs"][label]
+    policy = plugins["adakd"].obj(total_steps=20, seed=3, **plugins["adakd"].bind(spec["hp"], where=label))
+    h_s, h_t, labels, head_s, head_t = inputs(torch.float32)
+    parts = objective(h_s, h_t, labels, vocab_size=V, kd_ratio=1.0, n_global=count_valid(labels),
+                      divergence=plugins["rkl"].obj, policy=policy, student_head=head_s, teacher_head=head_t,
+                      chunk_size=9)
+    parts.loss.backward()
+    assert torch.isfinite(parts.loss) and h_s.grad.abs().sum() > 0
