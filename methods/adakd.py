@@ -206,29 +206,39 @@ class AdaKD:
         L = mean_{i∈selected} scale_i·D(softmax(z_s,i/τ_s,i), softmax(z_t,i/τ_t,i)),
     with τ_s = τ_t = τ_i and scale = τ_i² except under "logit_std".
 
-    1. indicator: token difficulty s_i (untempered, no grad; larger = harder, minimal when q = p
-       except "ce", which does not look at the teacher). Drives the selection and IDTS.
+    1. indicator: token difficulty s_i (untempered; larger = harder, minimal when q = p for those
+       that compare q with p). Drives the selection and IDTS; its gradient, see `tau_grad` under 3.
        - "hellinger" (default; docs/METHODS.md §2): s = (1/√2)·sqrt(Σ_v (√p − √q)²) ∈ [0, 1].
        - "fkl": KL(p‖q) = Σ_v p (log p − log q) ∈ [0, ∞)   (Table 3 "FKD").
        - "rkl": KL(q‖p) = Σ_v q (log q − log p) ∈ [0, ∞)   (Table 3 "RKD").
        - "ce": cross-entropy vs the ground truth, −log q(y_i) ∈ [0, ∞) (Table 3). Needs the target ids:
          token_stats(..., labels=(N,) long tensor, the label of each row); a ValueError if labels is None.
        - "js": Jensen–Shannon, m = ½p + ½q, ½KL(q‖m) + ½KL(p‖m) ∈ [0, log 2] (λ = 0.5 fixed).
-       - "nmt_topk": Table 3's "NMT-KD top-k rank score", k = `topk_k` (default 5, integer ≥ 1).
-         Our definition: the fraction of the teacher's top-k tokens that are NOT among the student's
+       - "nmt_topk": Table 3's "NMT-KD top-k rank score" as we read it before the release's code,
+         k = `topk_k` (integer ≥ 1; label adakd-ind-nmt-top5 sets 5). Our definition: the fraction of the teacher's top-k tokens that are NOT among the student's
          top-k, s = 1 − |top_k(p) ∩ top_k(q)| / k ∈ {0, 1/k, …, 1}. Assumption: the paper's formula
          is not in our sources; we assume it scores rank agreement on the teacher's top-k, the view
          of the teacher distribution used in the NMT KD literature (e.g. Zhang et al., ACL 2023, on
          the teacher's top-ranked tokens). The score is discrete, so ties are frequent; torch.topk
          breaks them, and the IDTS median of an all-zero selection is clamped at 1e-12.
+       The AdaKD release's other rules (loss/losses.py `_compute_token_scores`; its script passes
+       k 10 to every rule, `topk_k`'s default), q = student, p = teacher, y = ground truth:
+       - "nmtkd": its `calculate_nmtkd_score` (nmtkd_score above), detached as there.
+       - "random": every s_i = 1; the kept tokens are drawn uniformly, seeded by the run's `seed`
+         (a harness argument) and the step; IDTS then gives every token τ_base.
+       - "prob" 1 − max q; "entropy" H(q); "ce_entropy" −log q_y·H(q); "gt_prob"
+         (1 − p_y)·(−log(q_y + 1e-8)); "bhattacharyya" −log(Σ √(qp) + 1e-8); "sensitivity_reverse"
+         max(KL(q‖p), 1e-8)/max(H(q), 1e-8); "logtoku" min–max(AU)·min–max(EU) over the micro-batch
+         (logtoku_parts), only with tau_grad false. "ce", "ce_entropy", "gt_prob" need the labels.
 
     2. schedule: the kept ratio r; the top max(1, floor(N·r)) tokens by s_i are kept, over all N
        valid tokens of the micro-batch (flattened, not per sequence). r at progress t is
        `kept_ratio(t)` (logged as `latf_ratio` by log_scalars()).
        - "latf" (default; LATF, docs/METHODS.md §2): EMA of the step's global mean distillation loss
          L̄_t = β·L̄_{t−1} + (1−β)·L_t (initialised with the first value), ratio r (starts at 1),
-         reference L_ref. The first floor(`warmup`·total_steps) steps keep r = 1 and end with
-         L_ref = L̄. After warm-up, each step: L̄ < L_ref(1−ε) → r ← max(r_min, r(1−δ));
+         reference L_ref. The first floor(`warmup`·total_steps) steps keep r = 1; the first step
+         after them sets L_ref = L̄ (the release: 1-based step > warmup·total).
+         After warm-up, each step: L̄ < L_ref(1−ε) → r ← max(r_min, r(1−δ));
          L̄ > L_ref(1+ε) → r ← min(1, r(1+δ)). When L_ref is reset is `latf_reset`:
          - "trigger" (default; the AdaKD release, distillation.py of github.com/SassyRong/AdaKD):
            L_ref ← L̄ whenever L̄ leaves [L_ref(1−ε), L_ref(1+ε)], also when r is already at its
@@ -244,12 +254,18 @@ class AdaKD:
        Non-latf schedules take r from the progress t passed to plan() (t clamped to [0, 1]); observe()
        then only keeps the EMA of the loss (for logging/inspection) and the step count, never r/ref.
 
-    3. temperature: the per-token temperature rule (detached).
+    3. temperature: the per-token temperature rule (constants of the student, except IDTS's τ
+       under tau_grad).
        - "idts" (default; IDTS, docs/METHODS.md §2): ŝ_i = tanh(log(s_i / median_{selected} s)),
          τ_i = τ_base·exp(−c·ŝ_i) ∈ [τ_base·e^{−|c|}, τ_base·e^{|c|}]; c > 0: hard tokens get a low τ,
          easy ones a high τ. `tau_base` = 1.0 (> 0), `c` = 0.5 (any finite real; c < 0 is the
          Table 5 "inverse direction" ablation, hard tokens get a HIGH τ: c = −0.5).
          s and the median are clamped at 1e-12 before the log.
+         `tau_grad` = True (default; the release, whose score, median and τ keep the student's
+         graph): the student also gets the gradient through τ_i (its τ² weight and z/τ_i of both
+         models) and through τ_i's score s_i and the median (plan → TokenPlan.tau_grads; the harness
+         applies it, kdbench.losses). False: τ detached (label adakd-tau-detached). Indicators
+         without a gradient ("nmtkd", "nmt_topk", "random") leave τ constant either way.
        - "fixed": τ_i = `tau_fixed` for every token (default 1.0, > 0), scale τ².
        - "ctkd": a deterministic stand-in for CTKD (Li et al., "Curriculum Temperature for Knowledge
          Distillation", AAAI 2023). CTKD LEARNS one global τ adversarially: a gradient-reversal
@@ -287,7 +303,7 @@ class AdaKD:
     Invalid hyper-parameters raise ValueError naming the parameter, its value and the allowed
     values: indicator/schedule/temperature/latf_reset outside the lists above; r_min, r_fixed, r0, r1 outside
     (0, 1]; tau_base, tau_fixed, tau_min, tau_max ≤ 0; beta, eps, delta, warmup outside [0, 1);
-    c not finite; topk_k not an integer ≥ 1.
+    c not finite; topk_k not an integer ≥ 1; tau_grad not a bool, or true with "logtoku".
 
     The AdaKD paper's ablations (Qwen2 RKL base; docs/METHODS.md §2) as hyper-parameters, everything not
     named at its default:
@@ -295,7 +311,8 @@ class AdaKD:
       temperature "fixed", tau_fixed 1.0; "AdaKD (full)" = defaults.
     - Table 3 (indicator, with LATF + IDTS): FKD = indicator "fkl"; RKD = "rkl"; cross-entropy vs
       ground truth = "ce" (harness passes labels); JS = "js"; NMT-KD top-k (k = 5) = "nmt_topk",
-      topk_k 5; Hellinger = defaults.
+      topk_k 5, or the release's score "nmtkd" (k 10); Hellinger = defaults; the random-selection
+      control = "random".
     - Table 4 (ratio, with Hellinger + IDTS): LATF = defaults; fixed r = 1.0 = schedule "fixed",
       r_fixed 1.0 (= Table 2 "+IDTS"); fixed r = 0.75 = schedule "fixed", r_fixed 0.75;
       linear 1.0→0.75 = schedule "linear", r0 1.0, r1 0.75; cosine 1.0→0.75 = schedule "cosine",
