@@ -382,11 +382,7 @@ class _Chunk:
         # log_softmax(z) of the student doubles as the CE's when the KD term sees the very same logits.
         shared = every and tau_s is None and width == self.vocab_size
         if not shared:  # CE first: the KD term below may divide z in place
-            if grad and self.train_ce:
-                ce_logp = F.log_softmax(z, 1)
-                ce = F.nll_loss(ce_logp, targets, reduction="sum")
-            else:
-                ce = F.cross_entropy(z, targets, reduction="sum")
+            ce, ce_logp = self._ce(z, targets, grad)
         tg = self.tau is not None and grad  # untempered logits kept for the gradient through τ
         t_logp, t_raw = self._teacher_logp(h_t, sel, every, tau_t, keep_raw=tg)
         z_kd = z if every else z[sel]
@@ -394,12 +390,8 @@ class _Chunk:
         s_logp, kept = _log_probs(z_kd, self.vocab_size, tau_s if every or tau_s is None else tau_s[sel],
                                   (owned or not every) and not tg)
         if shared:
-            if kept is None:
-                ce_logp = s_logp
-            elif grad and self.train_ce:
-                ce_logp = F.log_softmax(z, 1)
-            ce = F.nll_loss(ce_logp, targets, reduction="sum") if ce_logp is not None else \
-                F.cross_entropy(z, targets, reduction="sum")
+            ce, ce_logp = (F.nll_loss(s_logp, targets, reduction="sum"), s_logp) if kept is None else \
+                self._ce(z, targets, grad)
         del z, z_kd  # from here on a chunk holds its log-probs only (and, for τ's gradient, s_raw, t_raw)
         factor = None if scale is None else (weight * scale if every else weight[sel] * scale[sel])
         if not grad:
@@ -413,9 +405,8 @@ class _Chunk:
             kd = (values if factor is None else factor * values).sum()
         if tg:
             d_logp, d_tlogp = torch.autograd.grad(kd, (leaf, t_in), self.coefficients[1], allow_unused=True)
-            elasticity = 2 * self.coefficients[1] * factor * values.detach() - _dot_raw(
-                _log_softmax_backward(d_tlogp, t_logp) if d_tlogp is not None else None, t_raw,
-                tau_t if every or tau_t is None else tau_t[sel])
+            elasticity = self.tau.elasticity(self.coefficients[1] * factor * values.detach(), d_tlogp, t_logp,
+                                             t_raw, tau_t if every or tau_t is None else tau_t[sel])
         del t_logp, values
         if not tg:
             (d_logp,) = torch.autograd.grad(kd, leaf, self.coefficients[1], allow_unused=True)
@@ -427,9 +418,7 @@ class _Chunk:
         if kept is not None:
             dz_kd.masked_fill_(~kept, 0.0)
         if tg:
-            rows_c = torch.arange(c.start, c.start + rows, device=dz_kd.device)
-            elasticity = elasticity - _dot_raw(dz_kd, s_raw, None)
-            dz_kd += self.tau.chunk(rows_c if every else rows_c[sel], elasticity, s_raw, t_raw)
+            dz_kd += self.tau.chunk(c, sel, elasticity - _dot_raw(dz_kd, s_raw, None), s_raw, t_raw)
             del s_raw, t_raw
         if every and width == self.vocab_size:
             dz = dz_kd
@@ -442,6 +431,13 @@ class _Chunk:
         del ce_logp
         self.student.backward(c, dz)
         return ce.detach(), kd.detach()
+
+    def _ce(self, z: torch.Tensor, targets: torch.Tensor, grad: bool) -> tuple:
+        """Σ CE of the chunk, and its log-probs where its gradient is needed (else None)."""
+        if grad and self.train_ce:
+            logp = F.log_softmax(z, 1)
+            return F.nll_loss(logp, targets, reduction="sum"), logp
+        return F.cross_entropy(z, targets, reduction="sum"), None
 
     def _ce_only(self, c: slice, z: torch.Tensor, targets: torch.Tensor, grad: bool) -> tuple:
         """A chunk without distillation: Σ CE, its gradient handed to the student head."""
@@ -489,8 +485,17 @@ class _TauGradient:
         self.d_median = [0.0] * len(tau_grads)  # ∂L/∂m, summed over the chunks
         self.at_median: list[dict[int, torch.Tensor]] = [{} for _ in tau_grads]  # token -> ∂s/∂z
 
-    def chunk(self, rows: torch.Tensor, elasticity: torch.Tensor, z_s: torch.Tensor, z_t: torch.Tensor):
-        """∂L/∂z_s (n, V) of the chunk's kept tokens `rows` through their scores, given E = τ·∂L/∂τ."""
+    @staticmethod
+    def elasticity(kd_terms: torch.Tensor, d_tlogp: torch.Tensor | None, t_logp: torch.Tensor, t_raw: torch.Tensor,
+                   tau_t: torch.Tensor | None) -> torch.Tensor:
+        """τ·∂L/∂τ of each kept token but for the student's logits: 2·(the loss's terms c·D, scaled),
+        through the τ² of the scale, and −Σ z_t ∂L/∂z_t, through the teacher's z/τ."""
+        d_t = _log_softmax_backward(d_tlogp, t_logp) if d_tlogp is not None else None
+        return 2 * kd_terms - _dot_raw(d_t, t_raw, tau_t)
+
+    def chunk(self, c: slice, sel: torch.Tensor, elasticity: torch.Tensor, z_s: torch.Tensor, z_t: torch.Tensor):
+        """∂L/∂z_s (n, V) of chunk c's kept tokens (`sel`) through their scores, given E = τ·∂L/∂τ."""
+        rows = torch.arange(c.start, c.start + len(sel), device=z_s.device)[sel]
         dz = torch.zeros_like(z_s)
         t_logp, labels = F.log_softmax(_aligned(z_t, self.vocab_size), -1), self.targets[rows]
         for k, tg in enumerate(self.tau_grads):
