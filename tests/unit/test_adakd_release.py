@@ -321,3 +321,13 @@ def test_new_labels_train_a_step(plugins, repo, label):
                       chunk_size=9)
     parts.loss.backward()
     assert torch.isfinite(parts.loss) and h_s.grad.abs().sum() > 0
+
+
+def test_the_seed_is_the_harness_s_not_a_hyper_parameter(plugins):
+    from kdbench.errors import KDBenchError
+
+    adakd = plugins["adakd"]
+    with pytest.raises(KDBenchError, match="unknown hyper-parameter"):
+        adakd.bind({"seed": 3}, where="policy_defs.x")
+    policy = adakd.instantiate(adakd.bind({"indicator": "random"}, where="x"), total_steps=10, seed=7, student_dim=4)
+    assert policy.seed == 7
