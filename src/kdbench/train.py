@@ -320,7 +320,7 @@ def train_step(s: Session, step: int) -> None:
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
     lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
     micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
-    n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
+    n_global = int(_all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device))
     kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
     for mb in micro:
         parts = s.micro_batch_loss(mb, n_global, step / tr.steps)
