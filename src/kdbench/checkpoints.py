@@ -15,7 +15,8 @@ ZeRO 1-3 optimizer states hold (`DS_CHECKPOINT_CLASSES`).
 A LoRA student's checkpoint holds its trainable weights (the adapters) and their optimizer states,
 not the frozen base (DeepSpeed's `exclude_frozen_parameters`): the base is the run's start model,
 which the run config names and the fingerprint covers, and every resume loads it from there first
-(about 15 GB saved per checkpoint of a Qwen2-7B LoRA teacher SFT).
+(about 15 GB saved per checkpoint of a Qwen2-7B LoRA teacher SFT). An output head tied to the input
+embeddings (GPT-2) stays in: DeepSpeed filters by parameter, and a tied weight is no parameter of its own.
 """
 
 from __future__ import annotations
