@@ -34,6 +34,7 @@ def two_ranks(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("KDBENCH_TEST_HOOKS", str(Path(__file__).with_name("multirank_hooks.py")))
     mp.setenv("KDBENCH_RECORD_PARTS", str(parts))
+    mp.setenv("CUDA_VISIBLE_DEVICES", "")  # CPU ranks on a GPU machine too
     try:
         done = run_cli("kdbench", "train", f"{RUN}/run.yaml", "--cpu-ranks", "2", "--threads", "1", cwd=root)
     finally:
