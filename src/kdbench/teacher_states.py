@@ -188,7 +188,8 @@ class Cached:
         self.tolerance = None if device.type == "cpu" else GPU_TOLERANCE.get(dtype, GPU_TOLERANCE["fp32"])
         self.counts = {"hits": 0, "misses": 0, "checked": 0}
         meta = self._open()
-        if meta.get("device") != device.type or (device.type == "cpu" and meta.get("threads") != str(torch.get_num_threads())):
+        threads = str(torch.get_num_threads())
+        if meta.get("device") != device.type or (device.type == "cpu" and meta.get("threads") != threads):
             self._off(f"it was computed with {meta.get('threads')} thread(s) on {meta.get('device')}, this run uses "
                       f"{torch.get_num_threads()} on {device.type}")
 
@@ -206,7 +207,8 @@ class Cached:
                 header = json.loads(f.read(header_size))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
             if self.path.stat().st_size != 8 + header_size + end:
-                raise ValueError(f"{self.path.stat().st_size:,} bytes where its header describes {8 + header_size + end:,}")
+                raise ValueError(f"{self.path.stat().st_size:,} bytes, where its header describes "
+                                 f"{8 + header_size + end:,}")
             if set(TABLES) - set(header):
                 raise ValueError(f"no {', '.join(sorted(set(TABLES) - set(header)))} (written by an older kdbench)")
             self.file = safe_open(str(self.path), framework="pt")

@@ -353,8 +353,8 @@ def train_step(s: Session, step: int) -> None:
     if s.selector is not None and ((step + 1) % tr.select_every == 0 or step == tr.steps - 1):
         valid_rouge = s.selector.score(engine.module.lm, step + 1)
     if step % tr.log_every == 0 or step == tr.steps - 1 or valid_rouge is not None:
-        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global,
-                                 int(_all_reduce(n_selected, engine.device)), s.policy, _temperatures(temps, engine.device),
+        n_selected, tau = int(_all_reduce(n_selected, engine.device)), _temperatures(temps, engine.device)  # all ranks
+        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy, tau,
                                  s.tokens_here / (time.perf_counter() - s.start))
         if s.metrics is not None:
             _log(s, step, record, valid_rouge)
@@ -362,7 +362,8 @@ def train_step(s: Session, step: int) -> None:
         s.checkpoints.save(engine, step + 1, {
             "step": step + 1, "micro_batches": s.stream.position, "source": s.source.state_dict(),
             "tokens_seen": s.tokens_seen, "policies": s.policy.state_dicts() if s.policy else [],
-            "best": s.selector.best if s.selector else None, "metrics": (s.out / "metrics.jsonl").read_text() if s.metrics else ""})
+            "best": s.selector.best if s.selector else None,
+            "metrics": (s.out / "metrics.jsonl").read_text() if s.metrics else ""})  # rank 0's (the one DeepSpeed keeps)
 
 
 def _log(s: Session, step: int, record: dict, valid_rouge: float | None) -> None:
