@@ -179,7 +179,7 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
 class Cached:
     """The teacher's hidden states for a micro-batch: from the states file where it holds this
     micro-batch (by digest), else from the live teacher. Counts hits, misses and checks (provenance).
-    A damaged file stops the run (`Damaged`); see the module's docstring."""
+    A damaged file stops the run and is removed (`_damaged`); see the module docstring."""
 
     def __init__(self, path: Path, live, device, dtype: str = "fp32"):
         import torch
