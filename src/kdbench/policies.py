@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from kdbench.losses import TokenPlan
+from kdbench.registry import MEMBERS, missing_members  # noqa: F401 (the protocol's members, checked on load)
 
 
 @runtime_checkable
@@ -55,14 +56,6 @@ class TokenPolicy(Protocol):
 
     def log_scalars(self) -> dict[str, float]:
         """Scalars for metrics.jsonl, by key (AdaKD: {"latf_ratio": r}); {} if none."""
-
-
-MEMBERS = ("token_stats", "plan", "feature_loss", "observe", "state_dict", "load_state_dict", "log_scalars")
-
-
-def missing_members(policy: object) -> list[str]:
-    """The TokenPolicy members that `policy` (a class or an instance) lacks or has as a non-callable."""
-    return [name for name in MEMBERS if not callable(getattr(policy, name, None))]
 
 
 class Composed:

@@ -2,7 +2,7 @@
 dataset micro-batch of a run, computed once and shared by the runs that read the same micro-batches.
 
 Every dataset-source student of a pair at one seed (FKL, RKL, … each ± AdaKD) reads the same stream
-of micro-batches (`kdbench.train.Stream`: same data, tokenizer, prompt format, max length,
+of micro-batches (`kdbench.stream.Stream`: same data, tokenizer, prompt format, max length,
 micro-batch size and seed), and the teacher is frozen, so the teacher's forward pass is the same
 in all of them; on the default grid it is about half of a student's step. With `teacher_cache:
 true` the workflow runs it once per such group (`teacher_states` rule) and each run looks its
@@ -110,7 +110,7 @@ def write(what: dict, out: Path, n: int) -> None:
     from kdbench.losses import valid_positions
     from kdbench.models import LastHidden, load_causal_lm
     from kdbench.sft_data import collate, encode_example
-    from kdbench.train import Stream
+    from kdbench.stream import Stream
 
     tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
     device = torch.device("cpu")  # the job claims no GPU; a run on one sees the device differs and runs its teacher live

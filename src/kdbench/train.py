@@ -36,14 +36,14 @@ from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance, testhooks
 from kdbench.checkpoints import Checkpoints
-from kdbench.config import accumulation_steps
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
-from kdbench.spec import Generation, Training, defaults
+from kdbench.stream import Stream
+from kdbench.spec import Generation, Training, accumulation_steps, defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,32 +431,6 @@ def _no_gradient(module: torch.nn.Module) -> torch.Tensor:
     """A zero loss over every trainable parameter: its backward adds no gradient but runs the same
     hooks and collectives as a real micro-batch, so data-parallel ranks stay in step."""
     return sum((p * 0.0).sum() for p in module.parameters() if p.requires_grad)
-
-
-class Stream:
-    """The endless stream of dataset micro-batches (lists of examples) from position `start`: epoch e
-    is a fresh permutation seeded by (seed, e), so the stream can be resumed at any position exactly."""
-
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0):
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        self.examples, self.batch_size, self.seed, self.position = examples, batch_size, seed, start
-        self.per_epoch = len(examples) // self.world // batch_size
-        if self.per_epoch == 0:
-            raise KDBenchError(f"the training set has {len(examples)} examples, fewer than one micro-batch of "
-                               f"{batch_size} per rank × {self.world} ranks.")
-        self._order_epoch, self._order = None, []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[dict]:
-        epoch, i = divmod(self.position, self.per_epoch)
-        if epoch != self._order_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order = torch.randperm(len(self.examples), generator=gen).tolist()[self.rank::self.world]
-            self._order_epoch = epoch
-        self.position += 1
-        return [self.examples[j] for j in self._order[i * self.batch_size:(i + 1) * self.batch_size]]
 
 
 class BestByValidRouge:
