@@ -21,8 +21,11 @@ from kdbench.registry import MEMBERS, missing_members  # noqa: F401 (the protoco
 class TokenPolicy(Protocol):
     """What the harness calls on a token policy (methods/_template_policy.py is a minimal one).
 
-    Constructed with its hyper-parameters plus the harness arguments it declares (`total_steps`,
-    and for a policy with a feature loss `student_dim`/`teacher_dim`). Per micro-batch the harness
+    Constructed with its hyper-parameters (the keyword-only parameters of `__init__`, each with a
+    literal default or none, kdbench.registry) plus the harness arguments it declares (`total_steps`,
+    and for a policy with a feature loss `student_dim`/`teacher_dim`). Optionally a class attribute
+    `base_divergence: str`, the divergence plugin key the policy runs over when its own key is a
+    label's base (`egad` = fkl under EGAD); without it, fkl. Per micro-batch the harness
     calls token_stats on each chunk of valid tokens, then plan once over the micro-batch; per
     optimizer step, observe once; at each metrics record, log_scalars; at a checkpoint and on
     resume, state_dict/load_state_dict. A policy that is a torch.nn.Module (EGAD) is trained and

@@ -119,3 +119,22 @@ def test_lookup_lists_the_known_methods_of_that_kind(plugins):
         lookup(plugins, "fkk", "divergence", "cfg")
     with pytest.raises(KDBenchError, match="unknown token policy 'fkl'. Known: adakd"):
         lookup(plugins, "fkl", "token_policy", "cfg")
+
+
+def test_a_policy_label_alone_runs_over_its_base_divergence(repo, tmp_path: Path):
+    """A token policy's optional `base_divergence` (methods/_template_policy.py shows it) is the
+    divergence of the label `<key>` alone; `<divergence>+<key>` names its own."""
+    import shutil
+
+    from kdbench.labels import Labels
+
+    shutil.copy(repo / "methods/rkl.py", tmp_path)
+    shutil.copy(repo / "methods/fkl.py", tmp_path)
+    template = (repo / "methods/_template_policy.py").read_text()
+    (tmp_path / "mine.py").write_text(template.replace('base_divergence = "fkl"', 'base_divergence = "rkl"'))
+    labels = Labels({}, {}, discover(tmp_path), "cfg")
+    alone, over_fkl = labels.method("mine"), labels.method("fkl+mine")
+    assert alone["divergence"]["key"] == "rkl" and [p["key"] for p in alone["policies"]] == ["mine"]
+    assert over_fkl["divergence"]["key"] == "fkl"
+    (tmp_path / "mine.py").write_text(template.replace('    base_divergence = "fkl"', "    pass"))
+    assert Labels({}, {}, discover(tmp_path), "cfg").method("mine")["divergence"]["key"] == "fkl"
