@@ -295,20 +295,27 @@ def _build_data(s: Session) -> None:
 
 
 def train_step(s: Session, step: int) -> None:
-    """One optimizer step: gather its micro-batches, count its response tokens over all ranks, run
-    each through the loss, backward and the engine step; feed the KD loss to the token policy; then
-    the source's epoch end, validation selection, the metrics record and the checkpoint."""
+    """One optimizer step: gather its micro-batches and count their response tokens over all ranks,
+    run each through the loss, backward and the engine step (`micro_batches`), then what follows
+    the step (`end_step`)."""
     tr, engine = s.tr, s.engine
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
     lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
     micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
     n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
+    end_step(s, step, lr, n_global, micro_batches(s, step, micro, n_global))
+
+
+def micro_batches(s: Session, step: int, micro: list[dict], n_global: int) -> dict:
+    """Each micro-batch of the step through the loss, backward and the engine step (a non-finite
+    one on any rank: no gradient, or the run stops); the step's sums of what was used."""
+    engine = s.engine
     kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
     for mb in micro:
-        parts = s.micro_batch_loss(mb, n_global, step / tr.steps)
+        parts = s.micro_batch_loss(mb, n_global, step / s.tr.steps)
         parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
         if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
-            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), tr, s.nonfinite_in_a_row + 1,
+            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), s.tr, s.nonfinite_in_a_row + 1,
                                               s.checkpoints)
             engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
             engine.step()
@@ -322,10 +329,18 @@ def train_step(s: Session, step: int) -> None:
             n_selected + parts.n_selected
         if parts.temperature is not None:
             temps.append(parts.temperature)
-    n_used = n_global - _all_reduce_sum(n_skipped, engine.device)
+    return {"kd_weighted": kd_weighted, "ce_sum": ce_sum, "n_selected": n_selected, "temps": temps,
+            "n_skipped": n_skipped}
+
+
+def end_step(s: Session, step: int, lr: float, n_global: int, sums: dict) -> None:
+    """After the step's micro-batches: its global mean KD loss to the token policy; then the
+    source's epoch end, validation selection, the metrics record and the checkpoint."""
+    tr, engine = s.tr, s.engine
+    n_used = n_global - _all_reduce_sum(sums["n_skipped"], engine.device)
     s.skipped_total += n_global - n_used
-    kd_loss = _all_reduce_sum(kd_weighted, engine.device) / max(n_used, 1)
-    ce = _all_reduce_sum(ce_sum, engine.device) / max(n_used, 1)
+    kd_loss = _all_reduce_sum(sums["kd_weighted"], engine.device) / max(n_used, 1)
+    ce = _all_reduce_sum(sums["ce_sum"], engine.device) / max(n_used, 1)
     if s.policy is not None and n_used:
         s.policy.observe(kd_loss)
     if s.source.needs_validation and (step + 1) % max(1, s.stream.per_epoch // tr.gradient_accumulation_steps) == 0:
@@ -335,8 +350,8 @@ def train_step(s: Session, step: int) -> None:
     if s.selector is not None and ((step + 1) % tr.select_every == 0 or step == tr.steps - 1):
         valid_rouge = s.selector.score(engine.module.lm, step + 1)
     if step % tr.log_every == 0 or step == tr.steps - 1 or valid_rouge is not None:
-        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy,
-                                 temps, s.tokens_here / (time.perf_counter() - s.start))
+        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, sums["n_selected"],
+                                 s.policy, sums["temps"], s.tokens_here / (time.perf_counter() - s.start))
         _log(s, step, record, valid_rouge)
     if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.steps:
         s.checkpoints.save(engine, step + 1, {
