@@ -20,6 +20,7 @@ from kdbench.labels import Labels
 from kdbench.schemas import check_schema, fill_defaults, load_schema, load_yaml
 # Re-exported: where scripts and tests found them before the modules above took them over.
 from kdbench.grid_tables import rule_names  # noqa: F401
+from kdbench.paths import portable  # noqa: F401
 from kdbench.schemas import schema_path  # noqa: F401
 from kdbench.spec import accumulation_steps  # noqa: F401
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kdbench import registry
 from kdbench.errors import KDBenchError
+from kdbench.paths import portable
 from kdbench.spec import Method, default_kd_ratio
 
 RESERVED = {"teacher"}  # the teacher's own row, evaluated from its SFT run or its pretrained weights
@@ -70,20 +71,22 @@ class Labels:
         for policy_label in [p for p in (spec.get("policy"), suffix) if p]:
             if not spec["divergence"]:
                 raise KDBenchError(f"{where}: a token policy needs a distillation loss; '{base}' has none.")
-            method["policies"].append(self._policy_entry(policy_label, where))
+            policy_hp = spec.get("policy_hp", {}) if policy_label == suffix else {}
+            method["policies"].append(self._policy_entry(policy_label, where, policy_hp))
         if method["policies"] and method["kd_ratio"] == 0:
             raise KDBenchError(f"{where}: kd_ratio is 0, so its token policy would have nothing to act on.")
         return method
 
-    def _policy_entry(self, policy_label: str, where: str) -> dict:
-        """A policy plugin with its hyper-parameters bound (its own range checks run in kdbench.preflight)."""
+    def _policy_entry(self, policy_label: str, where: str, policy_hp: dict) -> dict:
+        """The policy of a label, its hyper-parameters (under the method's `policy_hp` for its plugin)
+        bound to its signature; its own range checks run in kdbench.preflight."""
         pdef = self.policy_defs.get(policy_label, {"policy": policy_label})
         plugin = registry.lookup(self.plugins, pdef["policy"], "token_policy", where)
-        return plugin_entry(plugin, plugin.bind(pdef.get("hp"), where))
+        return plugin_entry(plugin, plugin.bind({**pdef.get("hp", {}), **policy_hp.get(plugin.key, {})}, where))
 
 
 def plugin_entry(plugin: registry.Method, hp: dict) -> dict:
-    return {"key": plugin.key, "path": str(plugin.path), "version": plugin.version, "hp": hp}
+    return {"key": plugin.key, "path": portable(plugin.path), "version": plugin.version, "hp": hp}
 
 
 @functools.lru_cache(maxsize=1)

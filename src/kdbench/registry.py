@@ -37,7 +37,7 @@ _MARK = "__kdbench_kind__"
 MEMBERS = ("token_stats", "plan", "feature_loss", "observe", "state_dict", "load_state_dict", "log_scalars")
 # Arguments the harness supplies itself (a policy declares the ones it needs); the other keyword-only
 # parameters are hyper-parameters.
-HARNESS_ARGS = ("total_steps", "student_dim", "teacher_dim")
+HARNESS_ARGS = ("total_steps", "student_dim", "teacher_dim", "seed")  # seed: the run's
 DIVERGENCE_INPUTS = ("student_logp", "teacher_logp")
 REQUIRED = object()  # a hyper-parameter without a default
 

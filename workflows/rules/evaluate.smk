@@ -4,12 +4,12 @@
 
 EVAL_OUT = f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}"
 EV = CFG["evaluation"]
-EVAL_PROTOCOL = (  # the decoding protocol, identical for every evaluation job
-    f"--seeds {' '.join(str(s) for s in EV['decoding_seeds'])} --max-new-tokens {EV['max_new_tokens']}"
-    f" --max-prompt-tokens {EV['max_prompt_tokens']} --batch-size {EV['batch_size']}"
-    f" --no-repeat-ngram-size {EV['no_repeat_ngram_size']} --prompt-format {EV['prompt_format']}"
-    + (" --greedy" if EV["greedy"] else "")
-)
+EVAL_PROTOCOL = [  # the decoding protocol, identical for every evaluation job: one argument per word
+    "--seeds", *(str(s) for s in EV["decoding_seeds"]), "--max-new-tokens", str(EV["max_new_tokens"]),
+    "--max-prompt-tokens", str(EV["max_prompt_tokens"]), "--batch-size", str(EV["batch_size"]),
+    "--no-repeat-ngram-size", str(EV["no_repeat_ngram_size"]), "--prompt-format", EV["prompt_format"],
+    *(["--greedy"] if EV["greedy"] else []),
+]
 
 if CFG["evaluation"]["job"] == "run":
 
@@ -40,9 +40,9 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "kdbench evaluate --model {input.model} --data {input.data} --set {wildcards.set}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
-        " --predictions {output.predictions} {params.protocol} --threads {threads} > {log} 2>&1"
+        "kdbench evaluate --model {input.model:q} --data {input.data:q} --set {wildcards.set:q}"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --out {output.result:q}"
+        " --predictions {output.predictions:q} {params.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_run:
@@ -53,7 +53,7 @@ rule evaluate_run:
         result=[f"{EVAL_OUT}/{x}.json" for x in GRID.axes["sets"]],
         predictions=[f"{EVAL_OUT}/{x}.predictions.jsonl" for x in GRID.axes["sets"]],
     params:
-        sets=" ".join(GRID.axes["sets"]),
+        sets=GRID.axes["sets"],
         protocol=EVAL_PROTOCOL,
     log:
         f"{EVAL_OUT}/evaluate.log",
@@ -66,9 +66,9 @@ rule evaluate_run:
     conda:
         ENV
     shell:
-        "kdbench evaluate --model {input.model} --data {input.data} --set {params.sets}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
-        " --predictions {output.predictions} {params.protocol} --threads {threads} > {log} 2>&1"
+        "kdbench evaluate --model {input.model:q} --data {input.data:q} --set {params.sets:q}"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --out {output.result:q}"
+        " --predictions {output.predictions:q} {params.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 rule lm_eval:
     """evaluation.lm_eval_tasks (evaluation/tasks, lm-eval's own, or task YAMLs) on one model, over
@@ -80,7 +80,7 @@ rule lm_eval:
     output:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.json",
     params:
-        tasks=" ".join(LM_EVAL_TASKS),
+        tasks=LM_EVAL_TASKS,
         include=lambda w, input: os.path.dirname(input.template),
         protocol=EVAL_PROTOCOL,
     log:
@@ -94,9 +94,9 @@ rule lm_eval:
     conda:
         ENV
     shell:
-        "kdbench lm-eval --model {input.model} --include-path {params.include} --tasks {params.tasks}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} {params.protocol} --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "kdbench lm-eval --model {input.model:q} --include-path {params.include:q} --tasks {params.tasks:q}"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} {params.protocol:q} --threads {threads}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule lm_eval_all:
