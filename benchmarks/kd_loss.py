@@ -121,9 +121,13 @@ def make_inputs(shape: Shape, seed: int = 0) -> Inputs:
 
 
 def method_parts(plugins: dict[str, Method], variant: str) -> tuple[Callable[..., torch.Tensor], Any]:
-    """The divergence function of `variant` ("fkl", "akl+adakd", ...) and a fresh policy or None."""
+    """The divergence function of `variant` ("fkl", "akl+adakd", ...) and a fresh policy or None; a
+    policy's temperatures held constant (AdaKD's `tau_grad` off), as in kdbench.reference_loss."""
     name, _, policy = variant.partition("+")
-    return plugins[name].obj, plugins[policy].obj(total_steps=TOTAL_STEPS) if policy else None
+    if not policy:
+        return plugins[name].obj, None
+    detached = {"tau_grad": False} if "tau_grad" in plugins[policy].params else {}
+    return plugins[name].obj, plugins[policy].obj(total_steps=TOTAL_STEPS, **detached)
 
 
 def chunked_loss(inputs: Inputs, divergence: Callable[..., torch.Tensor], policy: Any,

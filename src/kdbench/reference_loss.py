@@ -2,7 +2,8 @@
 micro-batch, differentiated by autograd. Read this first; `losses.objective` computes the same
 numbers (to the bit for one chunk) chunk by chunk with its gradient in the forward pass, so that
 neither model's (tokens × vocab) logits ever exist whole. Tests and benchmarks/kd_loss.py check the
-fused loss against this one."""
+fused loss against this one. The token plan is a constant here: a policy whose temperatures pass a
+gradient too (AdaKD's `tau_grad`) is compared with it off (tests/unit/test_adakd_release.py checks it on)."""
 
 from __future__ import annotations
 
