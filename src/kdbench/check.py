@@ -46,12 +46,12 @@ def _built(spec: dict, shape: dict | None) -> str:
     if shape:
         return describe_shape(shape)
     if spec["init"] == "pretrained":
-        what = f"{spec['path']} (a hub id"
+        what = f"{spec['path']} (a hub id: "
     elif spec["init"] == "gguf":
-        what = f"{spec['gguf']['file']} (a GGUF file"
+        what = f"{spec['gguf']['file']} (a GGUF file: "
     else:
-        what = "a copy of the teacher's initial weights ("
-    return what + ": only init-model reads it; each run's provenance.json records its shape)"
+        what = f"a copy of the teacher's initial weights{', layers ' + str(spec['layers']) if 'layers' in spec else ''} ("
+    return what + "only init-model reads it; each run's provenance.json records its shape)"
 
 
 def resolve_main(argv: list[str] | None = None) -> int:
