@@ -15,8 +15,12 @@ class Stream:
     """The endless stream of dataset micro-batches (lists of examples) from position `start`: epoch e
     is a fresh permutation seeded by (seed, e), so the stream can be resumed at any position exactly."""
 
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0):
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0, rank: int | None = None,
+                 world: int | None = None):
+        """Rank `rank` of `world` data-parallel ranks reads its own share of each epoch (default: this
+        process's RANK and WORLD_SIZE)."""
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
         self.examples, self.batch_size, self.seed, self.position = examples, batch_size, seed, start
         self.per_epoch = len(examples) // self.world // batch_size
         if self.per_epoch == 0:
