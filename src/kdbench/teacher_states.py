@@ -2,7 +2,7 @@
 dataset micro-batch of a run, computed once and shared by the runs that read the same micro-batches.
 
 Every dataset-source student of a pair at one seed (FKL, RKL, … each ± AdaKD) reads the same stream
-of micro-batches (`kdbench.train.Stream`: same data, tokenizer, prompt format, max length,
+of micro-batches (`kdbench.stream.Stream`: same data, tokenizer, prompt format, max length,
 micro-batch size and seed), and the teacher is frozen, so the teacher's forward pass is the same
 in all of them; on the default grid it is about half of a student's step. With `teacher_cache:
 true` the workflow runs it once per such group (`teacher_states` rule) and each run looks its
@@ -143,7 +143,7 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
     from kdbench.losses import valid_positions
     from kdbench.models import LastHidden, load_causal_lm
     from kdbench.sft_data import collate, encode_example
-    from kdbench.train import Stream
+    from kdbench.stream import Stream
 
     device = device or torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
@@ -153,7 +153,7 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
     world = max(what["gpus"], 1)
     rows, digests, offsets = [], [], [0]
     with torch.no_grad():
-        for rank in range(world):  # each data-parallel rank's own micro-batches (kdbench.train.Stream)
+        for rank in range(world):  # each data-parallel rank's own micro-batches (kdbench.stream.Stream)
             stream = Stream(examples, what["micro_batch_size"], what["seed"], rank=rank, world=world)
             for _ in range(n):
                 mb = collate(next(stream), tokenizer.pad_token_id)

@@ -37,14 +37,14 @@ from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance, testhooks
 from kdbench.checkpoints import Checkpoints
-from kdbench.config import accumulation_steps
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
-from kdbench.spec import Generation, Training, defaults
+from kdbench.stream import Stream
+from kdbench.spec import Generation, Training, accumulation_steps, defaults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,20 +313,27 @@ def _build_data(s: Session) -> None:
 
 
 def train_step(s: Session, step: int) -> None:
-    """One optimizer step: gather its micro-batches, count its response tokens over all ranks, run
-    each through the loss, backward and the engine step; feed the KD loss to the token policy; then
-    the source's epoch end, validation selection, the metrics record and the checkpoint."""
+    """One optimizer step: gather its micro-batches and count their response tokens over all ranks,
+    run each through the loss, backward and the engine step (`micro_batches`), then what follows
+    the step (`end_step`)."""
     tr, engine = s.tr, s.engine
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
     lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
     micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
     n_global = int(_all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device))
+    end_step(s, step, lr, n_global, micro_batches(s, step, micro, n_global))
+
+
+def micro_batches(s: Session, step: int, micro: list[dict], n_global: int) -> dict:
+    """Each micro-batch of the step through the loss, backward and the engine step (a non-finite
+    one on any rank: no gradient, or the run stops); the step's sums of what was used."""
+    engine = s.engine
     kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
     for mb in micro:
-        parts = s.micro_batch_loss(mb, n_global, step / tr.steps)
+        parts = s.micro_batch_loss(mb, n_global, step / s.tr.steps)
         parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
         if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
-            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), tr, s.nonfinite_in_a_row + 1,
+            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), s.tr, s.nonfinite_in_a_row + 1,
                                               s.checkpoints)
             engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
             engine.step()
@@ -340,10 +347,18 @@ def train_step(s: Session, step: int) -> None:
             n_selected + parts.n_selected
         if parts.temperature is not None:
             temps.append(parts.temperature)
-    n_used = n_global - _all_reduce_sum(n_skipped, engine.device)
+    return {"kd_weighted": kd_weighted, "ce_sum": ce_sum, "n_selected": n_selected, "temps": temps,
+            "n_skipped": n_skipped}
+
+
+def end_step(s: Session, step: int, lr: float, n_global: int, sums: dict) -> None:
+    """After the step's micro-batches: its global mean KD loss to the token policy; then the
+    source's epoch end, validation selection, the metrics record and the checkpoint."""
+    tr, engine = s.tr, s.engine
+    n_used = n_global - _all_reduce_sum(sums["n_skipped"], engine.device)
     s.skipped_total += n_global - n_used
-    kd_loss = _all_reduce_sum(kd_weighted, engine.device) / max(n_used, 1)
-    ce = _all_reduce_sum(ce_sum, engine.device) / max(n_used, 1)
+    kd_loss = _all_reduce_sum(sums["kd_weighted"], engine.device) / max(n_used, 1)
+    ce = _all_reduce_sum(sums["ce_sum"], engine.device) / max(n_used, 1)
     if s.policy is not None and n_used:
         s.policy.observe(kd_loss)
     if s.source.needs_validation and (step + 1) % max(1, s.stream.per_epoch // tr.gradient_accumulation_steps) == 0:
@@ -353,7 +368,8 @@ def train_step(s: Session, step: int) -> None:
     if s.selector is not None and ((step + 1) % tr.select_every == 0 or step == tr.steps - 1):
         valid_rouge = s.selector.score(engine.module.lm, step + 1)
     if step % tr.log_every == 0 or step == tr.steps - 1 or valid_rouge is not None:
-        n_selected, tau = int(_all_reduce(n_selected, engine.device)), _temperatures(temps, engine.device)  # all ranks
+        # over all ranks
+        n_selected, tau = int(_all_reduce(sums["n_selected"], engine.device)), _temperatures(sums["temps"], engine.device)
         record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy, tau,
                                  s.tokens_here / (time.perf_counter() - s.start))
         if s.metrics is not None:
@@ -451,36 +467,6 @@ def _no_gradient(module: torch.nn.Module) -> torch.Tensor:
     """A zero loss over every trainable parameter: its backward adds no gradient but runs the same
     hooks and collectives as a real micro-batch, so data-parallel ranks stay in step."""
     return sum((p * 0.0).sum() for p in module.parameters() if p.requires_grad)
-
-
-class Stream:
-    """The endless stream of dataset micro-batches (lists of examples) from position `start`: epoch e
-    is a fresh permutation seeded by (seed, e), so the stream can be resumed at any position exactly."""
-
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0, rank: int | None = None,
-                 world: int | None = None):
-        """Rank `rank` of `world` data-parallel ranks reads its own share of each epoch (default: this
-        process's RANK and WORLD_SIZE)."""
-        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
-        self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
-        self.examples, self.batch_size, self.seed, self.position = examples, batch_size, seed, start
-        self.per_epoch = len(examples) // self.world // batch_size
-        if self.per_epoch == 0:
-            raise KDBenchError(f"the training set has {len(examples)} examples, fewer than one micro-batch of "
-                               f"{batch_size} per rank × {self.world} ranks.")
-        self._order_epoch, self._order = None, []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[dict]:
-        epoch, i = divmod(self.position, self.per_epoch)
-        if epoch != self._order_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order = torch.randperm(len(self.examples), generator=gen).tolist()[self.rank::self.world]
-            self._order_epoch = epoch
-        self.position += 1
-        return [self.examples[j] for j in self._order[i * self.batch_size:(i + 1) * self.batch_size]]
 
 
 class BestByValidRouge:
