@@ -47,6 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -195,34 +196,16 @@ def objective(
     distill = kd_ratio > 0 and n > 0
     h_t = valid_positions(teacher_out, labels)[0] if distill else None
     chunks = [slice(i, i + (chunk_size or n)) for i in range(0, n, chunk_size or max(n, 1))]
-
-    plan = None
-    if distill:
-        plan = _plan(h_s, h_t, targets, chunks, student_head, teacher_head, vocab_size, policy, progress)
-
-    def total(ce_sum, kd_sum):
-        """The micro-batch loss from its sums, and KD_mb."""
-        kd_mean = kd_sum / plan.weight.sum() if distill else kd_sum
-        return world_size / n_global * ((1 - kd_ratio) * ce_sum + kd_ratio * n * kd_mean), kd_mean
+    plan = _plan(h_s, h_t, targets, chunks, student_head, teacher_head, vocab_size, policy, progress) if distill else None
+    total = partial(_total, kd_ratio=kd_ratio, n=n, n_global=n_global, world_size=world_size,
+                    weight_sum=plan.weight.sum() if distill else None)
 
     student = _StudentHead(student_head, h_s)
     chunk = _Chunk(student, teacher_head, vocab_size, divergence, hparams or {}, train_ce=kd_ratio < 1,
                    coefficients=_coefficients(total, h_s) if torch.is_grad_enabled() else None)
     if distill and plan.tau_grads and chunk.coefficients is not None and student.wants_grad:
         chunk.tau = _TauGradient(plan.tau_grads, targets, vocab_size)
-    weighted = policy is not None
-    unit_tau = {"student": not weighted, "teacher": not weighted}
-    if distill and weighted:
-        unit_tau = {"student": bool((plan.tau_student == 1).all()), "teacher": bool((plan.tau_teacher == 1).all())}
-
-    ce_sum, kd_sum = h_s.new_zeros((), dtype=torch.float32), h_s.new_zeros((), dtype=torch.float32)
-    for c in chunks:
-        plan_c = None
-        if distill:
-            plan_c = (plan.weight[c], None if unit_tau["student"] else plan.tau_student[c],
-                      None if unit_tau["teacher"] else plan.tau_teacher[c], plan.scale[c] if weighted else None)
-        ce_c, kd_c = chunk(c, h_t[c] if distill else None, targets[c], plan_c)
-        ce_sum, kd_sum = ce_sum + ce_c, kd_sum + kd_c
+    ce_sum, kd_sum = _chunk_sums(chunk, chunks, h_t, targets, plan, weighted=policy is not None)
     if chunk.tau is not None:
         chunk.tau.finish(student)
     if student.grads is not None:
@@ -233,6 +216,33 @@ def objective(
         kd_sum, n_selected, temps = _features_and_selection(plan, policy, h_s, h_t, kd_sum)
     loss, kd_mean = total(ce_sum, kd_sum)
     return LossParts(loss, ce_sum.item(), kd_mean.item(), n, n_selected, temps)
+
+
+def _total(ce_sum, kd_sum, *, kd_ratio: float, n: int, n_global: int, world_size: int,
+           weight_sum: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """loss_mb from the micro-batch's Σ CE and Σ w·[c·D + f·F] (the module docstring), and KD_mb;
+    `weight_sum`: Σ w (None without distillation)."""
+    kd_mean = kd_sum / weight_sum if weight_sum is not None else kd_sum
+    return world_size / n_global * ((1 - kd_ratio) * ce_sum + kd_ratio * n * kd_mean), kd_mean
+
+
+def _chunk_sums(chunk: _Chunk, chunks: list[slice], h_t: torch.Tensor | None, targets: torch.Tensor,
+                plan: TokenPlan | None, weighted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Σ CE and Σ w·c·D over the chunks, each given its kept tokens and their part of the plan (None:
+    no distillation). A temperature that is 1 for every token is not divided by; without a policy
+    (`weighted` false) the plan is uniform and only its weights are read."""
+    unit_s = unit_t = not weighted
+    if plan is not None and weighted:
+        unit_s, unit_t = bool((plan.tau_student == 1).all()), bool((plan.tau_teacher == 1).all())
+    ce_sum, kd_sum = (chunk.student.h.new_zeros((), dtype=torch.float32) for _ in range(2))
+    for c in chunks:
+        kept = None
+        if plan is not None:
+            kept = _Kept.of(plan.weight[c], None if unit_s else plan.tau_student[c],
+                            None if unit_t else plan.tau_teacher[c], plan.scale[c] if weighted else None)
+        ce_c, kd_c = chunk(c, h_t[c] if plan is not None else None, targets[c], kept)
+        ce_sum, kd_sum = ce_sum + ce_c, kd_sum + kd_c
+    return ce_sum, kd_sum
 
 
 def _features_and_selection(plan: TokenPlan, policy: Any, h_s: torch.Tensor, h_t: torch.Tensor,
@@ -359,6 +369,29 @@ def _leaves(out: torch.Tensor, exclude: torch.Tensor) -> list[torch.Tensor]:
     return found
 
 
+@dataclass(frozen=True)
+class _Kept:
+    """A chunk's kept tokens (non-zero plan weight) and their part of the plan: a temperature None
+    where it is 1 for every token (no division), the factor w·c None without a policy (all 1)."""
+
+    sel: torch.Tensor  # (rows,) bool: the kept rows
+    every: bool  # every row kept: no row selection
+    tau_s: torch.Tensor | None  # (kept,)
+    tau_t: torch.Tensor | None  # (kept,)
+    factor: torch.Tensor | None  # (kept,) w_i·c_i
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, tau_s, tau_t, scale) -> _Kept:
+        """From the chunk's (rows,) slices of the plan."""
+        sel = weight > 0
+        every = bool(sel.all())
+
+        def kept(x):
+            return x if every or x is None else x[sel]
+
+        return cls(sel, every, kept(tau_s), kept(tau_t), None if scale is None else kept(weight) * kept(scale))
+
+
 class _Chunk:
     """One chunk's Σ CE and Σ w·c·D, and (when the student needs grad) their gradient, scaled by the
     loss's coefficients, handed to the student head's accumulators."""
@@ -370,69 +403,86 @@ class _Chunk:
         self.teacher_owned = _linear(teacher_head) is not None
         self.tau: _TauGradient | None = None  # the gradient through the plan's temperatures, if it has one
 
-    def __call__(self, c: slice, h_t: torch.Tensor | None, targets: torch.Tensor, plan_c) -> tuple:
+    def __call__(self, c: slice, h_t: torch.Tensor | None, targets: torch.Tensor, kept: _Kept | None) -> tuple:
+        """Σ CE and Σ w·c·D of chunk c (`kept` None: no distillation, CE only); with grad, their
+        gradient wrt the student's logits goes to its head: the divergence's by autograd on the
+        tempered log-probs, carried back through τ, the floor and (`tau`) τ's own gradient."""
         z, owned = self.student.logits(c)
         grad = self.student.wants_grad
-        rows, width = z.shape
-        ce = ce_logp = dz = None
-        if plan_c is None:  # no distillation: CE only
+        if kept is None:
             return self._ce_only(c, z, targets, grad)
-
-        weight, tau_s, tau_t, scale = plan_c
-        sel = weight > 0
-        every = bool(sel.all())
-        # log_softmax(z) of the student doubles as the CE's when the KD term sees the very same logits.
-        shared = every and tau_s is None and width == self.vocab_size
-        if not shared:  # CE first: the KD term below may divide z in place
-            ce, ce_logp = self._ce(z, targets, grad)
+        rows, width = z.shape
         tg = self.tau is not None and grad  # untempered logits kept for the gradient through τ
-        t_logp, t_raw = self._teacher_logp(h_t, sel, every, tau_t, keep_raw=tg)
-        z_kd = z if every else z[sel]
-        s_raw = z_kd[:, :self.vocab_size] if tg else None
-        s_logp, kept = _log_probs(z_kd, self.vocab_size, tau_s if every or tau_s is None else tau_s[sel],
-                                  (owned or not every) and not tg)
-        if shared:
-            ce, ce_logp = (F.nll_loss(s_logp, targets, reduction="sum"), s_logp) if kept is None else \
-                self._ce(z, targets, grad)
-        del z, z_kd  # from here on a chunk holds its log-probs only (and, for τ's gradient, s_raw, t_raw)
-        factor = None if scale is None else (weight * scale if every else weight[sel] * scale[sel])
+        ce, ce_logp, s_logp, floor, t_logp, raw = self._log_probs(z, owned, h_t, targets, kept, grad, tg)
+        del z  # from here on a chunk holds its log-probs only (and, for τ's gradient, the raw logits)
         if not grad:
             values = self.divergence(s_logp, t_logp, **self.hparams)
-            return ce, (values if factor is None else factor * values).sum()
+            return ce, (values if kept.factor is None else kept.factor * values).sum()
 
-        leaf = s_logp.detach().requires_grad_()  # the plugin is differentiated by autograd
-        t_in = t_logp.detach().requires_grad_() if tg else t_logp
-        with torch.enable_grad():
-            values = self.divergence(leaf, t_in, **self.hparams)
-            kd = (values if factor is None else factor * values).sum()
-        if tg:
-            d_logp, d_tlogp = torch.autograd.grad(kd, (leaf, t_in), self.coefficients[1], allow_unused=True)
-            elasticity = self.tau.elasticity(self.coefficients[1] * factor * values.detach(), d_tlogp, t_logp,
-                                             t_raw, tau_t if every or tau_t is None else tau_t[sel])
-        del t_logp, values
-        if not tg:
-            (d_logp,) = torch.autograd.grad(kd, leaf, self.coefficients[1], allow_unused=True)
-        del leaf
+        kd, d_logp, elasticity = self._divergence_grad(s_logp, t_logp, raw, kept)
+        del t_logp
         dz_kd = _log_softmax_backward(d_logp, s_logp) if d_logp is not None else torch.zeros_like(s_logp)
         del d_logp, s_logp
-        if tau_s is not None:
-            dz_kd.div_((tau_s if every else tau_s[sel])[:, None])
-        if kept is not None:
-            dz_kd.masked_fill_(~kept, 0.0)
-        if tg:
-            dz_kd += self.tau.chunk(c, sel, elasticity - _dot_raw(dz_kd, s_raw, None), s_raw, t_raw)
-            del s_raw, t_raw
-        if every and width == self.vocab_size:
-            dz = dz_kd
-        else:
-            dz = dz_kd.new_zeros(rows, width)
-            dz[sel, :self.vocab_size] = dz_kd
+        self._to_raw_logits(c, dz_kd, kept, floor, elasticity, raw)
+        del raw
+        dz = dz_kd if kept.every and width == self.vocab_size else self._all_rows(dz_kd, kept.sel, rows, width)
         del dz_kd
         if self.train_ce:
             dz += self._ce_grad(ce_logp, targets)
         del ce_logp
         self.student.backward(c, dz)
         return ce.detach(), kd.detach()
+
+    def _log_probs(self, z, owned, h_t, targets, kept: _Kept, grad: bool, tg: bool) -> tuple:
+        """Σ CE (with its log-probs where its gradient is needed), the student's tempered log-probs of
+        the kept tokens and the mask its vocabulary floor left alone, the teacher's, and with `tg` both
+        models' untempered logits over the vocabulary `(s_raw, t_raw)` (else None)."""
+        # log_softmax(z) of the student doubles as the CE's when the KD term sees the very same logits.
+        shared = kept.every and kept.tau_s is None and z.shape[1] == self.vocab_size
+        if not shared:  # CE first: the KD term below may divide z in place
+            ce, ce_logp = self._ce(z, targets, grad)
+        t_logp, t_raw = self._teacher_logp(h_t, kept, keep_raw=tg)
+        z_kd = z if kept.every else z[kept.sel]
+        s_raw = z_kd[:, :self.vocab_size] if tg else None
+        s_logp, floor = _log_probs(z_kd, self.vocab_size, kept.tau_s, (owned or not kept.every) and not tg)
+        if shared:
+            ce, ce_logp = (F.nll_loss(s_logp, targets, reduction="sum"), s_logp) if floor is None else \
+                self._ce(z, targets, grad)
+        return ce, ce_logp, s_logp, floor, t_logp, (s_raw, t_raw) if tg else None
+
+    def _divergence_grad(self, s_logp, t_logp, raw, kept: _Kept) -> tuple:
+        """Σ w·c·D of the kept tokens; its gradient wrt the student's tempered log-probs, scaled by the
+        KD coefficient (None if the plugin ignores them), by autograd; and with `raw` (τ's gradient)
+        each token's τ·∂L/∂τ but for the student's logits (`_TauGradient.elasticity`), else None."""
+        leaf = s_logp.detach().requires_grad_()  # the plugin is differentiated by autograd
+        t_in = t_logp.detach().requires_grad_() if raw is not None else t_logp
+        with torch.enable_grad():
+            values = self.divergence(leaf, t_in, **self.hparams)
+            kd = (values if kept.factor is None else kept.factor * values).sum()
+        if raw is None:
+            del values
+            (d_logp,) = torch.autograd.grad(kd, leaf, self.coefficients[1], allow_unused=True)
+            return kd, d_logp, None
+        d_logp, d_tlogp = torch.autograd.grad(kd, (leaf, t_in), self.coefficients[1], allow_unused=True)
+        terms = self.coefficients[1] * kept.factor * values.detach()
+        return kd, d_logp, self.tau.elasticity(terms, d_tlogp, t_logp, raw[1], kept.tau_t)
+
+    def _to_raw_logits(self, c: slice, dz: torch.Tensor, kept: _Kept, floor, elasticity, raw) -> None:
+        """In place: the gradient wrt the kept tokens' tempered logits z/τ becomes the gradient wrt
+        their logits z: divided by τ, zero where the floor clamped z, plus (`raw`) the part through τ."""
+        if kept.tau_s is not None:
+            dz.div_(kept.tau_s[:, None])
+        if floor is not None:
+            dz.masked_fill_(~floor, 0.0)
+        if raw is not None:
+            s_raw, t_raw = raw
+            dz += self.tau.chunk(c, kept.sel, elasticity - _dot_raw(dz, s_raw, None), s_raw, t_raw)
+
+    def _all_rows(self, dz_kd: torch.Tensor, sel: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+        """The kept rows' gradient over the shared vocabulary, placed in the chunk's (rows, head rows)."""
+        dz = dz_kd.new_zeros(rows, width)
+        dz[sel, :self.vocab_size] = dz_kd
+        return dz
 
     def _ce(self, z: torch.Tensor, targets: torch.Tensor, grad: bool) -> tuple:
         """Σ CE of the chunk, and its log-probs where its gradient is needed (else None)."""
@@ -451,13 +501,13 @@ class _Chunk:
         return ce, torch.zeros_like(ce)
 
     @torch.no_grad()
-    def _teacher_logp(self, h_t: torch.Tensor, sel: torch.Tensor, every: bool, tau_t,
+    def _teacher_logp(self, h_t: torch.Tensor, kept: _Kept,
                       keep_raw: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The teacher's tempered log-probs of the chunk's kept tokens, and with `keep_raw` its
         untempered logits over the vocabulary (otherwise freed on return)."""
-        z_t = _logits(h_t if every else h_t[sel], self.teacher_head)
-        t_logp, _ = _log_probs(z_t, self.vocab_size, tau_t if every or tau_t is None else tau_t[sel],
-                               (self.teacher_owned or not every or z_t.dtype != h_t.dtype) and not keep_raw)
+        z_t = _logits(h_t if kept.every else h_t[kept.sel], self.teacher_head)
+        t_logp, _ = _log_probs(z_t, self.vocab_size, kept.tau_t,
+                               (self.teacher_owned or not kept.every or z_t.dtype != h_t.dtype) and not keep_raw)
         return t_logp, (z_t[:, :self.vocab_size] if keep_raw else None)
 
     def _ce_grad(self, logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
