@@ -9,13 +9,16 @@ and chunk sizes side by side.
   A token policy's statistics come from a no-grad first pass over the chunks.
 - naive: kdbench.reference_loss, what a straightforward training loop does: both models' full
   (tokens × vocab) logits (h_s @ W_s^T with grad, h_t @ W_t^T without), full log_softmax of each,
-  the per-token divergence over the whole tensors; with AdaKD also the Hellinger difficulty, top-r selection and IDTS
-  temperatures on the full tensors, then the tempered log-softmaxes of the kept tokens. The plugin
-  functions themselves are reused, so only the materialisation differs, not the formula.
+  the per-token divergence over the whole tensors; with AdaKD also the Hellinger difficulty, top-r
+  selection and IDTS temperatures on the full tensors, then the tempered log-softmaxes of the kept
+  tokens, with τ's gradient through the kept tokens' Hellinger scores (autograd on their full
+  log-probs). The plugin functions themselves are reused, so only the materialisation differs, not
+  the formula.
 
 The loss is the pure KD objective (kd_ratio = 1) over every token of one sequence; the gradient
 flows to the student hidden states and the student head weight, the teacher has no grad. AdaKD uses
-the plugin's defaults at the start of training (LATF ratio r = 1: every token kept). `objective`
+the plugin's defaults at the start of training (LATF ratio r = 1: every token kept; `tau_grad`: the
+student's gradient through τ_i, its score and their median). `objective`
 also returns Σ CE for logging: at weight 0 it is read off the student's log-softmax, without a
 gradient; the naive path computes it without a gradient too (one more log-softmax, not kept).
 
@@ -121,13 +124,10 @@ def make_inputs(shape: Shape, seed: int = 0) -> Inputs:
 
 
 def method_parts(plugins: dict[str, Method], variant: str) -> tuple[Callable[..., torch.Tensor], Any]:
-    """The divergence function of `variant` ("fkl", "akl+adakd", ...) and a fresh policy or None; a
-    policy's temperatures held constant (AdaKD's `tau_grad` off), as in kdbench.reference_loss."""
+    """The divergence function of `variant` ("fkl", "akl+adakd", ...) and a fresh policy at its
+    defaults (AdaKD's: the student's gradient through τ, `tau_grad`), or None."""
     name, _, policy = variant.partition("+")
-    if not policy:
-        return plugins[name].obj, None
-    detached = {"tau_grad": False} if "tau_grad" in plugins[policy].params else {}
-    return plugins[name].obj, plugins[policy].obj(total_steps=TOTAL_STEPS, **detached)
+    return plugins[name].obj, plugins[policy].obj(total_steps=TOTAL_STEPS) if policy else None
 
 
 def chunked_loss(inputs: Inputs, divergence: Callable[..., torch.Tensor], policy: Any,

@@ -2,8 +2,9 @@
 micro-batch, differentiated by autograd. Read this first; `losses.objective` computes the same
 numbers (to the bit for one chunk) chunk by chunk with its gradient in the forward pass, so that
 neither model's (tokens × vocab) logits ever exist whole. Tests and benchmarks/kd_loss.py check the
-fused loss against this one. The token plan is a constant here: a policy whose temperatures pass a
-gradient too (AdaKD's `tau_grad`) is compared with it off (tests/unit/test_adakd_release.py checks it on)."""
+fused loss against this one. A token policy's plan is computed without a gradient; where it lets
+its temperatures pass one to the student (`TokenPlan.tau_grads`, AdaKD's `tau_grad`), τ and the
+scale carry it through the plan's own derivatives (`tau_change`)."""
 
 from __future__ import annotations
 
@@ -33,15 +34,29 @@ def reference_loss(h_s, h_t, labels, *, student_head, teacher_head, vocab_size, 
             return (teacher_head(h) if teacher_head else h).float()
 
         with torch.no_grad():  # the token plan: weights w, temperatures τ, scales c (all 1 without a policy)
-            if policy is None:
-                w = tau_s = tau_t = scale = torch.ones(n)
-            else:
-                plan = policy.plan(policy.token_stats(F.log_softmax(aligned(z_s), -1),
-                                                      F.log_softmax(aligned(teacher(h_t)), -1), y), progress)
-                w, tau_s, tau_t, scale = plan.weight, plan.tau_student, plan.tau_teacher, plan.scale
+            plan = None if policy is None else policy.plan(policy.token_stats(
+                F.log_softmax(aligned(z_s), -1), F.log_softmax(aligned(teacher(h_t)), -1), y), progress)
+            w, tau_s, tau_t, scale = (torch.ones(n),) * 4 if plan is None else \
+                (plan.weight, plan.tau_student, plan.tau_teacher, plan.scale)
             sel = w > 0
             z_t = teacher(h_t[sel])
-        values = divergence(F.log_softmax(aligned(z_s[sel]) / tau_s[sel, None], -1),
-                            F.log_softmax(aligned(z_t) / tau_t[sel, None], -1))
-        kd_mean = (w[sel] * scale[sel] * values).sum() / w.sum()
+        tau_s, tau_t, factor = tau_s[sel], tau_t[sel], w[sel] * scale[sel]
+        if plan is not None and plan.tau_grads:  # τ_i·exp(δ_i), c_i·exp(2δ_i): the same values, τ's gradient
+            delta = tau_change(plan.tau_grads, sel, aligned(z_s[sel]), aligned(z_t), y[sel])
+            tau_s, tau_t, factor = tau_s * delta.exp(), tau_t * delta.exp(), factor * (2 * delta).exp()
+        values = divergence(F.log_softmax(aligned(z_s[sel]) / tau_s[:, None], -1),
+                            F.log_softmax(aligned(z_t) / tau_t[:, None], -1))
+        kd_mean = (factor * values).sum() / w.sum()
     return world_size / n * ((1 - kd_ratio) * ce + kd_ratio * n * kd_mean), ce, kd_mean
+
+
+def tau_change(tau_grads, sel, z_s, z_t, y):
+    """δ_i = Σ_k ∂logτ_k/∂s_i·(s_ki − s̄_ki) + ∂logτ_k/∂m·(m_k − m̄_k) over the kept tokens (`sel`),
+    s_k the factor's score of the student's untempered log-probs (with grad; s̄ the same, detached),
+    m_k = Σ_j share_kj·s_kj its median: 0 in value, with the gradient of log τ_i at the plan's point."""
+    s_logp, t_logp, delta = F.log_softmax(z_s, -1), F.log_softmax(z_t, -1), 0.0
+    for tg in tau_grads:
+        s = tg.score(s_logp, t_logp, y)
+        m = (tg.median_share[sel] * s).sum()
+        delta = delta + tg.dlogtau_ds[sel] * (s - s.detach()) + tg.dlogtau_dm[sel] * (m - m.detach())
+    return delta

@@ -75,12 +75,40 @@ def test_fused_equals_autograd_on_full_logits(plugins, case, chunk_size):
     kd_ratio, div, ratio, pad, bias = CASES[case]
     h_s, h_t, labels, head_s, head_t = inputs(rows=V + pad, bias=bias)
     policy = None
-    if ratio is not None:  # τ detached, as `naive` has it (tests/unit/test_adakd_release.py: with its gradient)
+    if ratio is not None:  # τ detached: bit-identical (with τ's gradient: the test below)
         policy = plugins["adakd"].obj(total_steps=10, tau_grad=False)
         policy.ratio = ratio
     compare(h_s, h_t, labels, head_s, head_t, list(head_s.parameters()), chunk_size=chunk_size,
             exact=chunk_size != 7, vocab_size=V, kd_ratio=kd_ratio, divergence=plugins[div].obj if div else None,
             policy=policy)
+
+
+@pytest.mark.parametrize("div", ["fkl", "rkl", "akl"])
+def test_the_reference_passes_the_gradient_through_tau_as_the_adakd_release(plugins, div):
+    """With AdaKD's `tau_grad` (its default), `naive` gives the gradients of the release's autograd
+    with τ not detached (tests/unit/test_adakd_release.py), far from those with τ detached; the fused
+    loss agrees with it to float rounding, with one chunk and several."""
+    from tests.unit.test_adakd_release import V as V_RELEASE, hellinger_with_graph, release_loss
+    from tests.unit.test_adakd_release import inputs as release_inputs
+
+    def adakd(tau_grad=True):
+        policy = plugins["adakd"].obj(total_steps=10, tau_grad=tau_grad)
+        policy.ratio = 0.6
+        return policy
+
+    h_s, h_t, labels, head_s, head_t = release_inputs(torch.float64)
+    params, kw = [h_s, head_s.weight], dict(student_head=head_s, teacher_head=head_t, vocab_size=V_RELEASE,
+                                            kd_ratio=0.5, divergence=plugins[div].obj, progress=0.0)
+    mine, detached = (grads(naive(h_s, h_t, labels, policy=adakd(on), **kw)[0], params) for on in (True, False))
+    theirs = grads(release_loss(h_s, h_t, labels, head_s, head_t, plugins[div].obj, ratio=0.6, c=0.5, kd_ratio=0.5,
+                                score=hellinger_with_graph), params)
+    for a, b, off in zip(mine, theirs, detached):  # `naive` computes in fp32
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+        assert (off - b).norm() > 1e-2 * b.norm()
+    for chunk_size in (None, 7):
+        h_s, h_t, labels, head_s, head_t = inputs()
+        compare(h_s, h_t, labels, head_s, head_t, [head_s.weight], chunk_size=chunk_size, exact=False, vocab_size=V,
+                kd_ratio=0.5, divergence=plugins[div].obj, policy=adakd())
 
 
 @pytest.mark.parametrize("chunk_size", [1000, 7])
