@@ -48,6 +48,7 @@ from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
+from kdbench.provenance import git_state
 from kdbench.prompts import PROMPT_FORMATS, render_prompt
 
 
@@ -367,12 +368,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None) -> str:
-    """What a kept seed result depends on: the model's weight files, the data file, the set, the
-    protocol (resolved, with the protocol version) and ``--limit``."""
+def fingerprint_inputs(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None) -> dict:
+    """What a kept seed result depends on: the model's weight files (sha256 each), the data file
+    (sha256), the set, the protocol (resolved, with the protocol version) and ``--limit``; the
+    result file keeps them as its provenance."""
     weights = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"})
-    inputs = {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
-              "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit}
+    return {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
+            "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit}
+
+
+def fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -432,7 +437,8 @@ def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     predictions and the result atomically (the result last: it is what marks the set done)."""
     seeds = args.seeds[:1] if args.greedy else args.seeds
     partial = out.with_name(out.name + ".partial")  # finished seeds, for resume
-    inputs_key = fingerprint(args.model, data, set_name, protocol, args.limit)
+    inputs = fingerprint_inputs(args.model, data, set_name, protocol, args.limit)
+    inputs_key = fingerprint(inputs)
     done = _kept_seeds(partial, inputs_key, seeds)
     if done:
         print(f"{set_name}: reusing seeds {', '.join(map(str, done))} from {partial}", file=sys.stderr)
@@ -459,6 +465,9 @@ def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
         "device": str(model.device),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "elapsed_s": round(elapsed, 3),
+        # what this result was computed from and by: the checkout's commit, the weights, the data, the protocol
+        "provenance": {"git": git_state(Path.cwd()), "weights_sha256": inputs["weights"], "data_sha256": inputs["data"],
+                       "protocol": inputs["protocol"], "limit": inputs["limit"], "fingerprint": inputs_key},
     }
     write_jsonl_atomic(predictions_path, predictions)
     write_json(out, result)
