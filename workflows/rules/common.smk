@@ -4,6 +4,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from kdbench import resultslock
 from kdbench.config import Grid, portable
 from kdbench.errors import KDBenchError
 from kdbench.releases import PREPARED
@@ -30,6 +31,18 @@ onstart:
             + "\n(data/README.md lists every release and where to get it; data.releases in the config says where "
             "each is looked for.)"
         )
+    try:  # one workflow at a time on a results directory, whatever its working directory
+        resultslock.acquire(RES)
+    except KDBenchError as exc:
+        sys.exit(f"kdbench: {exc}")
+
+
+onsuccess:
+    resultslock.release(RES)
+
+
+onerror:
+    resultslock.release(RES)
 
 CFG = GRID.config
 # absolute: plugin rules in methods/ use it too (Snakemake's rerun triggers read its content, not its path)
