@@ -25,14 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     from kdbench.lmeval import grid_task_inputs
 
     grid_task_inputs(grid, grid.workdir / "evaluation/tasks")  # the lm-eval tasks, as the workflow checks them
+    grid.check_claims(grid.workdir / "evaluation/reference/claims.yaml")  # as the workflow's rule claims reads them
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
     for pair in grid.axes["pairs"]:  # what init-model will build: a misread config shows here
         for role in ("teacher", "student"):
             spec, shape = grid.pairs[pair][role], grid.shape(pair, role)
-            built = describe_shape(shape) if shape else (f"{spec['path']} (a hub id: only init-model reads it; each "
-                                                          "run's provenance.json records its shape)")
-            print(f"  {pair} {role}: {built}")
+            print(f"  {pair} {role}: {describe_shape(shape) if shape else _unbuilt(spec)}")
     if grid.absent_data:  # the config is valid; the workflow refuses to start until these exist
         print(f"data not made yet (the workflow needs them before it starts; data/README.md gives the "
               f"`kdbench prepare-eval` command for each): {', '.join(grid.absent_data)}")
@@ -40,6 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     if missing:  # not an error: the DAG plans without them; a real run stops before any job
         print(f"{len(missing)} data release(s) still to fetch (data/README.md):\n  " + "\n  ".join(missing))
     return 0
+
+
+def _unbuilt(spec: dict) -> str:
+    """What `kdbench check` says of a model it cannot build before its init-model job."""
+    if spec["init"] == "gguf":
+        what = f"{spec['gguf'].get('package', '')}:{spec['gguf']['file']}".lstrip(":") + " (a GGUF file"
+    elif spec["init"] == "teacher":
+        what = f"the teacher's initial weights, layers {spec['layers']}" if spec.get("layers") else "the teacher's initial weights"
+        what += " (a copy"
+    else:
+        what = f"{spec['path']} (a hub id"
+    return what + ": only init-model reads it; each run's provenance.json records its shape)"
 
 
 def resolve_main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from kdbench import registry, releases
+from kdbench import registry, releases, validate
 from kdbench.spec import Evaluation, Method, Training, default_kd_ratio, required, with_spec
 from kdbench.teacher_states import spec as stream_spec
 from kdbench.teacher_states import states_path
@@ -39,7 +39,7 @@ SFT = {"divergence": None, "hp": {}, "kd_ratio": 0.0}
 
 # libyaml's safe loader where PyYAML was built with it: ~10x faster on the pair and schema files every
 # `snakemake` invocation reads; the same documents, the same errors with their line.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SAFE_LOADER = validate.UniqueKeyLoader  # ... refusing a key given twice (kdbench.validate)
 
 
 def load_yaml(path: Path) -> Any:
@@ -134,6 +134,7 @@ class Grid:
         check_schema(config, schema, where)
         self.config = _fill_defaults(config, schema)
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
+        validate.check_grid(self.config, where, self.workdir, self.plugins)
         self.methods: dict[str, dict] = {}
         self.tables = self._tables()
         self.axes = {axis: _unique(v for t in self.tables.values() for v in t[axis]) for axis in AXES}
@@ -235,6 +236,8 @@ class Grid:
                                    "correct the path.")
             try:
                 read_jsonl(self.workdir / files[name])
+                if name not in ("train", "valid"):
+                    validate.check_references(self.workdir / files[name])
             except KDBenchError as exc:
                 raise KDBenchError(f"{self.where}: key 'data' ({name}): {exc}") from exc
         return files
@@ -321,6 +324,7 @@ class Grid:
         ds = self.workdir / pair["training"]["deepspeed"]
         if not ds.is_file():
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
+        validate.check_pair(pair, str(path), self.workdir, self.config, validate.train_size(self.config, self.data_files, self.workdir))
         return pair
 
     def shape(self, pair: str, role: str) -> dict | None:
@@ -332,6 +336,12 @@ class Grid:
         spec = self.pairs[pair]
         return planned_shape(spec["family"], spec[role], self.config["tokenizer"]["vocab_size"],
                              str(self.pair_file(pair)), role)
+
+    def check_claims(self, path: Path) -> None:
+        """The run labels of a claims file (the workflow's rule claims reads it) are labels of this grid."""
+        policies = {k for k, plugin in self.plugins.items() if plugin.kind == "token_policy"}
+        validate.check_claims(path, self.method, {"sft", *self.config["method_defs"], *self.plugins},
+                              {*policies, *self.config["policy_defs"]})
 
     def method(self, label: str) -> dict:
         """The resolved method of a label (cached); labels outside the grid (e.g. `init_from`) too."""

@@ -138,7 +138,7 @@ def planned_shape(family: str, spec: dict[str, Any], vocab_size: int, where: str
     if spec["init"] == "random":
         cfg = random_config(family, copy.deepcopy(spec.get("config", {})), vocab_size, bos_token_id=None,
                             eos_token_id=None, pad_token_id=None)
-    elif Path(spec["path"]).is_dir():
+    elif spec["init"] == "pretrained" and Path(spec["path"]).is_dir():
         cfg = AutoConfig.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True)
     else:
         return None

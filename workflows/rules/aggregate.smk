@@ -57,7 +57,7 @@ rule claims:
     input:
         results=lambda w: eval_results(pair=w.pair),
         predictions=lambda w: eval_results(pair=w.pair, predictions=True),
-        claims="evaluation/reference/claims.yaml",
+        claims=CLAIMS,
     output:
         md=report(f"{RES}/tables/claims/{{pair}}/claims.md", category="Claims", subcategory="{pair}"),
         csv=f"{RES}/tables/claims/{{pair}}/claims.csv",

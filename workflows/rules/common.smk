@@ -9,9 +9,11 @@ from kdbench.config import Grid, portable
 from kdbench.errors import KDBenchError
 from kdbench.releases import PREPARED
 
+CLAIMS = "evaluation/reference/claims.yaml"  # the paper's claims, read by the claims rule; their run labels are checked too
 try:
     CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
     GRID = Grid(config, CONFIG_SOURCE, workflow.basedir)
+    GRID.check_claims(Path(workflow.basedir, CLAIMS))
 except KDBenchError as exc:
     sys.exit(f"kdbench: config error: {exc}")
 
