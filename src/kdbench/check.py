@@ -46,8 +46,8 @@ def _unbuilt(spec: dict) -> str:
     if spec["init"] == "gguf":
         what = f"{spec['gguf'].get('package', '')}:{spec['gguf']['file']}".lstrip(":") + " (a GGUF file"
     elif spec["init"] == "teacher":
-        what = f"the teacher's initial weights, layers {spec['layers']}" if spec.get("layers") else "the teacher's initial weights"
-        what += " (a copy"
+        layers = f", layers {spec['layers']}" if spec.get("layers") else ""
+        what = f"the teacher's initial weights{layers} (a copy"
     else:
         what = f"{spec['path']} (a hub id"
     return what + ": only init-model reads it; each run's provenance.json records its shape)"

@@ -324,7 +324,8 @@ class Grid:
         ds = self.workdir / pair["training"]["deepspeed"]
         if not ds.is_file():
             raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
-        validate.check_pair(pair, str(path), self.workdir, self.config, validate.train_size(self.config, self.data_files, self.workdir))
+        n_train = validate.train_size(self.config, self.data_files, self.workdir)  # known before any job, or None
+        validate.check_pair(pair, str(path), self.workdir, self.config, n_train)
         return pair
 
     def shape(self, pair: str, role: str) -> dict | None:

@@ -81,8 +81,12 @@ def check_grid(config: dict, where: str, workdir: Path, plugins: dict) -> None:
         raise KDBenchError(f"{where}: key 'evaluation.decoding_seeds': seed {twice[0]} is listed twice; each decoding "
                            "seed is one sample of every response, so a repeat would count one sample twice in the "
                            "mean ± std. List distinct seeds.")
-    labels = {"sft": "kdbench's built-in label", **{k: "method_defs" for k in config["method_defs"]},
-              **{k: "policy_defs" for k in config["policy_defs"]}}
+    # a label that names another method than the plugin of its name (one that configures the plugin
+    # itself, `halfkl: {divergence: halfkl, hp: ...}`, is how its hyper-parameters are set)
+    methods, policies = config["method_defs"], config["policy_defs"]
+    labels = {"sft": "kdbench's built-in label",
+              **{k: "method_defs" for k, d in methods.items() if k not in (d.get("divergence"), d.get("policy"))},
+              **{k: "policy_defs" for k, d in policies.items() if k != d.get("policy")}}
     for key, plugin in sorted(plugins.items()):
         if key in labels:
             raise KDBenchError(f"{plugin.path}: the plugin's key '{key}' (its file name) is already the label '{key}' "
