@@ -114,15 +114,16 @@ def _data_files(cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def resolve_tasks(names: list[str], include: list[Path] = ()) -> list[TaskSpec]:
+def resolve_tasks(names: list[str], include: list[Path] = (), manager=None) -> list[TaskSpec]:
     """Every leaf task of ``names`` (tasks, tags, groups or YAML paths), in order, with the files
     that define it (a group's YAMLs included) and the data it reads; lm-eval's own tasks are indexed
-    only when a name is not found in ``include``. An unknown name raises."""
+    only when a name is not found in ``include`` (``manager``: a :func:`task_manager` already made
+    for these names, whose index is reused). An unknown name raises."""
     import lm_eval
     from lm_eval.tasks._index import Entry, Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    index = task_manager(names, list(include)).task_index
+    index = (manager or task_manager(names, list(include))).task_index
     stock = Path(lm_eval.__file__).parent  # the library's own task files belong to the environment
     specs: dict[str, TaskSpec] = {}
 
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.include_path:
         if not folder.is_dir():
             raise KDBenchError(f"--include-path {folder}: no such directory of lm-eval task YAMLs")
-    resolve_tasks(args.tasks, args.include_path)  # an unknown name fails before the model is loaded
+    manager = task_manager(args.tasks, args.include_path)  # indexing the task folders takes seconds: once
+    resolve_tasks(args.tasks, args.include_path, manager)  # an unknown name fails before the model is loaded
 
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -273,7 +275,6 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size, "do_sample": not args.greedy,
                 "no_repeat_ngram_size": args.no_repeat_ngram_size, "prompt_format": args.prompt_format}
     with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as evaluation jobs get
-        manager = task_manager(args.tasks, args.include_path)
         model, tokenizer = load_model(args.model)
         # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
         lms = {True: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
