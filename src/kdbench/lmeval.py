@@ -13,9 +13,10 @@ kdbench's tasks (``metadata.protocol: kdbench``, from evaluation/tasks/_default_
 the grid's decoding protocol as ``kdbench evaluate`` does: new tokens, prompt budget (lm-eval keeps
 the last ``max_length - max_gen_toks`` prompt tokens), greedy or sampled, n-gram blocking, prompt
 format; every other task keeps its own settings. The model is loaded once for every seed and task.
-Each kdbench task runs in its own ``simple_evaluate`` call, its seeds set right before it as
-``kdbench evaluate`` sets them before each set, and both sort prompts alike (lm-eval's order), so
-the two sample the same responses and report the same scores for every seed.
+kdbench's tasks generate through kdbench's own engine (:func:`kdbench.evaluate.generate_rows`: each
+response from its own stream, seeded by the decoding seed, the document's position and its prompt,
+stopping at eos), so `kdbench lm-eval` and `kdbench evaluate` sample the same responses and report
+the same scores for every seed; lm-eval's HF model scores and decodes every other task.
 
 The result JSON holds, per task, its decoding, the seeds run, the primary metric (the first lm-eval
 reports) and every metric per seed; ``kdbench lm-eval-table`` turns these files into tables.
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from kdbench.evaluate import load_model
+    from kdbench.evaluate import load_model, resolve_protocol
     from kdbench.provenance import package_versions
 
     if args.threads:
@@ -277,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as evaluation jobs get
         model, tokenizer = load_model(args.model)
         # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
-        lms = {True: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
-                          max_length=args.max_prompt_tokens + args.max_new_tokens),
+        lms = {True: _kdbench_lm(HFLM, resolve_protocol(protocol))(
+                   pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
+                   max_length=args.max_prompt_tokens + args.max_new_tokens),
                False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)}
         start = time.perf_counter()
         tasks = _evaluate_seeds(args, manager, lms, tokenizer, protocol)
@@ -288,6 +290,25 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(model.device), "elapsed_s": round(time.perf_counter() - start, 3)},
         indent=2, default=str) + "\n")
     return 0
+
+
+def _kdbench_lm(base: type, settings: dict[str, Any]) -> type:
+    """lm-eval's HF model class ``base`` whose ``generate_until`` decodes as `kdbench evaluate`
+    does, under the decoding seed in its ``decoding_seed`` attribute."""
+    from kdbench.engines import row_seed
+    from kdbench.evaluate import generate_rows
+
+    class KDBenchLM(base):
+        decoding_seed = 0
+
+        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+            rows = [(r.args[0], row_seed(self.decoding_seed, r.doc_id, r.args[0])) for r in requests]
+            texts = generate_rows(self.model, self.tokenizer, rows, settings)
+            for request, text in zip(requests, texts):
+                self.cache_hook.add_partial("generate_until", request.args, text)
+            return texts
+
+    return KDBenchLM
 
 
 def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, protocol: dict[str, Any]) -> dict:
@@ -308,8 +329,8 @@ def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, pro
                                     "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
                                     else None, "per_seed": {}})
         todo = [task for name, task in loaded.items() if i == 0 or tasks[name]["decoding"] == "sampled"]
-        # kdbench's tasks one at a time, seeded as `kdbench evaluate` seeds each set: the same samples
-        groups = [[task] for task in todo if _is_kdbench(task)] + [[task for task in todo if not _is_kdbench(task)]]
+        lms[True].decoding_seed = seed  # kdbench's tasks: every response seeded as `kdbench evaluate` seeds it
+        groups = [[task for task in todo if _is_kdbench(task) == ours] for ours in (True, False)]
         for group in filter(None, groups):
             out = lm_eval.simple_evaluate(
                 model=lms[_is_kdbench(group[0])], tasks=group, task_manager=manager, limit=args.limit,
