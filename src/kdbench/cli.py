@@ -19,6 +19,7 @@ COMMANDS = {
     "resolve": ("kdbench.check", "print the resolved run.yaml of one grid cell"),
     "run": ("kdbench.check", "snakemake with the same arguments, after reading each --configfile (file and line)"),
     "train": ("kdbench.train", "train one resolved run: kdbench train results/runs/.../run.yaml"),
+    "vocab-map": ("kdbench.crosstok.vocab", "a cross-tokenizer pair's common vocabulary and X-Token projection"),
     "teacher-states": ("kdbench.teacher_states", "the teacher's hidden states on a run's micro-batches, for its siblings"),
     "evaluate": ("kdbench.evaluate", "generate and score one model on one eval set over decoding seeds"),
     "aggregate": ("kdbench.aggregate", "build the results tables from evaluation results"),

@@ -1,0 +1,7 @@
+"""Cross-tokenizer distillation: the teacher and the student have different tokenizers.
+
+`align` maps student positions to teacher positions over one text (character offsets, or FuseLLM's
+minimum edit distance); `vocab` builds the per-pair vocabulary artifact (common sub-vocabulary and
+X-Token's sparse student->teacher projection) from the two tokenizers alone; `losses` holds the
+methods' per-token formulas. Job-side code: these modules may import torch and tokenizers.
+"""
