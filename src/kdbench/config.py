@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from kdbench import registry, releases
+from kdbench import eval_protocol, registry, releases
 from kdbench.spec import Evaluation, Method, Training, default_kd_ratio, required, with_spec
 from kdbench.teacher_states import spec as stream_spec
 from kdbench.teacher_states import states_path
@@ -133,6 +133,7 @@ class Grid:
         schema = load_schema(self.workdir, "config")
         check_schema(config, schema, where)
         self.config = _fill_defaults(config, schema)
+        eval_protocol.check(self.config["evaluation"], where)  # what an engine cannot decode fails here
         self.plugins = registry.discover(self.workdir / self.config["methods_dir"])
         self.methods: dict[str, dict] = {}
         self.tables = self._tables()

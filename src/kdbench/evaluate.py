@@ -43,13 +43,14 @@ from transformers import (
 )
 
 import kdbench
-from kdbench import spec, testhooks
+from kdbench import eval_protocol, spec, testhooks
 from kdbench.atomic import write_json
 from kdbench.engines import hf, row_seed
 from kdbench.errors import KDBenchError
+from kdbench.eval_protocol import int_at_least
 from kdbench.gpus import pinned
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
-from kdbench.prompts import PROMPT_FORMATS, render_prompt
+from kdbench.prompts import render_prompt
 
 
 @contextlib.contextmanager
@@ -333,18 +334,6 @@ def _scored(seed: int, prompts: list[str], responses: list[str], references: lis
                             for idx, prompt in enumerate(prompts)]}
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer ≥ ``minimum``."""
-
-    def parse(value: str) -> int:
-        number = int(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {number}")
-        return number
-
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdbench evaluate",
@@ -360,20 +349,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", nargs="+", required=True, dest="set_name",
                         help="eval set name recorded in the result, one per --data")
     parser.add_argument("--run", default="", help="free-text label of the evaluated run, recorded in the result")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="decoding seeds (default: %(default)s)"
-    )
-    parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_new_tokens"])
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
-    parser.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"])
-    parser.add_argument(
-        "--no-repeat-ngram-size", type=_int_at_least(0), default=DEFAULT_PROTOCOL["no_repeat_ngram_size"], help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
-    )
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding; only the first seed is run")
-    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],
-                        help="minillm: the lineage's plain template; chat: the tokenizer's chat template (Qwen chat)")
-    parser.add_argument("--limit", type=_int_at_least(1), help="evaluate only the first N examples")
-    parser.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
+    eval_protocol.add_arguments(parser)
+    parser.add_argument("--limit", type=int_at_least(1), help="evaluate only the first N examples")
+    parser.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     parser.add_argument("--out", type=Path, nargs="+", required=True, help="result JSON, one per --data")
     parser.add_argument("--predictions", type=Path, nargs="+", required=True,
                         help="per-sample predictions jsonl, one per --data")
@@ -444,28 +422,22 @@ def main(argv: list[str] | None = None) -> int:
     if len(set(args.set_name)) != len(args.set_name):
         raise KDBenchError(f"--set names a set twice ({' '.join(args.set_name)}); give each set once")
     sets = [read_jsonl(data)[: args.limit] for data in args.data]  # checks every record, naming file and line
-    protocol = {
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-        "max_prompt_tokens": args.max_prompt_tokens,
-        "do_sample": not args.greedy,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size,
-        "prompt_format": args.prompt_format,
-    }
+    settings = eval_protocol.from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     with pinned(1, "evaluation"):  # a GPU of its own (kdbench.gpus), as training jobs get
         model, tokenizer = load_model(args.model)
-        _evaluate_files(model, tokenizer, sets, args, protocol)
+        _evaluate_files(model, tokenizer, sets, args, settings)
     return 0
 
 
 def _evaluate_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: list[list[dict[str, Any]]],
-                    args: argparse.Namespace, protocol: dict[str, Any]) -> None:
+                    args: argparse.Namespace, settings: dict[str, Any]) -> None:
     """Every set together (:func:`evaluate_sets`): resume from the finished decoding seeds in each
     ``<out>.partial``, then write each set's predictions and result atomically (the result last: it
     is what marks the set done)."""
-    seeds = args.seeds[:1] if args.greedy else args.seeds
+    protocol = eval_protocol.decoding(settings)
+    seeds = settings["decoding_seeds"][:1] if settings["greedy"] else settings["decoding_seeds"]
     files = list(zip(args.set_name, args.data, args.out, args.predictions))
     partials = {name: out.with_name(out.name + ".partial") for name, _, out, _ in files}  # finished seeds
     keys = {name: fingerprint(args.model, data, name, protocol, args.limit) for name, data, _, _ in files}

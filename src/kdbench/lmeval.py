@@ -230,7 +230,8 @@ def _metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from kdbench.evaluate import DEFAULT_PROTOCOL, DEFAULT_SEEDS, PROMPT_FORMATS, _int_at_least
+    from kdbench import eval_protocol
+    from kdbench.eval_protocol import int_at_least
 
     ap = argparse.ArgumentParser(prog="kdbench lm-eval", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="model directory written by save_pretrained")
@@ -238,18 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--include-path", type=Path, nargs="+", default=[Path("evaluation/tasks")],
                     help="folders of task YAMLs indexed besides lm-eval's own (default: evaluation/tasks)")
     ap.add_argument("--run", default="", help="free-text label of the evaluated run, recorded in the result")
-    ap.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="decoding seeds (default: %(default)s)")
-    ap.add_argument("--max-new-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_new_tokens"],
-                    help="kdbench tasks: tokens generated")
-    ap.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"],
-                    help="kdbench tasks: prompts keep their last N tokens")
-    ap.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
-    ap.add_argument("--no-repeat-ngram-size", type=_int_at_least(0), default=DEFAULT_PROTOCOL["no_repeat_ngram_size"], help="kdbench tasks: 0 = off")
-    ap.add_argument("--greedy", action="store_true", help="kdbench tasks: greedy decoding, one seed")
-    ap.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],
-                    help="kdbench tasks: the MiniLLM template or the tokenizer's chat template")
-    ap.add_argument("--limit", type=_int_at_least(1), help="first N documents per task")
-    ap.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
+    eval_protocol.add_arguments(ap)  # kdbench tasks decode by it; the others keep their own settings
+    ap.add_argument("--limit", type=int_at_least(1), help="first N documents per task")
+    ap.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     ap.add_argument("--out", type=Path, required=True, help="result JSON")
     return ap
 
@@ -267,25 +259,26 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from lm_eval.models.huggingface import HFLM
 
+    from kdbench import eval_protocol
     from kdbench.evaluate import load_model, resolve_protocol
     from kdbench.provenance import package_versions
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    protocol = {"max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
-                "batch_size": args.batch_size, "do_sample": not args.greedy,
-                "no_repeat_ngram_size": args.no_repeat_ngram_size, "prompt_format": args.prompt_format}
+    settings = eval_protocol.from_args(args)
+    protocol = eval_protocol.decoding(settings)
+    seeds = settings["decoding_seeds"]
     with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as evaluation jobs get
         model, tokenizer = load_model(args.model)
         # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
         lms = {True: _kdbench_lm(HFLM, resolve_protocol(protocol))(
-                   pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
-                   max_length=args.max_prompt_tokens + args.max_new_tokens),
-               False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)}
+                   pretrained=model, tokenizer=tokenizer, batch_size=protocol["batch_size"],
+                   max_length=protocol["max_prompt_tokens"] + protocol["max_new_tokens"]),
+               False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=protocol["batch_size"])}
         start = time.perf_counter()
-        tasks = _evaluate_seeds(args, manager, lms, tokenizer, protocol)
+        tasks = _evaluate_seeds(args, seeds, manager, lms, tokenizer, protocol)
     atomic.write_text(args.out, json.dumps({
-        "run": args.run, "model": str(args.model), "tasks": tasks, "seeds": args.seeds, "protocol": protocol,
+        "run": args.run, "model": str(args.model), "tasks": tasks, "seeds": seeds, "protocol": protocol,
         "versions": package_versions(),
         "device": str(model.device), "elapsed_s": round(time.perf_counter() - start, 3)},
         indent=2, default=str) + "\n")
@@ -311,13 +304,14 @@ def _kdbench_lm(base: type, settings: dict[str, Any]) -> type:
     return KDBenchLM
 
 
-def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, protocol: dict[str, Any]) -> dict:
+def _evaluate_seeds(args: argparse.Namespace, seeds: list[int], manager, lms: dict, tokenizer,
+                    protocol: dict[str, Any]) -> dict:
     """Every task under every decoding seed (a task decoded greedily or scored runs the first seed
     only): per task its decoding, generation settings and metrics per seed."""
     import lm_eval
 
     tasks: dict[str, dict[str, Any]] = {}
-    for i, seed in enumerate(args.seeds):
+    for i, seed in enumerate(seeds):
         loaded = manager.load(args.tasks)["tasks"]  # fresh Task objects for every seed
         for name, task in loaded.items():
             ours = _is_kdbench(task)

@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import hashlib
 
-ENGINES = ("hf", "vllm")
-
-
 def row_seed(seed: int, index: int, prompt: str) -> int:
     """The seed of one response's random stream: a 63-bit digest of the decoding ``seed``, the
     example's ``index`` in its set and its ``prompt`` (a torch Generator and vLLM's per-request
