@@ -290,7 +290,10 @@ def evaluate_sets(
                 if on_seed is not None:
                     on_seed(name, seed, records[name][seed])
 
-    if rows:
+    if rows and hasattr(model, "generate_rows"):  # another engine than transformers' (kdbench.engines)
+        model.generate_rows(tokenizer, rows, settings, eos_ids=_eos_token_ids(model, tokenizer), groups=groups,
+                            on_rows=collect)
+    elif rows:
         generate_rows(model, tokenizer, rows, settings, groups=groups, synced_gpus=synced_gpus, on_rows=collect)
     return {name: _summary(name, len(sets[name]), settings, {seed: records[name][seed] for seed in seeds})
             for name in sets}
@@ -358,10 +361,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load tokenizer and model from a local directory, on the GPU when there is one."""
+def load_model(model_dir: Path, engine: str = "hf") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load tokenizer and model from a local directory, on the GPU when there is one; with
+    ``engine`` vllm, the model is served by vLLM (kdbench.engines.vllm) instead."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if engine == "vllm":
+            from kdbench.engines.vllm import Engine
+
+            return Engine(model_dir), tokenizer
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as err:
         raise KDBenchError(
@@ -379,12 +387,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None) -> str:
+def fingerprint(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None,
+                engine: str = "hf") -> str:
     """What a kept seed result depends on: the model's weight files, the data file, the set, the
-    protocol (resolved, with the protocol version) and ``--limit``."""
+    protocol (resolved, with the protocol version), ``--limit`` and the engine (other than hf)."""
     weights = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"})
     inputs = {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
-              "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit}
+              "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit,
+              **({"engine": engine} if engine != "hf" else {})}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -426,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     with pinned(1, "evaluation"):  # a GPU of its own (kdbench.gpus), as training jobs get
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = load_model(args.model, settings["engine"])
         _evaluate_files(model, tokenizer, sets, args, settings)
     return 0
 
@@ -440,7 +450,8 @@ def _evaluate_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     seeds = settings["decoding_seeds"][:1] if settings["greedy"] else settings["decoding_seeds"]
     files = list(zip(args.set_name, args.data, args.out, args.predictions))
     partials = {name: out.with_name(out.name + ".partial") for name, _, out, _ in files}  # finished seeds
-    keys = {name: fingerprint(args.model, data, name, protocol, args.limit) for name, data, _, _ in files}
+    keys = {name: fingerprint(args.model, data, name, protocol, args.limit, settings["engine"])
+            for name, data, _, _ in files}
     done = {name: _kept_seeds(partials[name], keys[name], seeds) for name in keys}
     for name, kept in done.items():
         if kept:
@@ -456,6 +467,7 @@ def _evaluate_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     elapsed = time.perf_counter() - start  # the sets are decoded together: the time of all of them
     for name, data, out, predictions_path in files:
         summary, predictions = results[name]
+        summary = {**summary, "protocol": {**summary["protocol"], "engine": settings["engine"]}}
         _write_result(model, args, data, summary, predictions, out, predictions_path, elapsed)
         shutil.rmtree(partials[name], ignore_errors=True)
         print(f"{name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
