@@ -3,7 +3,6 @@ environment's own, so two environments of one user do not rebuild it in turn."""
 
 import os
 import sys
-from pathlib import Path
 
 import pytest
 
