@@ -376,15 +376,17 @@ class Grid:
         for policy_label in [p for p in (spec.get("policy"), suffix) if p]:
             if not spec["divergence"]:
                 raise KDBenchError(f"{where}: a token policy needs a distillation loss; '{base}' has none.")
-            method["policies"].append(self._policy_entry(policy_label, where))
+            method["policies"].append(self._policy_entry(policy_label, where,
+                                                         spec.get("policy_hp", {}) if policy_label == suffix else {}))
         if method["policies"] and method["kd_ratio"] == 0:
             raise KDBenchError(f"{where}: kd_ratio is 0, so its token policy would have nothing to act on.")
         return method
 
-    def _policy_entry(self, policy_label: str, where: str) -> dict:
+    def _policy_entry(self, policy_label: str, where: str, policy_hp: dict) -> dict:
+        """The policy of a label, its hyper-parameters under the method's `policy_hp` for its plugin."""
         pdef = self.config["policy_defs"].get(policy_label, {"policy": policy_label})
         plugin = registry.lookup(self.plugins, pdef["policy"], "token_policy", where)
-        hp = plugin.bind(pdef.get("hp"), where)
+        hp = plugin.bind({**pdef.get("hp", {}), **policy_hp.get(plugin.key, {})}, where)
         try:  # the policy's own range checks, now rather than when its job starts
             plugin.instantiate(hp, total_steps=1, student_dim=1, teacher_dim=1)
         except (ValueError, TypeError) as exc:
@@ -567,7 +569,18 @@ def _local_path(name: str) -> bool:
 
 
 def _plugin_entry(plugin: registry.Method, hp: dict) -> dict:
-    return {"key": plugin.key, "path": str(plugin.path), "version": plugin.version, "hp": hp}
+    return {"key": plugin.key, "path": portable(plugin.path), "version": plugin.version, "hp": hp}
+
+
+def portable(path: str | Path) -> str:
+    """`path` relative to the working directory (the checkout, where every job runs) when it lies
+    inside it, else as given: what enters a run's config, its inputs and Snakemake's rerun triggers
+    then survives copying or renaming the checkout with its results."""
+    import os
+
+    absolute = os.path.abspath(path)
+    inside = os.path.commonpath([absolute, os.getcwd()]) == os.getcwd()
+    return os.path.relpath(absolute) if inside else str(path)
 
 
 def _load_json(path: Path) -> dict:

@@ -101,17 +101,20 @@ def rouge_l(prediction: str, references: list[str]) -> float:
     return 100.0 * max(_ROUGE.score(ref, prediction)["rougeL"].fmeasure for ref in references)
 
 
-def _normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lowercase, drop punctuation and articles, collapse whitespace."""
+def _normalize_answer(text: str, keep_articles: bool) -> str:
+    """Lowercase, drop punctuation (and, SQuAD's way, the articles a/an/the), collapse whitespace."""
     text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    if not keep_articles:
+        text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
 
-def exact_match(prediction: str, references: list[str]) -> float:
-    """100 if the SQuAD-normalised prediction equals any normalised reference, else 0."""
-    pred = _normalize_answer(prediction)
-    return 100.0 if any(pred == _normalize_answer(ref) for ref in references) else 0.0
+def exact_match(prediction: str, references: list[str], *, keep_articles: bool = True) -> float:
+    """100 if the normalised prediction equals any normalised reference, else 0. The normalisation is
+    the MiniLLM / DistiLLM / AdaKD lineage's (`rouge_metric.py`: SQuAD's "without removing the
+    articles"); keep_articles=False is SQuAD v1.1's own."""
+    pred = _normalize_answer(prediction, keep_articles)
+    return 100.0 if any(pred == _normalize_answer(ref, keep_articles) for ref in references) else 0.0
 
 
 def _ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> None:

@@ -30,6 +30,15 @@ logged), division by a temperature of 1, row selection when every token is kept.
 that needs global statistics (top-r% selection, medians) gets them from a cheap no-grad first pass
 over the same chunks: `token_stats` per chunk, then `plan` on the concatenated statistics. Without
 heads, the inputs are logits (tests, small vocab).
+
+A plan may let its temperatures depend on the student with a gradient (`TokenPlan.tau_grads`, AdaKD's
+`tau_grad`, as the AdaKD release computes it): τ_i = f(s_i, m), s_i a per-token score of the student's
+untempered logits, m the median of the kept tokens' scores. With E_i = τ_i·∂L/∂τ_i, which each chunk
+knows right after its loss (E_i = −Σ_v z_s,iv ∂L/∂z_s,iv − Σ_v z_t,iv ∂L/∂z_t,iv + 2·c_i·∂L/∂c_i, the
+logits' gradients taken through z/τ_i at fixed τ), the chunk adds E_i·∂log τ_i/∂s_i·∂s_i/∂z_i to the
+student's logit gradient and accumulates ∂L/∂m = Σ_i E_i·∂log τ_i/∂m; after the last chunk, ∂L/∂m
+times ∂m/∂z goes to the median token(s). −∞ logits stay −∞ at every temperature (no τ-gradient).
+Inputs in fp64 are computed in fp64 throughout; anything narrower in fp32.
 """
 
 from __future__ import annotations
@@ -46,6 +55,19 @@ NEG_FLOOR = -1e30  # -inf vocabulary padding → a finite floor: exp() is still 
 
 
 @dataclass
+class TauGrad:
+    """How a plan's per-token temperature factor τ_i (one factor of τ_student, τ_teacher, and τ_i² of
+    the scale) depends on the student: through s_i = score(student_logp, teacher_logp, labels)_i, a
+    differentiable per-token function of the untempered fp32/fp64 log-probs of the token itself, and
+    through the median m of the kept tokens' scores."""
+
+    score: Callable[..., torch.Tensor]  # (student_logp (n,V), teacher_logp (n,V), labels (n,)) -> (n,)
+    dlogtau_ds: torch.Tensor  # (N,) ∂ log τ_i / ∂ s_i
+    dlogtau_dm: torch.Tensor  # (N,) ∂ log τ_i / ∂ m
+    median_share: torch.Tensor  # (N,) ∂ m / ∂ s_j (1/K on the K kept tokens at the median, else 0)
+
+
+@dataclass
 class TokenPlan:
     """What a token policy decides for the N valid tokens of a micro-batch (all detached): see the
     module docstring for how each field enters the loss."""
@@ -55,6 +77,7 @@ class TokenPlan:
     tau_teacher: torch.Tensor  # (N,)
     scale: torch.Tensor  # (N,) usually τ² (Hinton's gradient-scale correction)
     feature_weight: torch.Tensor | None = None  # (N,) weight of the policy's feature loss (EGAD's hard tokens)
+    tau_grads: tuple[TauGrad, ...] = ()  # temperature factors the student gets a gradient through
 
     @classmethod
     def shared(cls, weight: torch.Tensor, tau: torch.Tensor, **extra) -> TokenPlan:
@@ -110,8 +133,13 @@ def _linear(head: Callable | None) -> LinearHead | None:
     return None
 
 
+def _wide(z: torch.Tensor) -> torch.Tensor:
+    """fp32, or fp64 where the input is fp64."""
+    return z if z.dtype == torch.float64 else z.float()
+
+
 def _logits(h: torch.Tensor, head: Callable | None) -> torch.Tensor:
-    return (head(h) if head is not None else h).float()
+    return _wide(head(h) if head is not None else h)
 
 
 def _below_floor(z: torch.Tensor) -> bool:
@@ -177,7 +205,9 @@ def objective(
 
     student = _StudentHead(student_head, h_s)
     chunk = _Chunk(student, teacher_head, vocab_size, divergence, hparams or {}, train_ce=kd_ratio < 1,
-                   coefficients=_coefficients(total, h_s.device) if torch.is_grad_enabled() else None)
+                   coefficients=_coefficients(total, h_s) if torch.is_grad_enabled() else None)
+    if distill and plan.tau_grads and chunk.coefficients is not None and student.wants_grad:
+        chunk.tau = _TauGradient(plan.tau_grads, targets, vocab_size)
     weighted = policy is not None
     unit_tau = {"student": not weighted, "teacher": not weighted}
     if distill and weighted:
@@ -191,6 +221,8 @@ def objective(
                       None if unit_tau["teacher"] else plan.tau_teacher[c], plan.scale[c] if weighted else None)
         ce_c, kd_c = chunk(c, h_t[c] if distill else None, targets[c], plan_c)
         ce_sum, kd_sum = ce_sum + ce_c, kd_sum + kd_c
+    if chunk.tau is not None:
+        chunk.tau.finish(student)
     if student.grads is not None:
         ce_sum, kd_sum = _Gradients.apply(ce_sum, kd_sum, chunk.coefficients, student.grads, h_s, *student.params)
 
@@ -216,10 +248,11 @@ def _features_and_selection(plan: TokenPlan, policy: Any, h_s: torch.Tensor, h_t
     return kd_sum, int(selected.sum()), plan.tau_student[selected]
 
 
-def _coefficients(total: Callable, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _coefficients(total: Callable, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """d loss / d Σ CE and d loss / d Σ KD, computed by autograd through `total` exactly as the real
     backward will compute them: the chunks' gradients are scaled by these in the forward pass."""
-    ce, kd = (torch.zeros((), device=device, requires_grad=True) for _ in range(2))
+    device, dtype = h.device, (torch.float64 if h.dtype == torch.float64 else torch.float32)
+    ce, kd = (torch.zeros((), device=device, dtype=dtype, requires_grad=True) for _ in range(2))
     with torch.enable_grad():
         loss, _ = total(ce, kd)
     return tuple(g if g is not None else torch.zeros((), device=device)
@@ -263,7 +296,8 @@ class _StudentHead:
                 z = self.head(h)
             owned = self.linear is not None
         self._dtype = z.dtype
-        return z.float(), owned or z.dtype != torch.float32
+        wide = _wide(z)
+        return wide, owned or wide is not z
 
     def backward(self, c: slice, dz: torch.Tensor) -> None:
         """Back-propagate chunk c's logits gradient `dz` (fp32, all head rows) into the accumulators."""
@@ -295,6 +329,18 @@ class _StudentHead:
                         self.grads[i] = g if self.grads[i] is None else self.grads[i].add_(g)
 
 
+def _add_row(student: _StudentHead, j: int, dz: torch.Tensor) -> None:
+    """Add the logits gradient `dz` (1, ≤ head rows) of valid token j to the student's accumulators."""
+    c = slice(j, j + 1)
+    z, _ = student.logits(c)
+    full = dz.new_zeros(z.shape)
+    full[:, :dz.shape[1]] = dz
+    kept = student.grads[0][c].clone() if student.h_grad else None
+    student.backward(c, full)
+    if kept is not None:
+        student.grads[0][c] += kept
+
+
 def _leaves(out: torch.Tensor, exclude: torch.Tensor) -> list[torch.Tensor]:
     """The tensors requiring grad that autograd would accumulate into (its leaves) behind `out`,
     other than `exclude`: a generic head's trainable tensors (LoRA adapters, a tied weight, ...)."""
@@ -320,6 +366,7 @@ class _Chunk:
         self.divergence, self.hparams, self.coefficients = divergence, hparams, coefficients
         self.train_ce = train_ce  # the CE term has a non-zero weight: its gradient is needed
         self.teacher_owned = _linear(teacher_head) is not None
+        self.tau: _TauGradient | None = None  # the gradient through the plan's temperatures, if it has one
 
     def __call__(self, c: slice, h_t: torch.Tensor | None, targets: torch.Tensor, plan_c) -> tuple:
         z, owned = self.student.logits(c)
@@ -335,33 +382,34 @@ class _Chunk:
         # log_softmax(z) of the student doubles as the CE's when the KD term sees the very same logits.
         shared = every and tau_s is None and width == self.vocab_size
         if not shared:  # CE first: the KD term below may divide z in place
-            if grad and self.train_ce:
-                ce_logp = F.log_softmax(z, 1)
-                ce = F.nll_loss(ce_logp, targets, reduction="sum")
-            else:
-                ce = F.cross_entropy(z, targets, reduction="sum")
-        t_logp = self._teacher_logp(h_t, sel, every, tau_t)
-        s_logp, kept = _log_probs(z if every else z[sel], self.vocab_size,
-                                  tau_s if every or tau_s is None else tau_s[sel], owned or not every)
+            ce, ce_logp = self._ce(z, targets, grad)
+        tg = self.tau is not None and grad  # untempered logits kept for the gradient through τ
+        t_logp, t_raw = self._teacher_logp(h_t, sel, every, tau_t, keep_raw=tg)
+        z_kd = z if every else z[sel]
+        s_raw = z_kd[:, :self.vocab_size] if tg else None
+        s_logp, kept = _log_probs(z_kd, self.vocab_size, tau_s if every or tau_s is None else tau_s[sel],
+                                  (owned or not every) and not tg)
         if shared:
-            if kept is None:
-                ce_logp = s_logp
-            elif grad and self.train_ce:
-                ce_logp = F.log_softmax(z, 1)
-            ce = F.nll_loss(ce_logp, targets, reduction="sum") if ce_logp is not None else \
-                F.cross_entropy(z, targets, reduction="sum")
-        del z  # from here on a chunk holds its log-probs only
+            ce, ce_logp = (F.nll_loss(s_logp, targets, reduction="sum"), s_logp) if kept is None else \
+                self._ce(z, targets, grad)
+        del z, z_kd  # from here on a chunk holds its log-probs only (and, for τ's gradient, s_raw, t_raw)
         factor = None if scale is None else (weight * scale if every else weight[sel] * scale[sel])
         if not grad:
             values = self.divergence(s_logp, t_logp, **self.hparams)
             return ce, (values if factor is None else factor * values).sum()
 
         leaf = s_logp.detach().requires_grad_()  # the plugin is differentiated by autograd
+        t_in = t_logp.detach().requires_grad_() if tg else t_logp
         with torch.enable_grad():
-            values = self.divergence(leaf, t_logp, **self.hparams)
+            values = self.divergence(leaf, t_in, **self.hparams)
             kd = (values if factor is None else factor * values).sum()
+        if tg:
+            d_logp, d_tlogp = torch.autograd.grad(kd, (leaf, t_in), self.coefficients[1], allow_unused=True)
+            elasticity = self.tau.elasticity(self.coefficients[1] * factor * values.detach(), d_tlogp, t_logp,
+                                             t_raw, tau_t if every or tau_t is None else tau_t[sel])
         del t_logp, values
-        (d_logp,) = torch.autograd.grad(kd, leaf, self.coefficients[1], allow_unused=True)
+        if not tg:
+            (d_logp,) = torch.autograd.grad(kd, leaf, self.coefficients[1], allow_unused=True)
         del leaf
         dz_kd = _log_softmax_backward(d_logp, s_logp) if d_logp is not None else torch.zeros_like(s_logp)
         del d_logp, s_logp
@@ -369,6 +417,9 @@ class _Chunk:
             dz_kd.div_((tau_s if every else tau_s[sel])[:, None])
         if kept is not None:
             dz_kd.masked_fill_(~kept, 0.0)
+        if tg:
+            dz_kd += self.tau.chunk(c, sel, elasticity - _dot_raw(dz_kd, s_raw, None), s_raw, t_raw)
+            del s_raw, t_raw
         if every and width == self.vocab_size:
             dz = dz_kd
         else:
@@ -381,6 +432,13 @@ class _Chunk:
         self.student.backward(c, dz)
         return ce.detach(), kd.detach()
 
+    def _ce(self, z: torch.Tensor, targets: torch.Tensor, grad: bool) -> tuple:
+        """Σ CE of the chunk, and its log-probs where its gradient is needed (else None)."""
+        if grad and self.train_ce:
+            logp = F.log_softmax(z, 1)
+            return F.nll_loss(logp, targets, reduction="sum"), logp
+        return F.cross_entropy(z, targets, reduction="sum"), None
+
     def _ce_only(self, c: slice, z: torch.Tensor, targets: torch.Tensor, grad: bool) -> tuple:
         """A chunk without distillation: Σ CE, its gradient handed to the student head."""
         ce_logp = F.log_softmax(z, 1)
@@ -391,12 +449,14 @@ class _Chunk:
         return ce, torch.zeros_like(ce)
 
     @torch.no_grad()
-    def _teacher_logp(self, h_t: torch.Tensor, sel: torch.Tensor, every: bool, tau_t) -> torch.Tensor:
-        """The teacher's tempered log-probs of the chunk's kept tokens (its logits freed on return)."""
+    def _teacher_logp(self, h_t: torch.Tensor, sel: torch.Tensor, every: bool, tau_t,
+                      keep_raw: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's tempered log-probs of the chunk's kept tokens, and with `keep_raw` its
+        untempered logits over the vocabulary (otherwise freed on return)."""
         z_t = _logits(h_t if every else h_t[sel], self.teacher_head)
         t_logp, _ = _log_probs(z_t, self.vocab_size, tau_t if every or tau_t is None else tau_t[sel],
-                               self.teacher_owned or not every or z_t.dtype != h_t.dtype)
-        return t_logp
+                               (self.teacher_owned or not every or z_t.dtype != h_t.dtype) and not keep_raw)
+        return t_logp, (z_t[:, :self.vocab_size] if keep_raw else None)
 
     def _ce_grad(self, logp: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """d (coefficient · Σ CE) / d logits: nll_loss's backward (−coefficient at each target), then
@@ -404,6 +464,63 @@ class _Chunk:
         d = torch.zeros_like(logp)
         d[torch.arange(len(targets), device=d.device), targets] = -self.coefficients[0]
         return _log_softmax_backward(d, logp)
+
+
+def _dot_raw(d_logits: torch.Tensor | None, z: torch.Tensor, tau: torch.Tensor | None) -> torch.Tensor | float:
+    """Σ_v z_v·∂L/∂z_v per row, ∂L/∂z = d_logits/τ (d_logits: the gradient wrt z/τ, or wrt z when
+    tau is None), over the entries above the vocabulary floor: τ·∂L/∂τ = −this, for one model."""
+    if d_logits is None:
+        return 0.0
+    dot = (d_logits * torch.where(z >= NEG_FLOOR, z, torch.zeros_like(z))).sum(-1)
+    return dot if tau is None else dot / tau
+
+
+class _TauGradient:
+    """The student's gradient through the plan's temperature factors (TokenPlan.tau_grads): in each
+    chunk through every kept token's own score, and, once every chunk has added its part of ∂L/∂m,
+    through the median m to the token(s) at the median (`finish`)."""
+
+    def __init__(self, tau_grads: tuple[TauGrad, ...], targets: torch.Tensor, vocab_size: int):
+        self.tau_grads, self.targets, self.vocab_size = tau_grads, targets, vocab_size
+        self.d_median = [0.0] * len(tau_grads)  # ∂L/∂m, summed over the chunks
+        self.at_median: list[dict[int, torch.Tensor]] = [{} for _ in tau_grads]  # token -> ∂s/∂z
+
+    @staticmethod
+    def elasticity(kd_terms: torch.Tensor, d_tlogp: torch.Tensor | None, t_logp: torch.Tensor, t_raw: torch.Tensor,
+                   tau_t: torch.Tensor | None) -> torch.Tensor:
+        """τ·∂L/∂τ of each kept token but for the student's logits: 2·(the loss's terms c·D, scaled),
+        through the τ² of the scale, and −Σ z_t ∂L/∂z_t, through the teacher's z/τ."""
+        d_t = _log_softmax_backward(d_tlogp, t_logp) if d_tlogp is not None else None
+        return 2 * kd_terms - _dot_raw(d_t, t_raw, tau_t)
+
+    def chunk(self, c: slice, sel: torch.Tensor, elasticity: torch.Tensor, z_s: torch.Tensor, z_t: torch.Tensor):
+        """∂L/∂z_s (n, V) of chunk c's kept tokens (`sel`) through their scores, given E = τ·∂L/∂τ."""
+        rows = torch.arange(c.start, c.start + len(sel), device=z_s.device)[sel]
+        dz = torch.zeros_like(z_s)
+        t_logp, labels = F.log_softmax(_aligned(z_t, self.vocab_size), -1), self.targets[rows]
+        for k, tg in enumerate(self.tau_grads):
+            self.d_median[k] = self.d_median[k] + (elasticity * tg.dlogtau_dm[rows]).sum()
+            d_s = elasticity * tg.dlogtau_ds[rows]
+            on = d_s != 0
+            if bool(on.any()):
+                dz[on] += self._score_grad(tg, z_s[on], t_logp[on], labels[on], d_s[on])
+            for i in (tg.median_share[rows] > 0).nonzero().flatten().tolist():
+                one = torch.ones(1, dtype=z_s.dtype, device=z_s.device)
+                self.at_median[k][int(rows[i])] = self._score_grad(tg, z_s[i:i + 1], t_logp[i:i + 1],
+                                                                   labels[i:i + 1], one)
+        return dz
+
+    def _score_grad(self, tg: TauGrad, z: torch.Tensor, t_logp, labels, d_s: torch.Tensor) -> torch.Tensor:
+        leaf = z.detach().requires_grad_()
+        with torch.enable_grad():
+            s = tg.score(F.log_softmax(_aligned(leaf, self.vocab_size), -1), t_logp, labels)
+        return torch.autograd.grad(s, leaf, d_s.to(s.dtype))[0]
+
+    def finish(self, student: _StudentHead) -> None:
+        """Each median token's share of ∂L/∂m, through its score, into the student's gradients."""
+        for k, tg in enumerate(self.tau_grads):
+            for j, ds_dz in self.at_median[k].items():
+                _add_row(student, j, self.d_median[k] * tg.median_share[j] * ds_dz)
 
 
 class _Gradients(torch.autograd.Function):

@@ -2,7 +2,8 @@
 one or several of them (`egad+adakd`) over one divergence.
 
 Each policy plans independently from its own statistics; the plans combine multiplicatively
-(weights, student and teacher temperatures, scales multiply; feature weights add), which with one
+(weights, student and teacher temperatures, scales multiply; feature weights add; the temperature
+factors with a gradient, `TokenPlan.tau_grads`, are kept side by side), which with one
 policy is that policy's plan unchanged. The harness talks to policies only through the protocol's
 members: it knows no policy's own attribute names (what a policy logs comes from its log_scalars()).
 """
@@ -87,7 +88,7 @@ class Composed:
             features = [f for f in (out.feature_weight, other.feature_weight) if f is not None]
             out = TokenPlan(out.weight * other.weight, out.tau_student * other.tau_student,
                             out.tau_teacher * other.tau_teacher, out.scale * other.scale,
-                            sum(features) if features else None)
+                            sum(features) if features else None, out.tau_grads + other.tau_grads)
         return out
 
     def feature_loss(self, student_hidden, teacher_hidden) -> torch.Tensor | None:

@@ -88,7 +88,7 @@ class Method:
 
 # Arguments the harness supplies itself (a policy declares the ones it needs); the other keyword
 # arguments are hyper-parameters.
-HARNESS_ARGS = {"total_steps", "student_dim", "teacher_dim"}
+HARNESS_ARGS = {"total_steps", "student_dim", "teacher_dim", "seed"}  # seed: the run's
 _NOT_HPARAMS = {"student_logp", "teacher_logp", "self", *HARNESS_ARGS}
 
 

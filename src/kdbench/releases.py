@@ -22,6 +22,7 @@ is reachable (raw Dolly only: ``hub:databricks/databricks-dolly-15k``).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,15 +103,16 @@ _JOBS: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
 
 
 def _source_arg(value: str) -> str:
-    return f"--hub {value[len(HUB):]}" if value.startswith(HUB) else f"--source {value}"
+    return f"--hub {shlex.quote(value[len(HUB):])}" if value.startswith(HUB) else f"--source {shlex.quote(value)}"
 
 
 def prepare_job(fmt: str, name: str, paths: dict[str, str]) -> tuple[dict[str, str], str]:
     """The inputs (release key -> local path; hub sources have none) and the `kdbench prepare-eval`
-    arguments (without --out) that make the prepared file `name` from the releases at `paths`."""
+    arguments (without --out) that make the prepared file `name` from the releases at `paths`, each
+    path shell-quoted (`shlex.split` gives the argument list back)."""
     keys, args = _JOBS[fmt][name]
     inputs = {key: paths[key] for key in keys if not paths[key].startswith(HUB)}
-    values = {key: (_source_arg(paths[key]) if i == 0 else paths[key]) for i, key in enumerate(keys)}
+    values = {key: (_source_arg(paths[key]) if i == 0 else shlex.quote(paths[key])) for i, key in enumerate(keys)}
     return inputs, args.format(**values)
 
 

@@ -206,8 +206,8 @@ def _build_models(run: dict, tr: Training) -> Session:
     divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
     student, policy = LastHidden(student_lm), None
     if method["policies"]:
-        dims = {"student_dim": student.hidden_size, "teacher_dim": teacher.hidden_size}
-        policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr.steps, **dims)
+        harness = {"student_dim": student.hidden_size, "teacher_dim": teacher.hidden_size, "seed": run["run"]["seed"]}
+        policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr.steps, **harness)
                            for p in method["policies"]])
         student.extras = torch.nn.ModuleList(policy.modules())  # trained and saved with the student (EGAD's W)
     engine = _engine(run, tr, student)

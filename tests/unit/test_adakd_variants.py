@@ -91,7 +91,7 @@ def np_logp(z):
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def reference_score(indicator, s_logits, t_logits, labels=None, k=5):
+def reference_score(indicator, s_logits, t_logits, labels=None, k=10):
     ls, lt = np_logp(s_logits), np_logp(t_logits)
     q, p = np.exp(ls), np.exp(lt)
     if indicator == "hellinger":
@@ -164,7 +164,7 @@ def test_ce_indicator_needs_labels(plugins):
 def test_nmt_topk_counts_missing_teacher_top_k_tokens(plugins):
     t = torch.tensor([[9.0, 8, 7, 6, 5, 4, 3, 2]])
     s = torch.tensor([[9.0, 8, 7, 0, 0, 6, 5, 0]])  # shares 3 of the teacher's top 5
-    assert make(plugins, indicator="nmt_topk").difficulty(logp(s), logp(t)).item() == pytest.approx(0.4)
+    assert make(plugins, indicator="nmt_topk", topk_k=5).difficulty(logp(s), logp(t)).item() == pytest.approx(0.4)
     got = make(plugins, indicator="nmt_topk", topk_k=2).difficulty(logp(s), logp(t)).item()
     assert got == pytest.approx(0.0)
     assert make(plugins, indicator="nmt_topk", topk_k=50).difficulty(logp(s), logp(t)).item() == 0.0  # k ≤ V
@@ -305,7 +305,8 @@ def test_logit_std_uses_each_models_logit_std_ignoring_padding(plugins):
 # --- hyper-parameter checks and state -----------------------------------------------------------------
 
 @pytest.mark.parametrize("name, value, allowed", [
-    ("indicator", "kl", "hellinger, fkl, rkl, ce, js, nmt_topk"),
+    ("indicator", "kl", "hellinger, fkl, rkl, ce, js, nmt_topk, nmtkd, random, prob, entropy, ce_entropy"),
+    ("tau_grad", 1, "true or false"), ("indicator", "logtoku", "set tau_grad: false"),
     ("schedule", "step", "latf, fixed, linear, cosine"),
     ("temperature", "learned", "idts, fixed, ctkd, logit_std"),
     ("latf_reset", "always", "trigger, change"),

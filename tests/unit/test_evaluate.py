@@ -106,18 +106,20 @@ def test_rouge_l_stems_and_takes_the_best_reference() -> None:
 
 
 @pytest.mark.parametrize(
-    ("prediction", "references", "expected"),
+    ("prediction", "references", "lineage", "squad"),  # rouge_metric.py keeps the articles; SQuAD drops them
     [
-        ("The Cat!", ["cat"], 100.0),
-        ("  a   cat. ", ["Cat"], 100.0),
-        ("an apple, the pear", ["apple pear"], 100.0),
-        ("cats", ["cat"], 0.0),
-        ("blue", ["red", "Blue."], 100.0),
-        ("theatre", ["atre"], 0.0),
+        ("The Cat!", ["cat"], 0.0, 100.0),
+        ("The Cat!", ["the cat"], 100.0, 100.0),
+        ("  a   cat. ", ["Cat"], 0.0, 100.0),
+        ("an apple, the pear", ["apple pear"], 0.0, 100.0),
+        ("cats", ["cat"], 0.0, 0.0),
+        ("blue", ["red", "Blue."], 100.0, 100.0),
+        ("theatre", ["atre"], 0.0, 0.0),
     ],
 )
-def test_exact_match_normalisation(prediction: str, references: list[str], expected: float) -> None:
-    assert exact_match(prediction, references) == expected
+def test_exact_match_normalisation(prediction: str, references: list[str], lineage: float, squad: float) -> None:
+    assert exact_match(prediction, references) == lineage
+    assert exact_match(prediction, references, keep_articles=False) == squad
 
 
 # ---------------------------------------------------------------- generation

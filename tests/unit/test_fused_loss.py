@@ -106,8 +106,8 @@ def test_fused_equals_autograd_on_full_logits(plugins, case, chunk_size):
     kd_ratio, div, ratio, pad, bias = CASES[case]
     h_s, h_t, labels, head_s, head_t = inputs(rows=V + pad, bias=bias)
     policy = None
-    if ratio is not None:
-        policy = plugins["adakd"].obj(total_steps=10)
+    if ratio is not None:  # τ detached, as `naive` has it (tests/unit/test_adakd_release.py: with its gradient)
+        policy = plugins["adakd"].obj(total_steps=10, tau_grad=False)
         policy.ratio = ratio
     compare(h_s, h_t, labels, head_s, head_t, list(head_s.parameters()), chunk_size=chunk_size,
             exact=chunk_size != 7, vocab_size=V, kd_ratio=kd_ratio, divergence=plugins[div].obj if div else None,
@@ -117,7 +117,7 @@ def test_fused_equals_autograd_on_full_logits(plugins, case, chunk_size):
 @pytest.mark.parametrize("chunk_size", [1000, 7])
 def test_bf16_hidden_states_and_heads(plugins, chunk_size):
     h_s, h_t, labels, head_s, head_t = inputs(dtype=torch.bfloat16)
-    policy = plugins["adakd"].obj(total_steps=10)
+    policy = plugins["adakd"].obj(total_steps=10, tau_grad=False)
     policy.ratio = 0.7
     compare(h_s, h_t, labels, head_s, head_t, [head_s.weight], chunk_size=chunk_size, exact=chunk_size != 7,
             vocab_size=V, kd_ratio=1.0, divergence=plugins["fkl"].obj, policy=policy)
@@ -202,10 +202,12 @@ def test_floored_student_logits_get_no_gradient(plugins):
     assert d[0, 10, 3] == 0 and d[2, 12, 7] == 0 and d[0, 10].abs().sum() > 0
 
 
-def test_no_chunk_is_recomputed_and_nothing_logit_sized_is_kept_for_backward(plugins):
+@pytest.mark.parametrize("tau_grad", [False, True])
+def test_no_chunk_is_recomputed_and_nothing_logit_sized_is_kept_for_backward(plugins, tau_grad):
     """Each chunk's student logits are computed once in the forward pass (plus once in a token
     policy's statistics pass) and never again in backward; what autograd keeps for backward is the
-    gradients (hidden-state and weight sized), no (tokens × vocab) tensor."""
+    gradients (hidden-state and weight sized), no (tokens × vocab) tensor. With AdaKD's gradient
+    through τ, the median token's row alone is computed once more, to pass it ∂L/∂median."""
     h_s, h_t, labels, head_s, head_t = inputs()
     calls = []
 
@@ -213,13 +215,14 @@ def test_no_chunk_is_recomputed_and_nothing_logit_sized_is_kept_for_backward(plu
         calls.append(len(h))
         return h @ head_s.weight.T
     saved = []
-    policy = plugins["adakd"].obj(total_steps=10)
+    policy = plugins["adakd"].obj(total_steps=10, tau_grad=tau_grad)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         parts = objective(h_s, h_t, labels, vocab_size=V, kd_ratio=1.0, n_global=count_valid(labels),
                           divergence=plugins["fkl"].obj, policy=policy, student_head=head, teacher_head=head_t,
                           chunk_size=8)
     n = count_valid(labels)
-    assert calls == [8] * (n // 8) + [n % 8] + [8] * (n // 8) + [n % 8]  # statistics pass, then the loss
+    median_row = [1] if tau_grad else []
+    assert calls == [8] * (n // 8) + [n % 8] + [8] * (n // 8) + [n % 8] + median_row  # statistics, the loss
     assert max(saved) <= max(8 * V, V * D) < n * V  # a chunk's logits, the head weight; never all logits
     saved.clear()
     calls.clear()

@@ -67,19 +67,19 @@ def make_adakd(plugins, **hp):
 
 
 @pytest.mark.parametrize("latf_reset, last_ratio, last_ref", [
-    ("trigger", 0.45, 4.1),  # the release: step 7 (3 < 4·0.95) resets L_ref to 3 although r sits at r_min,
-                             # so step 8's 4.1 > 3·1.05 raises r
-    ("change", 0.3, 4),      # docs/METHODS.md literally: r could not move at step 7, so L_ref stays 4 and
+    ("trigger", 0.45, 4.1),  # the release: step 8 (3 < 4·0.95) resets L_ref to 3 although r sits at r_min,
+                             # so step 9's 4.1 > 3·1.05 raises r
+    ("change", 0.3, 4),      # docs/METHODS.md literally: r could not move at step 8, so L_ref stays 4 and
                              # 4.1 is inside [3.8, 4.2]
 ])
 def test_latf_ratio_follows_a_scripted_loss_sequence(plugins, latf_reset, last_ratio, last_ref):
     # β = 0 makes the EMA the loss itself, so each step can be checked by hand:
-    # warm-up = 2 steps (L_ref = 10 at its end); then r moves by δ = 0.5 whenever L leaves
+    # warm-up = 2 steps, L_ref = 10 on the first step after it (the release's boundary); then r moves by δ = 0.5 whenever L leaves
     # [L_ref(1−ε), L_ref(1+ε)] and floors at r_min; L_ref follows the loss when r changes and,
     # under "trigger", also when r is stuck at its bound.
     policy = make_adakd(plugins, beta=0.0, eps=0.05, delta=0.5, warmup=0.1, r_min=0.3, latf_reset=latf_reset)
-    losses = [10, 10, 9, 9.6, 9.5, 5, 4, 3, 4.1]
-    expected = [1, 1, 0.5, 0.75, 0.75, 0.375, 0.3, 0.3, last_ratio]
+    losses = [10, 10, 10, 9, 9.6, 9.5, 5, 4, 3, 4.1]
+    expected = [1, 1, 1, 0.5, 0.75, 0.75, 0.375, 0.3, 0.3, last_ratio]
     got = []
     for loss in losses:
         policy.observe(loss)
@@ -93,7 +93,7 @@ def test_latf_reference_at_the_upper_bound(plugins):
     # 10 afterwards counts as a fall (r shrinks); under "change" L_ref stays 10 and nothing moves.
     for reset, ratio in (("trigger", 0.5), ("change", 1.0)):
         policy = make_adakd(plugins, beta=0.0, eps=0.05, delta=0.5, warmup=0.1, latf_reset=reset)
-        for loss in (10, 10, 12, 10):
+        for loss in (10, 10, 10, 12, 10):
             policy.observe(loss)
         assert policy.ratio == ratio, reset
 

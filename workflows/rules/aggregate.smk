@@ -18,8 +18,8 @@ rule tables:
             f"{RES}/tables/{{table}}/{{pair}}/significance.md", category="Significance", subcategory="{table}"
         ),
     params:
-        methods=lambda w: " ".join(["teacher", *GRID.tables[w.table]["all"]["methods"]]),
-        sets=lambda w: " ".join(GRID.tables[w.table]["all"]["sets"]),
+        methods=lambda w: ["teacher", *GRID.tables[w.table]["all"]["methods"]],
+        sets=lambda w: GRID.tables[w.table]["all"]["sets"],
         finished=finished_elsewhere,
         reference=reference_args,
     log:
@@ -28,10 +28,10 @@ rule tables:
     conda:
         ENV
     shell:
-        "kdbench aggregate --results {input.results} {params.finished} --pair {wildcards.pair}"
-        " --methods {params.methods} --sets {params.sets} {params.reference} --labels {input.labels}"
-        " --out-md {output.md} --out-csv {output.csv} --out-tex {output.tex}"
-        " --significance-md {output.significance} > {log} 2>&1"
+        "kdbench aggregate --results {input.results:q} {params.finished:q} --pair {wildcards.pair:q}"
+        " --methods {params.methods:q} --sets {params.sets:q} {params.reference:q} --labels {input.labels:q}"
+        " --out-md {output.md:q} --out-csv {output.csv:q} --out-tex {output.tex:q}"
+        " --significance-md {output.significance:q} > {log:q} 2>&1"
 
 
 rule combine_table:
@@ -49,8 +49,8 @@ rule combine_table:
     conda:
         ENV
     shell:
-        "kdbench combine-tables --title {params.title:q} --md {input.md} --csv {input.csv}"
-        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "kdbench combine-tables --title {params.title:q} --md {input.md:q} --csv {input.csv:q}"
+        " --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule claims:
@@ -67,8 +67,8 @@ rule claims:
     conda:
         ENV
     shell:
-        "kdbench aggregate --results {input.results} --pair {wildcards.pair}"
-        " --claims {input.claims} --claims-md {output.md} --claims-csv {output.csv} > {log} 2>&1"
+        "kdbench aggregate --results {input.results:q} --pair {wildcards.pair:q}"
+        " --claims {input.claims:q} --claims-md {output.md:q} --claims-csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule plots:
@@ -86,8 +86,8 @@ rule plots:
     conda:
         ENV
     shell:
-        "kdbench plots --metrics {input.metrics} --latf-png {output.latf} --curves-png {output.curves}"
-        " --tau-png {output.tau} --table-csv {input.tables} --published-png {output.published} > {log} 2>&1"
+        "kdbench plots --metrics {input.metrics:q} --latf-png {output.latf:q} --curves-png {output.curves:q}"
+        " --tau-png {output.tau:q} --table-csv {input.tables:q} --published-png {output.published:q} > {log:q} 2>&1"
 
 
 rule lm_eval_table:
@@ -97,14 +97,14 @@ rule lm_eval_table:
         md=report(f"{RES}/tables/lm_eval/{{pair}}.md", category="lm-eval"),
         csv=f"{RES}/tables/lm_eval/{{pair}}.csv",
     params:
-        methods=lambda w: " ".join(dict.fromkeys(m for _, m, _ in lm_eval_runs(w.pair))),
+        methods=lambda w: list(dict.fromkeys(m for _, m, _ in lm_eval_runs(w.pair))),
     log:
         f"{RES}/logs/tables/lm_eval/{{pair}}.log",
     conda:
         ENV
     shell:
-        "kdbench lm-eval-table --results {input} --pair {wildcards.pair} --methods {params.methods}"
-        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        "kdbench lm-eval-table --results {input:q} --pair {wildcards.pair:q} --methods {params.methods:q}"
+        " --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
 
 
 for table_name in GRID.tables:  # `snakemake table1`: one target rule per table

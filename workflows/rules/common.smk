@@ -1,9 +1,10 @@
 # Config validation (before any job), the run table, and input functions.
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from kdbench.config import Grid
+from kdbench.config import Grid, portable
 from kdbench.errors import KDBenchError
 from kdbench.releases import PREPARED
 
@@ -31,10 +32,13 @@ onstart:
         )
 
 CFG = GRID.config
-ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))  # absolute: plugin rules in methods/ use it too
+# absolute: plugin rules in methods/ use it too (Snakemake's rerun triggers read its content, not its path)
+ENV = str(Path(workflow.basedir, "workflows/envs/kdbench.yaml"))
 # What ENV installs under --sdm conda: pip expands ${KDBENCH_ROOT} in its pip lines (set here, read by no rule).
 os.environ.update(KDBENCH_ROOT=str(workflow.basedir))
-REFERENCE_CSVS = sorted(str(p) for p in Path(workflow.basedir, "evaluation/reference").glob("*.csv"))
+# Paths inside the checkout are relative (kdbench.config.portable): a copied or renamed checkout with its
+# results finds every input, param and checkpoint fingerprint unchanged and re-plans nothing.
+REFERENCE_CSVS = sorted(portable(p) for p in Path(workflow.basedir, "evaluation/reference").glob("*.csv"))
 
 
 def table_targets(table):
@@ -53,12 +57,12 @@ PAIR_TARGETS = [  # per pair, over every table: the paper's claims and the plots
 ]
 # lm-eval (evaluation.lm_eval_tasks): per pair a table; the task files and data are each job's inputs.
 LM_EVAL_TASKS = CFG["evaluation"]["lm_eval_tasks"]
-LM_EVAL_INCLUDE = str(Path(workflow.basedir, "evaluation/tasks"))
+LM_EVAL_INCLUDE = portable(Path(workflow.basedir, "evaluation/tasks"))
 LM_EVAL_TABLES = [f"{RES}/tables/lm_eval/{pair}.md" for pair in GRID.axes["pairs"]] if LM_EVAL_TASKS else []
 try:
     from kdbench.lmeval import grid_task_inputs
 
-    LM_EVAL_INPUTS = grid_task_inputs(GRID, Path(LM_EVAL_INCLUDE))
+    LM_EVAL_INPUTS = [portable(p) for p in grid_task_inputs(GRID, Path(LM_EVAL_INCLUDE))]
 except KDBenchError as exc:
     sys.exit(f"kdbench: config error: {exc}")
 TABLES = [target for table in GRID.tables for target in table_targets(table)] + PAIR_TARGETS + LM_EVAL_TABLES
@@ -131,13 +135,14 @@ def prepare_inputs(w):
 
 
 def prepare_args(w):
-    return GRID.prepare_job(w.name)[1]
+    """`kdbench prepare-eval`'s arguments, one list item each (the shell line quotes every one)."""
+    return shlex.split(GRID.prepare_job(w.name)[1])
 
 
 def init_model_inputs(w):
     """The pair file, and the generated tokenizer for a random-init model (a loaded one brings its
     own), or the teacher's initial model for a student copied (and pruned) from it."""
-    inputs = {"pair": GRID.pair_file(w.pair)}
+    inputs = {"pair": portable(GRID.pair_file(w.pair))}
     init = GRID.pairs[w.pair][w.role]["init"]
     if init == "random":
         inputs["tokenizer"] = f"{RES}/tokenizer"
@@ -174,11 +179,11 @@ def finished_elsewhere(w):
 
 def reference_args(w):
     """`--reference ... --reference-table T --family F` for the paper's pair on the paper's data
-    (`Grid.reference`); nothing otherwise."""
+    (`Grid.reference`), one list item per argument (the shell line quotes every one); nothing otherwise."""
     ref = GRID.reference(w.pair, w.table)
     if not ref:
-        return ""
-    return f"--reference {' '.join(REFERENCE_CSVS)} --reference-table {ref['table']} --family {ref['family']}"
+        return []
+    return ["--reference", *REFERENCE_CSVS, "--reference-table", ref["table"], "--family", ref["family"]]
 
 
 def lm_eval_runs(pair):

@@ -16,8 +16,8 @@ rule data:
     conda:
         ENV
     shell:
-        "kdbench data --out {params.out} --seed {params.data[seed]} --n-train {params.data[n_train]}"
-        " --n-valid {params.data[n_valid]} --n-eval {params.data[n_eval]} > {log} 2>&1"
+        "kdbench data --out {params.out:q} --seed {params.data[seed]:q} --n-train {params.data[n_train]:q}"
+        " --n-valid {params.data[n_valid]:q} --n-eval {params.data[n_eval]:q} > {log:q} 2>&1"
 
 
 rule prepare_data:
@@ -33,7 +33,7 @@ rule prepare_data:
     conda:
         ENV
     shell:
-        "kdbench prepare-eval {params.args} --out {output} > {log} 2>&1"
+        "kdbench prepare-eval {params.args:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule tokenizer:
@@ -48,7 +48,7 @@ rule tokenizer:
     conda:
         ENV
     shell:
-        "kdbench tokenizer --data {input} --vocab-size {params.vocab_size} --out {output} > {log} 2>&1"
+        "kdbench tokenizer --data {input:q} --vocab-size {params.vocab_size:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule init_model:
@@ -57,7 +57,7 @@ rule init_model:
     output:
         directory(f"{RES}/models/{{pair}}/{{role}}-init"),
     params:
-        sources=lambda w: " ".join(f"--{key} {path}" for key, path in init_model_inputs(w).items() if key != "pair"),
+        sources=lambda w: [a for key, path in init_model_inputs(w).items() if key != "pair" for a in (f"--{key}", path)],
     log:
         f"{RES}/logs/init_model/{{pair}}/{{role}}.log",
     resources:
@@ -67,5 +67,5 @@ rule init_model:
     conda:
         ENV
     shell:
-        "kdbench init-model --pair {input.pair} --role {wildcards.role} {params.sources}"
-        " --out {output} > {log} 2>&1"
+        "kdbench init-model --pair {input.pair:q} --role {wildcards.role:q} {params.sources:q}"
+        " --out {output:q} > {log:q} 2>&1"

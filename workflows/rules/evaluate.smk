@@ -51,9 +51,9 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "kdbench evaluate --model {input.model} --data {input.data} --set {wildcards.set}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
-        " --predictions {output.predictions} --protocol {input.protocol:q} --threads {threads} > {log} 2>&1"
+        "kdbench evaluate --model {input.model:q} --data {input.data:q} --set {wildcards.set:q}"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --out {output.result:q}"
+        " --predictions {output.predictions:q} --protocol {input.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_run:
@@ -65,7 +65,7 @@ rule evaluate_run:
         result=[f"{EVAL_OUT}/{x}.json" for x in GRID.axes["sets"]],
         predictions=[f"{EVAL_OUT}/{x}.predictions.jsonl" for x in GRID.axes["sets"]],
     params:
-        sets=" ".join(GRID.axes["sets"]),
+        sets=GRID.axes["sets"],
     log:
         f"{EVAL_OUT}/evaluate.log",
     threads: 1
@@ -77,9 +77,9 @@ rule evaluate_run:
     conda:
         ENV
     shell:
-        "kdbench evaluate --model {input.model} --data {input.data} --set {params.sets}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --out {output.result}"
-        " --predictions {output.predictions} --protocol {input.protocol:q} --threads {threads} > {log} 2>&1"
+        "kdbench evaluate --model {input.model:q} --data {input.data:q} --set {params.sets:q}"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --out {output.result:q}"
+        " --predictions {output.predictions:q} --protocol {input.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 rule lm_eval:
     """evaluation.lm_eval_tasks (evaluation/tasks, lm-eval's own, or task YAMLs) on one model, over
@@ -92,7 +92,7 @@ rule lm_eval:
     output:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.json",
     params:
-        tasks=" ".join(LM_EVAL_TASKS),
+        tasks=LM_EVAL_TASKS,
         include=lambda w, input: os.path.dirname(input.template),
     log:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.log",
@@ -105,10 +105,9 @@ rule lm_eval:
     conda:
         ENV
     shell:
-        "kdbench lm-eval --model {input.model} --include-path {params.include} --tasks {params.tasks}"
-        " --run {wildcards.pair}/{wildcards.method}/seed{wildcards.seed} --protocol {input.protocol:q}"
-        " --threads {threads}"
-        " --out {output} > {log} 2>&1"
+        "kdbench lm-eval --model {input.model:q} --include-path {params.include:q} --tasks {params.tasks:q}"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --protocol {input.protocol:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule lm_eval_all:

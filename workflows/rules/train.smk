@@ -33,7 +33,7 @@ rule train:
     conda:
         ENV
     shell:
-        "kdbench train {input.run} --threads {threads} > {log} 2>&1"
+        "kdbench train {input.run:q} --threads {threads} > {log:q} 2>&1"
 
 
 # With teacher_cache: the teacher's hidden states on one stream of dataset micro-batches, which every
@@ -69,4 +69,4 @@ rule teacher_states:
     conda:
         ENV
     shell:
-        "kdbench teacher-states {input.spec} {output} --threads {threads} > {log} 2>&1"
+        "kdbench teacher-states {input.spec:q} {output:q} --threads {threads} > {log:q} 2>&1"
