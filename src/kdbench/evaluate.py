@@ -5,12 +5,16 @@ prompts truncated to their last 256 tokens, sampling with top-k 0, top-p 1.0, te
 256 new tokens, decoding seeds 10-50, ROUGE-L F-measure (rouge-score, Porter stemmer) maximised
 over an example's references, averaged over examples, ×100; exact match alongside.
 
-One model load serves every decoding seed. ``kdbench evaluate`` (:func:`main`) writes a result JSON
+One model load serves every set and decoding seed of a job, decoded together in full batches, each
+response sampled from its own seeded stream (:mod:`kdbench.engines`; transformers' ``generate`` or,
+with ``engine: vllm``, vLLM). The protocol comes from ``--protocol results/eval_protocol.yaml``
+(:mod:`kdbench.eval_protocol`). ``kdbench evaluate`` (:func:`main`) writes per set a result JSON
 (summary, protocol, provenance) and a per-sample predictions jsonl; ``kdbench aggregate`` turns
 the result JSONs into tables.
 
 Resume: each finished decoding seed is kept (atomically) in ``<out>.partial/seed<N>.json`` with a
-fingerprint of its inputs (sha256 of the model weights and the data file, the protocol, the set).
+fingerprint of its inputs (sha256 of the model weights and the data file, the protocol, the set),
+as soon as its last response is generated (the rows of one seed are decoded before the next's).
 A rerun after a crash or kill reuses the seeds whose fingerprint matches and generates only the
 rest; the folder is deleted once the final outputs are written.
 """
