@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench train", description="Train one resolved run (run.yaml).")
     ap.add_argument("run_yaml", type=Path)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--cpu-ranks", type=int, default=0, help="data-parallel ranks on the CPU (gloo) through the "
+                    "DeepSpeed launcher, where there is no GPU: to try a multi-GPU run's bookkeeping on a laptop")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = ap.parse_args(argv)
     if args.threads:
@@ -67,12 +70,26 @@ def main(argv: list[str] | None = None) -> int:
         train(run)
         return 0
     with pinned(run["training"]["gpus"], "the run (training.gpus)") as ids:  # its own GPUs (kdbench.gpus)
-        if len(ids) <= 1:  # one GPU, or the CPU
+        ranks = len(ids) if ids else args.cpu_ranks
+        if ranks <= 1:  # one GPU, or the CPU
             train(run)
-        else:  # data parallel over the claimed GPUs; the launcher honours CUDA_VISIBLE_DEVICES
-            subprocess.run(["deepspeed", "--master_port", str(_free_port()), "--no_local_rank", "--module",
-                            "kdbench.cli", "train", str(args.run_yaml)], check=True)
+        else:  # data parallel over the claimed GPUs (the launcher honours CUDA_VISIBLE_DEVICES), or CPU ranks
+            _launch(args.run_yaml, ranks, args.threads, on_cpu=not ids)
     return 0
+
+
+def _launch(run_yaml: Path, ranks: int, threads: int | None, on_cpu: bool) -> None:
+    """`ranks` data-parallel ranks of this run through the DeepSpeed launcher on this node. On GPUs
+    the launcher takes the visible ones (CUDA_VISIBLE_DEVICES: the claimed GPUs; `--num_gpus` would
+    make it ignore them). On the CPU, LOCAL_SIZE tells DeepSpeed's CPU accelerator how many ranks the
+    node holds (it counts NUMA nodes otherwise, and the launcher refuses with "No slot '1'")."""
+    cmd = ["deepspeed", "--master_port", str(_free_port()), *(["--num_gpus", str(ranks)] if on_cpu else []),
+           "--no_local_rank", "--module", "kdbench.cli", "train", str(run_yaml),
+           *(["--threads", str(threads)] if threads else [])]
+    done = subprocess.run(cmd, env={**os.environ, "LOCAL_SIZE": str(ranks)})
+    if done.returncode:
+        raise KDBenchError(f"run {run_yaml}: a rank of its {ranks} failed (exit status {done.returncode}); its "
+                           "message is above.")
 
 
 def train(run: dict) -> None:
@@ -105,7 +122,7 @@ class Session:
     stream: Stream | None = None
     source: Any = None
     selector: BestByValidRouge | None = None
-    metrics: Any = None  # metrics.jsonl, open for appending
+    metrics: Any = None  # metrics.jsonl, open for appending (rank 0 alone writes it)
     valid: list | None = None  # encoded validation examples (sources that need a validation loss)
     start_step: int = 0
     tokens_seen: int = 0
@@ -234,7 +251,7 @@ def _teacher_states(s: Session):
     if path is None or not path.is_file():
         return None
     print(f"kdbench: the teacher's hidden states come from {path} where it holds a micro-batch", file=sys.stderr)
-    return Cached(path, s.teacher, s.engine.device)
+    return Cached(path, s.teacher, s.engine.device, s.run["teacher_dtype"])
 
 
 def _engine(run: dict, tr: Training, student: torch.nn.Module):
@@ -291,7 +308,8 @@ def _build_data(s: Session) -> None:
     if tr.select == "valid_rougeL":
         s.selector = BestByValidRouge(s.out, s.run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
                                       synced_gpus=synced)
-    s.metrics = _open_metrics(s.out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
+    if engine.global_rank == 0:  # one writer; the records hold statistics reduced over the ranks
+        s.metrics = _open_metrics(s.out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
 
 
 def train_step(s: Session, step: int) -> None:
@@ -302,7 +320,7 @@ def train_step(s: Session, step: int) -> None:
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
     lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
     micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
-    n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
+    n_global = int(_all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device))
     kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
     for mb in micro:
         parts = s.micro_batch_loss(mb, n_global, step / tr.steps)
@@ -335,14 +353,17 @@ def train_step(s: Session, step: int) -> None:
     if s.selector is not None and ((step + 1) % tr.select_every == 0 or step == tr.steps - 1):
         valid_rouge = s.selector.score(engine.module.lm, step + 1)
     if step % tr.log_every == 0 or step == tr.steps - 1 or valid_rouge is not None:
-        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy,
-                                 temps, s.tokens_here / (time.perf_counter() - s.start))
-        _log(s, step, record, valid_rouge)
+        n_selected, tau = int(_all_reduce(n_selected, engine.device)), _temperatures(temps, engine.device)  # all ranks
+        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy, tau,
+                                 s.tokens_here / (time.perf_counter() - s.start))
+        if s.metrics is not None:
+            _log(s, step, record, valid_rouge)
     if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.steps:
         s.checkpoints.save(engine, step + 1, {
             "step": step + 1, "micro_batches": s.stream.position, "source": s.source.state_dict(),
             "tokens_seen": s.tokens_seen, "policies": s.policy.state_dicts() if s.policy else [],
-            "best": s.selector.best if s.selector else None, "metrics": (s.out / "metrics.jsonl").read_text()})
+            "best": s.selector.best if s.selector else None,
+            "metrics": (s.out / "metrics.jsonl").read_text() if s.metrics else ""})  # rank 0's (the one DeepSpeed keeps)
 
 
 def _log(s: Session, step: int, record: dict, valid_rouge: float | None) -> None:
@@ -366,7 +387,8 @@ def finish(s: Session) -> None:
 
     from kdbench.models import SOURCE_FILE, model_source, save_student
 
-    s.metrics.close()
+    if s.metrics is not None:
+        s.metrics.close()
     s.heads.release()
     engine, out, run, tr, method = s.engine, s.out, s.run, s.tr, s.method
     if s.selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
@@ -398,15 +420,13 @@ def finish(s: Session) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
+def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, tau, tokens_per_s):
     record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
               "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": lr,
               "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
     if policy is not None:
         record.update(policy.log_scalars())
-    if temps:
-        t = torch.cat(temps)
-        record.update(tau_mean=float(t.mean()), tau_min=float(t.min()), tau_max=float(t.max()))
+    record.update(tau)
     return record
 
 
@@ -437,8 +457,12 @@ class Stream:
     """The endless stream of dataset micro-batches (lists of examples) from position `start`: epoch e
     is a fresh permutation seeded by (seed, e), so the stream can be resumed at any position exactly."""
 
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0):
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0, rank: int | None = None,
+                 world: int | None = None):
+        """Rank `rank` of `world` data-parallel ranks reads its own share of each epoch (default: this
+        process's RANK and WORLD_SIZE)."""
+        self.rank = int(os.environ.get("RANK", 0)) if rank is None else rank
+        self.world = int(os.environ.get("WORLD_SIZE", 1)) if world is None else world
         self.examples, self.batch_size, self.seed, self.position = examples, batch_size, seed, start
         self.per_epoch = len(examples) // self.world // batch_size
         if self.per_epoch == 0:
@@ -484,7 +508,7 @@ class BestByValidRouge:
             "prompt_format": self.prompt_format},
             synced_gpus=self.synced_gpus)
         lm.train(was_training)
-        value = summary["rougeL_mean"]
+        value = _from_rank0(summary["rougeL_mean"], next(lm.parameters()).device)  # every rank decides alike
         if value > self.best["valid_rougeL"]:
             import deepspeed
 
@@ -492,9 +516,11 @@ class BestByValidRouge:
             named = [(n, p) for n, p in lm.named_parameters() if p.requires_grad]
             with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):  # ZeRO-3: full weights
                 trainable = {n: p.detach().cpu().clone() for n, p in named}
-            tmp = self.path.with_suffix(".tmp")
-            save_file(trainable, tmp)
-            os.replace(tmp, self.path)
+            rank = int(os.environ.get("RANK", 0))
+            if rank == 0:  # one writer (rank 0 saves the model too), through a temporary file of its own
+                tmp = self.path.with_name(f"{self.path.name}.rank{rank}.tmp")
+                save_file(trainable, tmp)
+                os.replace(tmp, self.path)
         return value
 
     def restore_best(self, lm) -> None:
@@ -556,13 +582,40 @@ def _zero3(engine) -> bool:
 
 
 def _all_reduce_sum(value: float, device) -> float:
+    return _all_reduce(value, device)
+
+
+def _all_reduce(value: float, device, op: str = "sum") -> float:
+    """`value` summed (or its min, max) over the data-parallel ranks; the value itself on one rank."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     t = torch.tensor(float(value), device=device, dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
     return t.item()
+
+
+def _from_rank0(value: float, device) -> float:
+    """Rank 0's `value` on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor(float(value), device=device, dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return t.item()
+
+
+def _temperatures(temps: list[torch.Tensor], device) -> dict:
+    """tau_mean, tau_min and tau_max of a step's per-token temperatures over every rank ({} if none)."""
+    t = torch.cat(temps).float() if temps else torch.zeros(0)
+    count = _all_reduce(t.numel(), device)
+    if not count:
+        return {}
+    return {"tau_mean": _all_reduce(float(t.sum()), device) / count,
+            "tau_min": _all_reduce(float(t.min()) if t.numel() else math.inf, device, "min"),
+            "tau_max": _all_reduce(float(t.max()) if t.numel() else -math.inf, device, "max")}
 
 
 def _single_process_env() -> None:
