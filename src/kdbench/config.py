@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from kdbench import pairs, registry, runs
+from kdbench import eval_protocol, pairs, registry, runs
 from kdbench.datafiles import Data
 from kdbench.errors import KDBenchError
 from kdbench.grid_tables import AXES, Tables, coerce_cli
@@ -40,6 +40,7 @@ class Grid:
         schema = load_schema(self.workdir, "config")
         check_schema(config, schema, where)
         self.config = fill_defaults(config, schema)
+        eval_protocol.check(self.config["evaluation"], where)  # what an engine cannot decode fails here
         self.labels = Labels(self.config["method_defs"], self.config["policy_defs"],
                              registry.discover(self.workdir / self.config["methods_dir"]), where)
         table_defaults = fill_defaults({}, schema["properties"]["tables"]["items"], root=schema)
