@@ -4,14 +4,22 @@ from pathlib import Path
 
 from snakemake.utils import min_version
 
-from kdbench.config import BASE_CONFIGS
+from kdbench.config import DEFAULT_CONFIG, SHARED_CONFIGS
 
 min_version("8.20")
 
 
-for base_config in BASE_CONFIGS:  # config/tiny.yaml, config/variants.yaml; --configfile merges over them
+# The embedded default grid (config/tiny.yaml) only when no --configfile is given: a grid file starts
+# from the schemas' defaults. The shared labels (config/variants.yaml) under every grid; Snakemake
+# merges each --configfile and --config over them.
+if not workflow.configfiles:
 
-    configfile: base_config
+    configfile: DEFAULT_CONFIG
+
+
+for shared_config in SHARED_CONFIGS:
+
+    configfile: shared_config
 
 
 

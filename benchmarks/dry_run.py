@@ -7,9 +7,13 @@ data releases: their preparation jobs are part of the plan), and times, side by 
 - `floor`: `snakemake -n` of the same workflow asked for nothing but its tokenizer of the default
   grid (Snakemake and kdbench start-up, config validation: what every invocation pays);
 - `paper grid`: `snakemake -n --configfile config/config.yaml` (all tables);
-- `default grid`: `snakemake -n` of config/tiny.yaml.
+- `default grid`: `snakemake -n` of config/tiny.yaml;
+- `import torch`: `python -c "import torch, transformers"`, what the DAG no longer pays (the checks
+  that need them run before the first job of a real run, kdbench.preflight).
 
-Each is run `--repeat` times; the median is printed with the job count and the ratio to the floor.
+Each is run `--repeat` times; the median wall time is printed with the job count, the ratio to the
+floor and the median CPU seconds (user + system of the process and its children), beside the load
+average: on a shared machine wall time alone overstates the cost.
 
     python benchmarks/dry_run.py [--repeat 3]
 """
@@ -17,7 +21,10 @@ Each is run `--repeat` times; the median is printed with the job count and the r
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
+import sys
 import shutil
 import statistics
 import subprocess
@@ -35,35 +42,48 @@ def copy_workflow(dest: Path) -> None:
         shutil.copytree(REPO / name, dest / name) if (REPO / name).is_dir() else shutil.copy2(REPO / name, dest)
 
 
-def dry_run(root: Path, *args: str) -> tuple[float, int]:
-    start = time.perf_counter()
-    done = subprocess.run(["snakemake", "-n", *args], cwd=root, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - start
+def timed(cmd: list[str], root: Path) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall and CPU seconds (user + system, children included) of one command."""
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=False)
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
-        raise SystemExit(f"snakemake -n {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, done
+
+
+def dry_run(root: Path, *args: str) -> tuple[float, float, int]:
+    if args and args[0] == "import":
+        seconds, cpu, _ = timed([sys.executable, "-c", "import torch, transformers"], root)
+        return seconds, cpu, 0
+    seconds, cpu, done = timed(["snakemake", "-n", *args], root)
     total = re.search(r"^total\s+(\d+)$", done.stdout, re.M)
-    return seconds, int(total[1]) if total else 0
+    return seconds, cpu, int(total[1]) if total else 0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    cases = {"floor": ["results/tokenizer"], "paper grid": ["--configfile", "config/config.yaml"], "default grid": []}
+    cases = {"floor": ["results/tokenizer"], "paper grid": ["--configfile", "config/config.yaml"], "default grid": [],
+             "import torch": ["import"]}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         copy_workflow(root)
         rows = {}
         for _ in range(args.repeat):  # interleaved, so drift on a shared machine hits every case alike
             for name, cli in cases.items():
-                seconds, jobs = dry_run(root, *cli)
-                rows.setdefault(name, {"jobs": jobs, "seconds": []})["seconds"].append(seconds)
+                seconds, cpu, jobs = dry_run(root, *cli)
+                row = rows.setdefault(name, {"jobs": jobs, "seconds": [], "cpu": []})
+                row["seconds"].append(seconds)
+                row["cpu"].append(cpu)
     floor = statistics.median(rows["floor"]["seconds"])
-    print(f"snakemake -n, median of {args.repeat} (snakemake {_version()})")
-    print(f"{'case':<14}{'jobs':>6}{'seconds':>10}{'× floor':>9}")
+    print(f"snakemake -n, median of {args.repeat} (snakemake {_version()}); load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    print(f"{'case':<14}{'jobs':>6}{'seconds':>10}{'× floor':>9}{'CPU-s':>8}")
     for name, row in rows.items():
         median = statistics.median(row["seconds"])
-        print(f"{name:<14}{row['jobs']:>6}{median:>10.2f}{median / floor:>9.2f}")
+        print(f"{name:<14}{row['jobs']:>6}{median:>10.2f}{median / floor:>9.2f}{statistics.median(row['cpu']):>8.2f}")
     paper = statistics.median(rows["paper grid"]["seconds"])
     print(f"paper grid: {rows['paper grid']['jobs']} jobs in {paper:.2f} s (bar: ≤ 5 s) -> "
           f"{'meets' if paper <= 5 else 'misses'} the bar")

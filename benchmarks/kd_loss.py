@@ -7,9 +7,9 @@ and chunk sizes side by side.
   student hidden states and head weight right away (the gradient in the forward pass, as fused
   linear-cross-entropy losses do), then frees the chunk; backward only hands the gradients over.
   A token policy's statistics come from a no-grad first pass over the chunks.
-- naive: what a straightforward training loop does: both models' full (tokens × vocab) logits
-  (h_s @ W_s^T with grad, h_t @ W_t^T without), full log_softmax of each, the per-token divergence
-  over the whole tensors; with AdaKD also the Hellinger difficulty, top-r selection and IDTS
+- naive: kdbench.reference_loss, what a straightforward training loop does: both models' full
+  (tokens × vocab) logits (h_s @ W_s^T with grad, h_t @ W_t^T without), full log_softmax of each,
+  the per-token divergence over the whole tensors; with AdaKD also the Hellinger difficulty, top-r selection and IDTS
   temperatures on the full tensors, then the tempered log-softmaxes of the kept tokens. The plugin
   functions themselves are reused, so only the materialisation differs, not the formula.
 
@@ -17,7 +17,7 @@ The loss is the pure KD objective (kd_ratio = 1) over every token of one sequenc
 flows to the student hidden states and the student head weight, the teacher has no grad. AdaKD uses
 the plugin's defaults at the start of training (LATF ratio r = 1: every token kept). `objective`
 also returns Σ CE for logging: at weight 0 it is read off the student's log-softmax, without a
-gradient; the naive path computes only the KD term.
+gradient; the naive path computes it without a gradient too (one more log-softmax, not kept).
 
 Each (token count, variant, implementation, chunk size) runs in its own process (`--worker
 VARIANT IMPL`), so each peak is that computation's alone: the worker builds the inputs, records its
@@ -50,10 +50,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tabulate import tabulate
 
-from kdbench.losses import objective, valid_positions
+from kdbench.losses import objective
+from kdbench.reference_loss import reference_loss
 from kdbench.registry import Method, discover
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,9 +121,13 @@ def make_inputs(shape: Shape, seed: int = 0) -> Inputs:
 
 
 def method_parts(plugins: dict[str, Method], variant: str) -> tuple[Callable[..., torch.Tensor], Any]:
-    """The divergence function of `variant` ("fkl", "akl+adakd", ...) and a fresh policy or None."""
+    """The divergence function of `variant` ("fkl", "akl+adakd", ...) and a fresh policy or None; a
+    policy's temperatures held constant (AdaKD's `tau_grad` off), as in kdbench.reference_loss."""
     name, _, policy = variant.partition("+")
-    return plugins[name].obj, plugins[policy].obj(total_steps=TOTAL_STEPS) if policy else None
+    if not policy:
+        return plugins[name].obj, None
+    detached = {"tau_grad": False} if "tau_grad" in plugins[policy].params else {}
+    return plugins[name].obj, plugins[policy].obj(total_steps=TOTAL_STEPS, **detached)
 
 
 def chunked_loss(inputs: Inputs, divergence: Callable[..., torch.Tensor], policy: Any,
@@ -137,21 +141,11 @@ def chunked_loss(inputs: Inputs, divergence: Callable[..., torch.Tensor], policy
 
 
 def naive_loss(inputs: Inputs, divergence: Callable[..., torch.Tensor], policy: Any) -> torch.Tensor:
-    """The same KD loss from both models' full logits and log-softmaxes (tokens × vocab each)."""
-    h_s, targets = valid_positions(inputs.h_s, inputs.labels)
-    h_t, _ = valid_positions(inputs.h_t, inputs.labels)
-    z_s = inputs.student_head(h_s)
-    with torch.no_grad():
-        z_t = inputs.teacher_head(h_t)
-    if policy is None:
-        return divergence(F.log_softmax(z_s, -1), F.log_softmax(z_t, -1)).mean()
-    with torch.no_grad():
-        stats = policy.token_stats(F.log_softmax(z_s, -1), F.log_softmax(z_t, -1), targets)
-        plan = policy.plan(stats, PROGRESS)
-    kept = plan.weight > 0
-    values = divergence(F.log_softmax(z_s[kept] / plan.tau_student[kept, None], -1),
-                        F.log_softmax(z_t[kept] / plan.tau_teacher[kept, None], -1))
-    return (plan.weight[kept] * plan.scale[kept] * values).sum() / plan.weight.sum()
+    """The same KD loss from both models' full logits and log-softmaxes (tokens × vocab each):
+    kdbench.reference_loss, the objective written plainly."""
+    return reference_loss(inputs.h_s, inputs.h_t, inputs.labels, student_head=inputs.student_head,
+                          teacher_head=inputs.teacher_head, vocab_size=inputs.student_head.out_features, kd_ratio=1.0,
+                          divergence=divergence, policy=policy, progress=PROGRESS)[0]
 
 
 def loss_of(impl: str, inputs: Inputs, plugins: dict[str, Method], variant: str, shape: Shape) -> torch.Tensor:

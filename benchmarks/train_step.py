@@ -16,7 +16,7 @@ hand-written PyTorch distillation loops, same models, data, method and optimizer
 - hand loop: what one writes without a harness: `model(input_ids, attention_mask).logits` for the
   teacher (no grad) and the student, shift, keep the response positions, log_softmax of both, the
   fkl plugin's per-token divergence, sum / response tokens, backward, `clip_grad_norm_`, AdamW step,
-  the same scheduler. Same micro-batches in the same order (`kdbench.train.Stream` with the run's
+  the same scheduler. Same micro-batches in the same order (`kdbench.stream.Stream` with the run's
   seed, collated in the loop as the harness does).
 - hand loop, response heads: the same, but the output heads are applied to the response positions
   only (`model.base_model` → final hidden states → keep → `get_output_embeddings()`), as the
@@ -122,7 +122,7 @@ def stream_batches(run: dict, tokenizer) -> tuple[list[list[dict]], list[int]]:
     from kdbench.jsonl import read_jsonl
     from kdbench.losses import count_valid
     from kdbench.sft_data import collate, encode_example
-    from kdbench.train import Stream
+    from kdbench.stream import Stream
 
     tr = run["training"]
     examples = [encode_example(r, tokenizer, tr["max_length"]) for r in read_jsonl(run["data"]["train"])]

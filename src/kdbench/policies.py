@@ -15,14 +15,18 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from kdbench.losses import TokenPlan
+from kdbench.registry import MEMBERS, missing_members  # noqa: F401 (the protocol's members, checked on load)
 
 
 @runtime_checkable
 class TokenPolicy(Protocol):
     """What the harness calls on a token policy (methods/_template_policy.py is a minimal one).
 
-    Constructed with its hyper-parameters plus the harness arguments it declares (`total_steps`,
-    and for a policy with a feature loss `student_dim`/`teacher_dim`). Per micro-batch the harness
+    Constructed with its hyper-parameters (the keyword-only parameters of `__init__`, each with a
+    literal default or none, kdbench.registry) plus the harness arguments it declares (`total_steps`,
+    and for a policy with a feature loss `student_dim`/`teacher_dim`). Optionally a class attribute
+    `base_divergence: str`, the divergence plugin key the policy runs over when its own key is a
+    label's base (`egad` = fkl under EGAD); without it, fkl. Per micro-batch the harness
     calls token_stats on each chunk of valid tokens, then plan once over the micro-batch; per
     optimizer step, observe once; at each metrics record, log_scalars; at a checkpoint and on
     resume, state_dict/load_state_dict. A policy that is a torch.nn.Module (EGAD) is trained and
@@ -56,14 +60,6 @@ class TokenPolicy(Protocol):
 
     def log_scalars(self) -> dict[str, float]:
         """Scalars for metrics.jsonl, by key (AdaKD: {"latf_ratio": r}); {} if none."""
-
-
-MEMBERS = ("token_stats", "plan", "feature_loss", "observe", "state_dict", "load_state_dict", "log_scalars")
-
-
-def missing_members(policy: object) -> list[str]:
-    """The TokenPolicy members that `policy` (a class or an instance) lacks or has as a non-callable."""
-    return [name for name in MEMBERS if not callable(getattr(policy, name, None))]
 
 
 class Composed:

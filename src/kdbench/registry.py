@@ -3,24 +3,29 @@
 A method is `methods/<key>.py`; its key is the file stem. The file marks exactly one object with a
 decorator from this module:
 
-- `@divergence`: a function `(student_logp (N,V), teacher_logp (N,V), **hp) -> (N,)` of per-token
+- `@divergence`: a function `(student_logp (N,V), teacher_logp (N,V), *, **hp) -> (N,)` of per-token
   values on fp32 log-probabilities that the harness has already tempered and aligned;
 - `@token_policy`: a class whose instances choose per-token weights and temperatures (AdaKD, EGAD)
   and may hold state for resume; it implements kdbench.policies.TokenPolicy, checked on load.
 
-Discovery imports each file under its own module name, so a plugin imports only `torch` and
-`kdbench`, never another plugin. Hyper-parameters from config are bound to the signature here, so a
-typo fails before any job runs.
+Hyper-parameters are the keyword-only parameters (after `*`) of the function or of the class's
+`__init__`, each with a literal default or none (then the config must give it). Discovery reads
+each file's syntax tree and never runs it: the workflow's DAG checks labels and hyper-parameters
+without importing torch. A plugin is imported (under its own module name, so it imports only `torch`
+and `kdbench`, never another plugin) when its object is first asked for (`Method.obj`): by the
+training job, and by the pre-flight check (kdbench.preflight), which also runs a policy's own range
+checks before any job.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
 import importlib.util
-import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,13 @@ from kdbench.errors import KDBenchError
 
 KINDS = ("divergence", "token_policy")
 _MARK = "__kdbench_kind__"
+# What the harness calls on a token policy (kdbench.policies.TokenPolicy documents each).
+MEMBERS = ("token_stats", "plan", "feature_loss", "observe", "state_dict", "load_state_dict", "log_scalars")
+# Arguments the harness supplies itself (a policy declares the ones it needs); the other keyword-only
+# parameters are hyper-parameters.
+HARNESS_ARGS = ("total_steps", "student_dim", "teacher_dim", "seed")  # seed: the run's
+DIVERGENCE_INPUTS = ("student_logp", "teacher_logp")
+REQUIRED = object()  # a hyper-parameter without a default
 
 
 def divergence(fn: Callable) -> Callable:
@@ -44,99 +56,167 @@ def token_policy(cls: type) -> type:
 
 @dataclass(frozen=True)
 class Method:
+    """One plugin as its file declares it (read without running the file)."""
+
     key: str
     kind: str
-    obj: Any
+    name: str  # the marked function or class
     path: Path
     version: str  # sha256 of the file, first 12 hex digits: the method's provenance
+    params: dict[str, Any] = field(repr=False)  # hyper-parameter → literal default (or REQUIRED), in order
+    doc: str = ""
+    base_divergence: str | None = None  # a token policy's divergence when its label names no base
 
     @property
     def defaults(self) -> dict[str, Any]:
         """Hyper-parameters and their default values, read from the signature."""
-        return {
-            name: p.default
-            for name, p in _hp_parameters(self).items()
-            if p.default is not inspect.Parameter.empty
-        }
-
-    @property
-    def doc(self) -> str:
-        return inspect.getdoc(self.obj) or ""
+        return {name: value for name, value in self.params.items() if value is not REQUIRED}
 
     def bind(self, hp: dict[str, Any] | None, where: str) -> dict[str, Any]:
         """Check `hp` against the signature; return every hyper-parameter with defaults filled in."""
         hp = dict(hp or {})
-        params = _hp_parameters(self)
-        unknown = sorted(set(hp) - set(params))
+        unknown = sorted(set(hp) - set(self.params))
         if unknown:
             raise KDBenchError(
                 f"{where}: unknown hyper-parameter(s) {', '.join(unknown)} for {self.kind} '{self.key}' "
-                f"({self.path}). It accepts: {', '.join(params) or 'none'}."
+                f"({self.path}). It accepts: {', '.join(self.params) or 'none'}."
             )
-        missing = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n not in hp]
+        missing = [n for n, v in self.params.items() if v is REQUIRED and n not in hp]
         if missing:
-            raise KDBenchError(
-                f"{where}: {self.kind} '{self.key}' needs hyper-parameter(s) {', '.join(missing)}."
-            )
+            raise KDBenchError(f"{where}: {self.kind} '{self.key}' ({self.path}) needs hyper-parameter(s) "
+                               f"{', '.join(missing)}: they have no default.")
         return {**self.defaults, **hp}
+
+    @functools.cached_property
+    def obj(self) -> Any:
+        """The marked function or class, imported (torch and all) on first use."""
+        return _import(self)
 
     def instantiate(self, hp: dict[str, Any], **harness: Any) -> Any:
         """A token policy built with its hyper-parameters and the harness arguments it declares."""
+        import inspect
+
         accepted = inspect.signature(self.obj.__init__).parameters
         return self.obj(**{k: v for k, v in harness.items() if k in accepted}, **hp)
 
 
-# Arguments the harness supplies itself (a policy declares the ones it needs); the other keyword
-# arguments are hyper-parameters.
-HARNESS_ARGS = {"total_steps", "student_dim", "teacher_dim", "seed"}  # seed: the run's
-_NOT_HPARAMS = {"student_logp", "teacher_logp", "self", *HARNESS_ARGS}
-
-
-def _hp_parameters(method: Method) -> dict[str, inspect.Parameter]:
-    target = method.obj.__init__ if inspect.isclass(method.obj) else method.obj
-    return {
-        name: p
-        for name, p in inspect.signature(target).parameters.items()
-        if name not in _NOT_HPARAMS and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    }
-
-
-def load_method_file(path: Path) -> Method:
-    """Import one plugin file by path and return the single method it marks."""
+def read_method_file(path: Path) -> Method:
+    """The single method a plugin file marks, read from its syntax tree (the file is not run)."""
     path = Path(path).resolve()
-    key = path.stem
-    spec = importlib.util.spec_from_file_location(f"kdbench_methods.{key}", path)
-    if spec is None or spec.loader is None:
-        raise KDBenchError(f"cannot import method file {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # so tests and pickling can reach the plugin's helpers
+    source = path.read_bytes()
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # a broken plugin must name itself, not crash the workflow anonymously
-        raise KDBenchError(f"method file {path} failed to import: {type(exc).__name__}: {exc}") from exc
-    marked = [obj for obj in vars(module).values() if getattr(obj, _MARK, None) in KINDS
-              and getattr(obj, "__module__", None) == module.__name__]
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise KDBenchError(f"method file {path}: not valid Python, line {exc.lineno}: {exc.msg}") from None
+    marked = [(node, kind) for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+              for kind in [_decorator_kind(node)] if kind]
     if len(marked) != 1:
         raise KDBenchError(
             f"method file {path} must mark exactly one function or class with "
             f"@kdbench.registry.divergence or @kdbench.registry.token_policy; found {len(marked)}."
         )
-    if getattr(marked[0], _MARK) == "token_policy":
-        _check_token_policy(marked[0], path)
-    version = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return Method(key=key, kind=getattr(marked[0], _MARK), obj=marked[0], path=path, version=version)
+    node, kind = marked[0]
+    where = f"method file {path}: {kind.replace('_', ' ')} {node.name}"
+    if kind == "divergence":
+        params, base = _hyper_parameters(node, where, inputs=DIVERGENCE_INPUTS), None
+    else:
+        _check_members(node, f"method file {path}")
+        params, base = _hyper_parameters(_init(node), where, inputs=("self",)), _class_literal(node, "base_divergence")
+    return Method(key=path.stem, kind=kind, name=node.name, path=path, version=hashlib.sha256(source).hexdigest()[:12],
+                  params=params, doc=ast.get_docstring(node) or "", base_divergence=base)
 
 
-def _check_token_policy(cls: type, path: Path) -> None:
-    """A token policy must have every member of kdbench.policies.TokenPolicy: say which it lacks."""
-    from kdbench.policies import missing_members  # imported here: kdbench.policies imports torch
+def _decorator_kind(node: ast.FunctionDef | ast.ClassDef) -> str | None:
+    """`divergence` or `token_policy` when a decorator of `node` is ours (`@divergence`, `@registry.divergence`)."""
+    for dec in node.decorator_list:
+        name = dec.id if isinstance(dec, ast.Name) else dec.attr if isinstance(dec, ast.Attribute) else None
+        if name in KINDS:
+            return name
+    return None
 
-    missing = missing_members(cls)
+
+def _init(cls: ast.ClassDef) -> ast.FunctionDef | None:
+    return next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+
+
+def _hyper_parameters(fn: ast.FunctionDef | None, where: str, inputs: tuple[str, ...]) -> dict[str, Any]:
+    """The keyword-only parameters of `fn` (less the harness's) with their literal defaults; the
+    positional ones must be exactly `inputs`."""
+    if fn is None:  # a class without its own __init__: no hyper-parameters
+        return {}
+    args = fn.args
+    positional = [a.arg for a in (*args.posonlyargs, *args.args)]
+    if positional != list(inputs) or args.vararg:
+        raise KDBenchError(
+            f"{where}: its positional parameters must be exactly ({', '.join(inputs)}), got "
+            f"({', '.join(positional + ([f'*{args.vararg.arg}'] if args.vararg else []))}); the inputs "
+            f"are named {', '.join(inputs)} and every hyper-parameter is keyword-only, after `*`.")
+    params = {}
+    for arg, default in zip(args.kwonlyargs, args.kw_defaults):
+        if arg.arg in HARNESS_ARGS:
+            continue
+        try:
+            params[arg.arg] = REQUIRED if default is None else ast.literal_eval(default)
+        except ValueError:
+            raise KDBenchError(f"{where}: the default of hyper-parameter '{arg.arg}' (line {default.lineno}) is "
+                               "not a literal (a number, string, bool, None, tuple, list or dict); write "
+                               "the value itself.") from None
+    return params
+
+
+def _class_literal(cls: ast.ClassDef, name: str) -> Any:
+    for node in cls.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    return None
+
+
+def _check_members(cls: ast.ClassDef, where: str) -> None:
+    """A token policy without base classes must define every TokenPolicy member itself (one with a
+    base, e.g. torch.nn.Module, is checked when it is imported)."""
+    if cls.bases:
+        return
+    defined = {n.name for n in cls.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    _raise_missing([m for m in MEMBERS if m not in defined], cls.name, where)
+
+
+def _raise_missing(missing: list[str], name: str, where: str) -> None:
     if missing:
         raise KDBenchError(
-            f"method file {path}: token policy {cls.__name__} lacks {', '.join(missing)} "
+            f"{where}: token policy {name} lacks {', '.join(missing)} "
             f"(the kdbench.policies.TokenPolicy protocol; methods/_template_policy.py implements all of it)."
         )
+
+
+def missing_members(policy: object) -> list[str]:
+    """The TokenPolicy members that `policy` (a class or an instance) lacks or has as a non-callable."""
+    return [name for name in MEMBERS if not callable(getattr(policy, name, None))]
+
+
+def _import(method: Method) -> Any:
+    """Import a plugin file under its own module name; its marked object must be the one read."""
+    spec = importlib.util.spec_from_file_location(f"kdbench_methods.{method.key}", method.path)
+    if spec is None or spec.loader is None:
+        raise KDBenchError(f"cannot import method file {method.path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so tests and pickling can reach the plugin's helpers
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a broken plugin must name itself, not crash the workflow anonymously
+        raise KDBenchError(f"method file {method.path} failed to import: {type(exc).__name__}: {exc}") from exc
+    obj = getattr(module, method.name, None)
+    if getattr(obj, _MARK, None) != method.kind:
+        raise KDBenchError(f"method file {method.path}: {method.name} is not marked @{method.kind} once imported.")
+    if method.kind == "token_policy":
+        _raise_missing(missing_members(obj), method.name, f"method file {method.path}")
+    return obj
+
+
+def load_method_file(path: Path) -> Method:
+    """Read one plugin file and import it: the method with its object loaded (what a job runs)."""
+    method = read_method_file(path)
+    method.obj  # noqa: B018 (imports now, so an import error names the file here)
+    return method
 
 
 def discover(methods_dir: Path) -> dict[str, Method]:
@@ -146,7 +226,7 @@ def discover(methods_dir: Path) -> dict[str, Method]:
         raise KDBenchError(f"methods directory {methods_dir} does not exist (config key 'methods_dir').")
     return {
         m.key: m
-        for m in (load_method_file(p) for p in sorted(methods_dir.glob("*.py")) if not p.name.startswith("_"))
+        for m in (read_method_file(p) for p in sorted(methods_dir.glob("*.py")) if not p.name.startswith("_"))
     }
 
 
@@ -159,3 +239,4 @@ def lookup(methods: dict[str, Method], key: str, kind: str, where: str) -> Metho
             f"(each is a file in methods/)."
         )
     return methods[key]
+

@@ -26,8 +26,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from kdbench.spec import SETS
+
 FORMATS = ("raw", "minillm")
-PREPARED = ("train", "valid", "dolly", "selfinst", "vicuna", "sni", "unni")  # the files the runs read
+PREPARED = ("train", "valid", *SETS)  # the files the runs read
 HUB = "hub:"
 
 

@@ -21,6 +21,8 @@ from typing import Any, Literal
 
 from kdbench.errors import KDBenchError
 
+SETS = ("dolly", "selfinst", "vicuna", "sni", "unni")  # the five evaluation sets, in table column order
+
 
 def setting(default: Any = MISSING, doc: str = "", **schema: Any) -> Any:
     """A spec field: its default (none: required), one line of meaning, and JSON-schema constraints
@@ -167,11 +169,32 @@ class Evaluation(Generation):
     decoding_seeds: list[int] = setting([10, 20, 30, 40, 50], "decoding seeds: each model is sampled once per seed",
                                         minItems=1, items={"minimum": 0})
     greedy: bool = setting(False, "greedy decoding instead of the protocol's sampling")
+    engine: Literal["hf", "vllm"] = setting(
+        "hf", "generation engine: transformers' generate, or vLLM (GPU; pip install -e \".[vllm]\"; no n-gram "
+        "blocking: needs no_repeat_ngram_size 0)")
     job: Literal["set", "run"] = setting(
         "set", "one evaluation job per (run, set), or per run over every set (small models: start-up dominates)")
     lm_eval_tasks: list[str] = setting(
         [], "lm-eval tasks, tags, groups or task YAML paths run on every model over the decoding seeds (rule "
         "lm_eval) and tabulated per pair, e.g. kdbench_gen_dolly")
+
+
+def accumulation_steps(training: dict, world: int, where: str, key: str = "training") -> int:
+    """Gradient accumulation steps so that micro_batch_size × accumulation × world is
+    `training.global_batch_size`; without a global batch size, the configured accumulation. `world`
+    is training.gpus at config time and the job's own rank count at its start; `where` (the pair
+    file) and `key` name the section in the error. `training` is resolved (`Training.resolve`)."""
+    total = training.get("global_batch_size")
+    if total is None:
+        return training["gradient_accumulation_steps"]
+    micro = training["micro_batch_size"]
+    if total % (micro * world):
+        raise KDBenchError(
+            f"{where}: key '{key}.global_batch_size': {total} is not a multiple of micro_batch_size {micro} × "
+            f"{world} GPU(s) = {micro * world}, so no whole number of accumulation steps gives it. Change "
+            f"global_batch_size to a multiple of {micro * world}, or micro_batch_size or the GPU count "
+            "(training.gpus) so that micro_batch_size × GPUs divides it.")
+    return total // (micro * world)
 
 
 KD_RATIO_DEFAULT = 1.0  # AdaKD and DistiLLM runs use pure KD (docs/METHODS.md §1)

@@ -2,19 +2,31 @@
 dataset micro-batch of a run, computed once and shared by the runs that read the same micro-batches.
 
 Every dataset-source student of a pair at one seed (FKL, RKL, … each ± AdaKD) reads the same stream
-of micro-batches (`kdbench.train.Stream`: same data, tokenizer, prompt format, max length,
+of micro-batches (`kdbench.stream.Stream`: same data, tokenizer, prompt format, max length,
 micro-batch size and seed), and the teacher is frozen, so the teacher's forward pass is the same
 in all of them; on the default grid it is about half of a student's step. With `teacher_cache:
 true` the workflow runs it once per such group (`teacher_states` rule) and each run looks its
 micro-batches up here instead (`Cached`).
 
-The file holds, per micro-batch, a digest of its tensors (input ids, attention mask, labels) and
-the teacher's hidden states at the positions the loss reads (`losses.valid_positions`: response
-tokens only, about a tenth of the rows), in the teacher's dtype. A run uses a stored micro-batch
-only when its digest matches, and checks the stored states against a live forward on its first
-hit and every `VERIFY_EVERY`-th after; a mismatch (another CPU or GPU kind, other threads) turns
-the cache off for the rest of the run, with a warning. So a run's numbers are those of the live
-teacher either way.
+Where it runs: on the device its students train on. A pair with `training.gpus` >= 1 gets a job that
+claims one GPU (`kdbench.gpus.pinned`) and runs the teacher there in the pair's teacher dtype; a CPU
+pair's job runs on the CPU with the train jobs' thread count. With several ranks (`training.gpus` >
+1) the job runs the teacher over every rank's share of the stream, one after the other, into one
+file, and each rank looks its own micro-batches up in it.
+
+The file holds, per micro-batch, a digest of its tensors (input ids, attention mask, labels), the
+teacher's hidden states at the positions the loss reads (`losses.valid_positions`: response tokens
+only, about a tenth of the rows), in the teacher's dtype, and a digest of those stored states. What
+a run trusts is verified:
+- whole at open: the file parses, its tables agree with each other and with the file's size; a file
+  that does not (truncated, unreadable, from an older kdbench) is removed, and the job stops with
+  a message: rerunning the workflow recomputes it (the `teacher_states` rule's output is missing);
+- each stored micro-batch on its use, against its content digest: a mismatch (a damaged or edited
+  file) is handled the same way, naming the file and the micro-batch;
+- against the live teacher on the first hit and every `VERIFY_EVERY`-th after: on the CPU the same
+  bits (the same threads and kernels give them), on a GPU within `GPU_TOLERANCE` of the teacher's
+  dtype (another GPU model, or other kernels, round differently); a difference beyond that turns the
+  cache off for the rest of the run, with a warning, and the teacher runs live.
 """
 
 from __future__ import annotations
@@ -29,18 +41,24 @@ import yaml
 from kdbench.errors import KDBenchError
 
 VERIFY_EVERY = 100  # a hit checked against the live teacher, besides the first
+# On a GPU, the largest relative difference (Frobenius norm of the micro-batch's stored rows) between
+# the stored states and the live teacher's that is rounding, per teacher dtype: bf16 keeps 8 bits of
+# mantissa (2^-8 = 3.9e-3 per value), and differences of a few units in the last place accumulate over
+# the layers; fp32 allows for TF32 matmuls (10 bits).
+GPU_TOLERANCE = {"bf16": 2e-2, "fp16": 5e-3, "fp32": 5e-3}
 SPEC_KEYS = {"pair", "seed", "teacher", "teacher_dtype", "tokenizer", "prompt_format", "data", "max_length",
              "micro_batch_size", "micro_batches", "gpus"}
+TABLES = ("states", "digests", "state_digests", "offsets")
 
 
 def spec(run: dict) -> dict | None:
     """What a resolved run's stream of dataset micro-batches and its teacher's forward on them depend
     on, and so what its states file is computed from; None where stored states cannot serve it: SFT,
-    on-policy sources, a ZeRO-3 teacher, several ranks (each reads its own slice of the stream). It
-    holds no method setting, so every run of a pair and seed on the same data has the same spec."""
+    on-policy sources, a ZeRO-3 teacher (partitioned over the ranks: no single device holds it). It
+    holds no method setting, so every run of a pair and seed on the same data has the same spec;
+    `gpus` says where the job runs (a GPU from 1 on) and how many ranks' shares of the stream it holds."""
     tr, method = run["training"], run["method"]
-    if (not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy"
-            or run.get("teacher_zero3") or tr["gpus"] > 1):
+    if not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy" or run.get("teacher_zero3"):
         return None
     return {"pair": run["run"]["pair"], "seed": run["run"]["seed"], "teacher": run["teacher"],
             "teacher_dtype": run["teacher_dtype"], "tokenizer": run["tokenizer"], "prompt_format": run["prompt_format"],
@@ -69,15 +87,27 @@ def digest(mb: dict) -> bytes:
     return h.digest()
 
 
+def content_digest(rows) -> bytes:
+    """What a stored micro-batch's states are: a digest of their shape, dtype and bytes."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(rows.shape)} {rows.dtype}".encode())
+    h.update(rows.cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench teacher-states",
                                  description="The teacher's hidden states on a stream of dataset micro-batches.")
     ap.add_argument("spec", type=Path, help="the stream's spec (the workflow writes it beside the states), or a run.yaml")
     ap.add_argument("out", type=Path, help="the .safetensors file to write")
-    ap.add_argument("--micro-batches", type=int, default=None, help="how many (default: the spec's)")
+    ap.add_argument("--micro-batches", type=int, default=None, help="how many per rank (default: the spec's)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (the training jobs' own)")
     args = ap.parse_args(argv)
     import torch
+
+    from kdbench.gpus import pinned
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,16 +120,19 @@ def main(argv: list[str] | None = None) -> int:
         what = spec({**what, "training": Training.resolve(what["training"])})
         if what is None:
             raise KDBenchError(f"{args.spec}: this run cannot use stored teacher states (they need a teacher, kd_ratio "
-                               "> 0, the off_policy source, no ZeRO-3 teacher and at most one GPU).")
+                               "> 0, the off_policy source and no ZeRO-3 teacher).")
     missing = sorted(SPEC_KEYS - set(what)) if isinstance(what, dict) else sorted(SPEC_KEYS)
     if missing:
         raise KDBenchError(f"{args.spec}: not a teacher-states spec or run.yaml (missing {', '.join(missing)}).")
-    write(what, args.out, args.micro_batches or what["micro_batches"])
+    with pinned(min(what["gpus"], 1), "the teacher-states job") as ids:  # where its students train (kdbench.gpus)
+        device = torch.device("cuda" if ids and torch.cuda.is_available() else "cpu")
+        write(what, args.out, args.micro_batches or what["micro_batches"], device)
     return 0
 
 
-def write(what: dict, out: Path, n: int) -> None:
-    """Run the teacher over the first `n` micro-batches of the spec's stream; write them atomically."""
+def write(what: dict, out: Path, n: int, device=None) -> None:
+    """Run the teacher (on `device`, default the CPU) over the first `n` micro-batches of every rank's
+    share of the spec's stream; write them atomically with their digests."""
     import os
 
     import torch
@@ -110,50 +143,87 @@ def write(what: dict, out: Path, n: int) -> None:
     from kdbench.losses import valid_positions
     from kdbench.models import LastHidden, load_causal_lm
     from kdbench.sft_data import collate, encode_example
-    from kdbench.train import Stream
+    from kdbench.stream import Stream
 
+    device = device or torch.device("cpu")
     tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
-    device = torch.device("cpu")  # the job claims no GPU; a run on one sees the device differs and runs its teacher live
     teacher = LastHidden(load_causal_lm(what["teacher"], dtype=what["teacher_dtype"])).eval().requires_grad_(False)
     teacher.to(device)
     examples = [encode_example(r, tokenizer, what["max_length"], what["prompt_format"]) for r in read_jsonl(what["data"])]
-    stream = Stream(examples, what["micro_batch_size"], what["seed"])
+    world = max(what["gpus"], 1)
     rows, digests, offsets = [], [], [0]
     with torch.no_grad():
-        for _ in range(n):
-            mb = collate(next(stream), tokenizer.pad_token_id)
-            hidden = teacher(mb["input_ids"].to(device), mb["attention_mask"].to(device))
-            rows.append(valid_positions(hidden, mb["labels"].to(device))[0].cpu())
-            digests.append(torch.frombuffer(bytearray(digest(mb)), dtype=torch.uint8))
-            offsets.append(offsets[-1] + len(rows[-1]))
+        for rank in range(world):  # each data-parallel rank's own micro-batches (kdbench.stream.Stream)
+            stream = Stream(examples, what["micro_batch_size"], what["seed"], rank=rank, world=world)
+            for _ in range(n):
+                mb = collate(next(stream), tokenizer.pad_token_id)
+                hidden = teacher(mb["input_ids"].to(device), mb["attention_mask"].to(device))
+                rows.append(valid_positions(hidden, mb["labels"].to(device))[0].cpu())
+                digests.append(digest(mb))
+                offsets.append(offsets[-1] + len(rows[-1]))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file({"states": torch.cat(rows), "digests": torch.stack(digests), "offsets": torch.tensor(offsets)}, tmp,
-              metadata={"teacher": what["teacher"], "threads": str(torch.get_num_threads()), "device": device.type})
+    as_bytes = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in digests]
+    contents = [torch.frombuffer(bytearray(content_digest(r)), dtype=torch.uint8) for r in rows]
+    save_file({"states": torch.cat(rows), "digests": torch.stack(as_bytes), "state_digests": torch.stack(contents),
+               "offsets": torch.tensor(offsets)}, tmp,
+              metadata={"teacher": what["teacher"], "threads": str(torch.get_num_threads()), "device": device.type,
+                        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                        "dtype": what["teacher_dtype"], "ranks": str(world)})
     os.replace(tmp, out)
     size = sum(r.numel() * r.element_size() for r in rows) / 2**20
-    print(f"kdbench: teacher states of {n} micro-batches ({offsets[-1]:,} rows, {size:.1f} MiB) → {out}", file=sys.stderr)
+    print(f"kdbench: teacher states of {len(rows)} micro-batches ({world} rank(s), {offsets[-1]:,} rows, {size:.1f} "
+          f"MiB) on {device} → {out}", file=sys.stderr)
 
 
 class Cached:
     """The teacher's hidden states for a micro-batch: from the states file where it holds this
-    micro-batch (by digest), else from the live teacher. Counts hits, misses and checks (provenance)."""
+    micro-batch (by digest), else from the live teacher. Counts hits, misses and checks (provenance).
+    A damaged file stops the run and is removed (`_damaged`); see the module docstring."""
 
-    def __init__(self, path: Path, live, device):
+    def __init__(self, path: Path, live, device, dtype: str = "fp32"):
         import torch
-        from safetensors import safe_open
 
-        self.path, self.live, self.device, self.on = path, live, device, True
-        self.file = safe_open(str(path), framework="pt")
-        meta = self.file.metadata() or {}
-        offsets = self.file.get_tensor("offsets").tolist()
-        self.index = {bytes(d.tolist()): (offsets[i], offsets[i + 1])
-                      for i, d in enumerate(self.file.get_tensor("digests"))}
-        self.states = self.file.get_slice("states")
+        self.path, self.live, self.device, self.on = Path(path), live, device, True
+        self.tolerance = None if device.type == "cpu" else GPU_TOLERANCE.get(dtype, GPU_TOLERANCE["fp32"])
         self.counts = {"hits": 0, "misses": 0, "checked": 0}
-        if meta.get("threads") != str(torch.get_num_threads()) or meta.get("device") != device.type:
+        meta = self._open()
+        threads = str(torch.get_num_threads())
+        if meta.get("device") != device.type or (device.type == "cpu" and meta.get("threads") != threads):
             self._off(f"it was computed with {meta.get('threads')} thread(s) on {meta.get('device')}, this run uses "
                       f"{torch.get_num_threads()} on {device.type}")
+
+    def _open(self) -> dict:
+        """Open the file and check it whole: its tables are there and agree with each other and with
+        the file's size (a truncated file does not). Returns its metadata."""
+        import json
+        import struct
+
+        from safetensors import safe_open
+
+        try:
+            with open(self.path, "rb") as f:
+                header_size = struct.unpack("<Q", f.read(8))[0]
+                header = json.loads(f.read(header_size))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if self.path.stat().st_size != 8 + header_size + end:
+                raise ValueError(f"{self.path.stat().st_size:,} bytes, where its header describes "
+                                 f"{8 + header_size + end:,}")
+            if set(TABLES) - set(header):
+                raise ValueError(f"no {', '.join(sorted(set(TABLES) - set(header)))} (written by an older kdbench)")
+            self.file = safe_open(str(self.path), framework="pt")
+            offsets = self.file.get_tensor("offsets").tolist()
+            digests, contents = self.file.get_tensor("digests"), self.file.get_tensor("state_digests")
+            self.states = self.file.get_slice("states")
+            n_rows = self.states.get_shape()[0]
+            if not (len(offsets) == len(digests) + 1 == len(contents) + 1 and offsets[0] == 0 and offsets[-1] == n_rows
+                    and all(a <= b for a, b in zip(offsets, offsets[1:]))):
+                raise ValueError("its offsets, digests and states do not agree")
+        except Exception as exc:  # any unreadable file: one message, and the workflow recomputes it
+            raise self._damaged(f"it is unreadable ({type(exc).__name__}: {exc})") from None
+        self.index = {bytes(d.tolist()): (i, offsets[i], offsets[i + 1]) for i, d in enumerate(digests)}
+        self.contents = [bytes(c.tolist()) for c in contents]
+        return self.file.metadata() or {}
 
     def __call__(self, mb: dict) -> torch.Tensor:
         """(B, T, D) teacher hidden states of `mb` (on the device); rows the loss does not read are 0."""
@@ -163,19 +233,42 @@ class Cached:
             return self.live(mb["input_ids"], mb["attention_mask"])
         import torch
 
-        from kdbench.losses import IGNORE, valid_positions
+        from kdbench.losses import valid_positions
 
+        i, start, end = span
+        rows = self.states[start:end]
+        if content_digest(rows) != self.contents[i]:
+            raise self._damaged(f"its stored micro-batch {i} (rows {start}-{end}) differs from the digest written with it")
+        rows = rows.to(self.device)
         self.counts["hits"] += 1
-        rows = self.states[span[0]:span[1]].to(self.device)
         if (self.counts["hits"] - 1) % VERIFY_EVERY == 0:
             self.counts["checked"] += 1
             live = self.live(mb["input_ids"], mb["attention_mask"])
-            if not torch.equal(valid_positions(live, mb["labels"])[0], rows):
-                self._off("a stored micro-batch differs from the live teacher's forward")
+            if not self._agrees(valid_positions(live, mb["labels"])[0], rows):
+                self._off(f"its micro-batch {i} differs from the live teacher's forward"
+                          + (f" beyond the GPU tolerance {self.tolerance}" if self.tolerance else ""))
                 return live
-        hidden = rows.new_zeros((*mb["input_ids"].shape, rows.shape[-1]))
-        hidden[:, :-1][mb["labels"][:, 1:] != IGNORE] = rows
-        return hidden
+        (b, t), width = mb["input_ids"].shape, rows.shape[-1]
+        where = valid_positions(torch.arange(b * t, device=rows.device).view(b, t), mb["labels"])[0]  # flat row ids
+        hidden = rows.new_zeros((b * t, width))
+        hidden[where] = rows
+        return hidden.view(b, t, width)
+
+    def _agrees(self, live, stored) -> bool:
+        """The same bits on the CPU; on a GPU, within the tolerance of the teacher's dtype."""
+        import torch
+
+        if self.tolerance is None or live.shape != stored.shape:
+            return torch.equal(live, stored)
+        diff = torch.linalg.vector_norm((live - stored).float()) / torch.linalg.vector_norm(live.float()).clamp_min(1e-12)
+        return bool(diff <= self.tolerance)
+
+    def _damaged(self, why: str) -> KDBenchError:
+        """Remove the damaged file (so that the workflow's teacher_states rule computes it again) and
+        return the error that stops the run."""
+        self.path.unlink(missing_ok=True)
+        return KDBenchError(f"the teacher states {self.path} are damaged: {why}. The file has been removed; rerun the "
+                            "workflow (it recomputes the file, then this run, which resumes from its last checkpoint).")
 
     def _off(self, why: str) -> None:
         self.on = False
@@ -184,3 +277,4 @@ class Cached:
 
     def provenance(self) -> dict:
         return {"file": str(self.path), "used": self.on, **self.counts}
+

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -36,20 +37,22 @@ from tqdm import tqdm
 
 from kdbench import atomic, losses, provenance, testhooks
 from kdbench.checkpoints import Checkpoints
-from kdbench.config import accumulation_steps
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.policies import Composed
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
-from kdbench.spec import Generation, Training, defaults
+from kdbench.stream import Stream
+from kdbench.spec import Generation, Training, accumulation_steps, defaults
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kdbench train", description="Train one resolved run (run.yaml).")
     ap.add_argument("run_yaml", type=Path)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--cpu-ranks", type=int, default=0, help="data-parallel ranks on the CPU (gloo) through the "
+                    "DeepSpeed launcher, where there is no GPU: to try a multi-GPU run's bookkeeping on a laptop")
     ap.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by the launcher
     args = ap.parse_args(argv)
     if args.threads:
@@ -67,12 +70,26 @@ def main(argv: list[str] | None = None) -> int:
         train(run)
         return 0
     with pinned(run["training"]["gpus"], "the run (training.gpus)") as ids:  # its own GPUs (kdbench.gpus)
-        if len(ids) <= 1:  # one GPU, or the CPU
+        ranks = len(ids) if ids else args.cpu_ranks
+        if ranks <= 1:  # one GPU, or the CPU
             train(run)
-        else:  # data parallel over the claimed GPUs; the launcher honours CUDA_VISIBLE_DEVICES
-            subprocess.run(["deepspeed", "--master_port", str(_free_port()), "--no_local_rank", "--module",
-                            "kdbench.cli", "train", str(args.run_yaml)], check=True)
+        else:  # data parallel over the claimed GPUs (the launcher honours CUDA_VISIBLE_DEVICES), or CPU ranks
+            _launch(args.run_yaml, ranks, args.threads, on_cpu=not ids)
     return 0
+
+
+def _launch(run_yaml: Path, ranks: int, threads: int | None, on_cpu: bool) -> None:
+    """`ranks` data-parallel ranks of this run through the DeepSpeed launcher on this node. On GPUs
+    the launcher takes the visible ones (CUDA_VISIBLE_DEVICES: the claimed GPUs; `--num_gpus` would
+    make it ignore them). On the CPU, LOCAL_SIZE tells DeepSpeed's CPU accelerator how many ranks the
+    node holds (it counts NUMA nodes otherwise, and the launcher refuses with "No slot '1'")."""
+    cmd = ["deepspeed", "--master_port", str(_free_port()), *(["--num_gpus", str(ranks)] if on_cpu else []),
+           "--no_local_rank", "--module", "kdbench.cli", "train", str(run_yaml),
+           *(["--threads", str(threads)] if threads else [])]
+    done = subprocess.run(cmd, env={**os.environ, "LOCAL_SIZE": str(ranks)})
+    if done.returncode:
+        raise KDBenchError(f"run {run_yaml}: a rank of its {ranks} failed (exit status {done.returncode}); its "
+                           "message is above.")
 
 
 def train(run: dict) -> None:
@@ -105,7 +122,7 @@ class Session:
     stream: Stream | None = None
     source: Any = None
     selector: BestByValidRouge | None = None
-    metrics: Any = None  # metrics.jsonl, open for appending
+    metrics: Any = None  # metrics.jsonl, open for appending (rank 0 alone writes it)
     valid: list | None = None  # encoded validation examples (sources that need a validation loss)
     start_step: int = 0
     tokens_seen: int = 0
@@ -234,7 +251,7 @@ def _teacher_states(s: Session):
     if path is None or not path.is_file():
         return None
     print(f"kdbench: the teacher's hidden states come from {path} where it holds a micro-batch", file=sys.stderr)
-    return Cached(path, s.teacher, s.engine.device)
+    return Cached(path, s.teacher, s.engine.device, s.run["teacher_dtype"])
 
 
 def _engine(run: dict, tr: Training, student: torch.nn.Module):
@@ -291,24 +308,32 @@ def _build_data(s: Session) -> None:
     if tr.select == "valid_rougeL":
         s.selector = BestByValidRouge(s.out, s.run["data"]["valid"], tokenizer, tr, state.get("best"), prompt_format,
                                       synced_gpus=synced)
-    s.metrics = _open_metrics(s.out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
+    if engine.global_rank == 0:  # one writer; the records hold statistics reduced over the ranks
+        s.metrics = _open_metrics(s.out / "metrics.jsonl", keep_before=state["step"], saved=state.get("metrics", ""))
 
 
 def train_step(s: Session, step: int) -> None:
-    """One optimizer step: gather its micro-batches, count its response tokens over all ranks, run
-    each through the loss, backward and the engine step; feed the KD loss to the token policy; then
-    the source's epoch end, validation selection, the metrics record and the checkpoint."""
+    """One optimizer step: gather its micro-batches and count their response tokens over all ranks,
+    run each through the loss, backward and the engine step (`micro_batches`), then what follows
+    the step (`end_step`)."""
     tr, engine = s.tr, s.engine
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
     lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
     micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
-    n_global = _all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device)
+    n_global = int(_all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device))
+    end_step(s, step, lr, n_global, micro_batches(s, step, micro, n_global))
+
+
+def micro_batches(s: Session, step: int, micro: list[dict], n_global: int) -> dict:
+    """Each micro-batch of the step through the loss, backward and the engine step (a non-finite
+    one on any rank: no gradient, or the run stops); the step's sums of what was used."""
+    engine = s.engine
     kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
     for mb in micro:
-        parts = s.micro_batch_loss(mb, n_global, step / tr.steps)
+        parts = s.micro_batch_loss(mb, n_global, step / s.tr.steps)
         parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
         if _all_reduce_sum(float(not torch.isfinite(parts.loss.detach())), engine.device):  # on any rank
-            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), tr, s.nonfinite_in_a_row + 1,
+            s.nonfinite_in_a_row = _nonfinite(s.out, step, parts.loss.item(), s.tr, s.nonfinite_in_a_row + 1,
                                               s.checkpoints)
             engine.backward(_no_gradient(engine.module), scale_wrt_gas=False)  # keeps every rank's collectives
             engine.step()
@@ -322,10 +347,18 @@ def train_step(s: Session, step: int) -> None:
             n_selected + parts.n_selected
         if parts.temperature is not None:
             temps.append(parts.temperature)
-    n_used = n_global - _all_reduce_sum(n_skipped, engine.device)
+    return {"kd_weighted": kd_weighted, "ce_sum": ce_sum, "n_selected": n_selected, "temps": temps,
+            "n_skipped": n_skipped}
+
+
+def end_step(s: Session, step: int, lr: float, n_global: int, sums: dict) -> None:
+    """After the step's micro-batches: its global mean KD loss to the token policy; then the
+    source's epoch end, validation selection, the metrics record and the checkpoint."""
+    tr, engine = s.tr, s.engine
+    n_used = n_global - _all_reduce_sum(sums["n_skipped"], engine.device)
     s.skipped_total += n_global - n_used
-    kd_loss = _all_reduce_sum(kd_weighted, engine.device) / max(n_used, 1)
-    ce = _all_reduce_sum(ce_sum, engine.device) / max(n_used, 1)
+    kd_loss = _all_reduce_sum(sums["kd_weighted"], engine.device) / max(n_used, 1)
+    ce = _all_reduce_sum(sums["ce_sum"], engine.device) / max(n_used, 1)
     if s.policy is not None and n_used:
         s.policy.observe(kd_loss)
     if s.source.needs_validation and (step + 1) % max(1, s.stream.per_epoch // tr.gradient_accumulation_steps) == 0:
@@ -335,14 +368,18 @@ def train_step(s: Session, step: int) -> None:
     if s.selector is not None and ((step + 1) % tr.select_every == 0 or step == tr.steps - 1):
         valid_rouge = s.selector.score(engine.module.lm, step + 1)
     if step % tr.log_every == 0 or step == tr.steps - 1 or valid_rouge is not None:
-        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy,
-                                 temps, s.tokens_here / (time.perf_counter() - s.start))
-        _log(s, step, record, valid_rouge)
+        # over all ranks
+        n_selected, tau = int(_all_reduce(sums["n_selected"], engine.device)), _temperatures(sums["temps"], engine.device)
+        record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy, tau,
+                                 s.tokens_here / (time.perf_counter() - s.start))
+        if s.metrics is not None:
+            _log(s, step, record, valid_rouge)
     if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.steps:
         s.checkpoints.save(engine, step + 1, {
             "step": step + 1, "micro_batches": s.stream.position, "source": s.source.state_dict(),
             "tokens_seen": s.tokens_seen, "policies": s.policy.state_dicts() if s.policy else [],
-            "best": s.selector.best if s.selector else None, "metrics": (s.out / "metrics.jsonl").read_text()})
+            "best": s.selector.best if s.selector else None,
+            "metrics": (s.out / "metrics.jsonl").read_text() if s.metrics else ""})  # rank 0's (the one DeepSpeed keeps)
 
 
 def _log(s: Session, step: int, record: dict, valid_rouge: float | None) -> None:
@@ -366,7 +403,8 @@ def finish(s: Session) -> None:
 
     from kdbench.models import SOURCE_FILE, model_source, save_student
 
-    s.metrics.close()
+    if s.metrics is not None:
+        s.metrics.close()
     s.heads.release()
     engine, out, run, tr, method = s.engine, s.out, s.run, s.tr, s.method
     if s.selector is not None:  # the checkpoint selected by validation ROUGE-L becomes the saved model
@@ -398,15 +436,13 @@ def finish(s: Session) -> None:
         torch.distributed.destroy_process_group()
 
 
-def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, temps, tokens_per_s):
+def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, tau, tokens_per_s):
     record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
               "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": lr,
               "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
     if policy is not None:
         record.update(policy.log_scalars())
-    if temps:
-        t = torch.cat(temps)
-        record.update(tau_mean=float(t.mean()), tau_min=float(t.min()), tau_max=float(t.max()))
+    record.update(tau)
     return record
 
 
@@ -431,32 +467,6 @@ def _no_gradient(module: torch.nn.Module) -> torch.Tensor:
     """A zero loss over every trainable parameter: its backward adds no gradient but runs the same
     hooks and collectives as a real micro-batch, so data-parallel ranks stay in step."""
     return sum((p * 0.0).sum() for p in module.parameters() if p.requires_grad)
-
-
-class Stream:
-    """The endless stream of dataset micro-batches (lists of examples) from position `start`: epoch e
-    is a fresh permutation seeded by (seed, e), so the stream can be resumed at any position exactly."""
-
-    def __init__(self, examples: list[dict], batch_size: int, seed: int, start: int = 0):
-        self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        self.examples, self.batch_size, self.seed, self.position = examples, batch_size, seed, start
-        self.per_epoch = len(examples) // self.world // batch_size
-        if self.per_epoch == 0:
-            raise KDBenchError(f"the training set has {len(examples)} examples, fewer than one micro-batch of "
-                               f"{batch_size} per rank × {self.world} ranks.")
-        self._order_epoch, self._order = None, []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[dict]:
-        epoch, i = divmod(self.position, self.per_epoch)
-        if epoch != self._order_epoch:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            self._order = torch.randperm(len(self.examples), generator=gen).tolist()[self.rank::self.world]
-            self._order_epoch = epoch
-        self.position += 1
-        return [self.examples[j] for j in self._order[i * self.batch_size:(i + 1) * self.batch_size]]
 
 
 class BestByValidRouge:
@@ -484,7 +494,7 @@ class BestByValidRouge:
             "prompt_format": self.prompt_format},
             synced_gpus=self.synced_gpus)
         lm.train(was_training)
-        value = summary["rougeL_mean"]
+        value = _from_rank0(summary["rougeL_mean"], next(lm.parameters()).device)  # every rank decides alike
         if value > self.best["valid_rougeL"]:
             import deepspeed
 
@@ -492,9 +502,11 @@ class BestByValidRouge:
             named = [(n, p) for n, p in lm.named_parameters() if p.requires_grad]
             with deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None):  # ZeRO-3: full weights
                 trainable = {n: p.detach().cpu().clone() for n, p in named}
-            tmp = self.path.with_suffix(".tmp")
-            save_file(trainable, tmp)
-            os.replace(tmp, self.path)
+            rank = int(os.environ.get("RANK", 0))
+            if rank == 0:  # one writer (rank 0 saves the model too), through a temporary file of its own
+                tmp = self.path.with_name(f"{self.path.name}.rank{rank}.tmp")
+                save_file(trainable, tmp)
+                os.replace(tmp, self.path)
         return value
 
     def restore_best(self, lm) -> None:
@@ -556,13 +568,40 @@ def _zero3(engine) -> bool:
 
 
 def _all_reduce_sum(value: float, device) -> float:
+    return _all_reduce(value, device)
+
+
+def _all_reduce(value: float, device, op: str = "sum") -> float:
+    """`value` summed (or its min, max) over the data-parallel ranks; the value itself on one rank."""
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return value
     t = torch.tensor(float(value), device=device, dtype=torch.float64)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}[op])
     return t.item()
+
+
+def _from_rank0(value: float, device) -> float:
+    """Rank 0's `value` on every rank."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor(float(value), device=device, dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return t.item()
+
+
+def _temperatures(temps: list[torch.Tensor], device) -> dict:
+    """tau_mean, tau_min and tau_max of a step's per-token temperatures over every rank ({} if none)."""
+    t = torch.cat(temps).float() if temps else torch.zeros(0)
+    count = _all_reduce(t.numel(), device)
+    if not count:
+        return {}
+    return {"tau_mean": _all_reduce(float(t.sum()), device) / count,
+            "tau_min": _all_reduce(float(t.min()) if t.numel() else math.inf, device, "min"),
+            "tau_max": _all_reduce(float(t.max()) if t.numel() else -math.inf, device, "max")}
 
 
 def _single_process_env() -> None:

@@ -14,6 +14,16 @@
 - A run with dropout on, killed (SIGKILL) mid-training on cuda and rerun, resumes from its last
   checkpoint with the CUDA generator restored and ends where the uninterrupted run ends (the CPU
   counterpart: tests/smoke/test_resume.py; there dropout draws from the CPU generator).
+- bf16 with the fused chunked loss: from bf16 hidden states and heads on cuda, the chunked loss is
+  computed in fp32 and agrees with the fp32 full-logits loss within bf16 rounding, values and
+  gradients; a bf16 run with small loss chunks starts at the fp32 run's loss.
+- The teacher's stored states on cuda (`teacher_cache`): `kdbench teacher-states` claims the GPU and
+  runs the bf16 teacher there; a run reading them hits every micro-batch, passes the live check
+  within the bf16 tolerance and starts at the live run's loss; a stored micro-batch scaled by 1.05
+  stops the run naming the file (the CPU counterpart: tests/smoke/test_teacher_states.py).
+- Two GPUs (where two are visible): `kdbench train` with training.gpus 2 claims both and runs two
+  ranks through the DeepSpeed launcher (NCCL); rank 0 alone writes metrics.jsonl, whose token count
+  is both ranks' (the CPU counterpart with gloo: tests/smoke/test_multirank.py).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import sys
 
 import pytest
@@ -196,8 +207,6 @@ def test_killed_run_resumes_with_the_cuda_generator_on_cuda(tmp_path_factory, mo
     """Dropout (p 0.1, the GPT-2 default) draws its masks from the CUDA generator of the rank's
     device; without that generator in the checkpoint the resumed steps would drop other units and
     end elsewhere (by ~1e-3 in the loss at this size, far above the 1e-6 allowed here)."""
-    import shutil
-
     root = workflow_copy(tmp_path_factory.mktemp("gpu-resume"))
     pair = "gpt2-gpu-resume-s_from_gpt2-gpu-resume-t"
 
@@ -230,3 +239,118 @@ def test_killed_run_resumes_with_the_cuda_generator_on_cuda(tmp_path_factory, mo
     wa, wb = (load_file(r / run_dir / "model/model.safetensors") for r in (straight, killed))
     worst, diff = max_abs(wa, wb)
     assert diff < 1e-6, f"{worst}: max |Δ| {diff:.3g} between the uninterrupted and the resumed run"
+
+
+def test_bf16_chunked_loss_upcasts_and_matches_fp32_full_logits_on_cuda(plugins):
+    from kdbench.losses import IGNORE, count_valid, objective
+    from kdbench.policies import Composed
+
+    vocab, d, batch, length = 32_000, 512, 2, 600
+    g = torch.Generator().manual_seed(0)
+    h_s, h_t = torch.randn(batch, length, d, generator=g), torch.randn(batch, length, d, generator=g)
+    w_s, w_t = (torch.randn(vocab, d, generator=g) / d**0.5 for _ in range(2))
+    labels = torch.randint(0, vocab, (batch, length), generator=g)
+    labels[:, :80] = IGNORE
+    n = count_valid(labels)
+
+    def run(device, dtype, chunked):
+        policy = Composed([plugins["adakd"].instantiate({}, total_steps=10, student_dim=d, teacher_dim=d)])
+        for module in policy.modules():
+            module.to(device)
+        hs, ws = (x.to(device, dtype).requires_grad_(True) for x in (h_s, w_s))
+        ht, wt, y = h_t.to(device, dtype), w_t.to(device, dtype), labels.to(device)
+        common = {"vocab_size": vocab, "kd_ratio": 0.5, "n_global": n, "divergence": plugins["fkl"].obj,
+                  "policy": policy, "progress": 0.3}
+        if chunked:
+            parts = objective(hs, ht, y, student_head=lambda h: h @ ws.T, teacher_head=lambda h: h @ wt.T,
+                              chunk_size=128, **common)
+        else:
+            parts = objective(hs @ ws.T, ht @ wt.T, y, **common)
+        parts.loss.backward()
+        return parts, hs.grad.float().cpu(), ws.grad.float().cpu()
+
+    (bf16, g_h, g_w), (ref, r_h, r_w) = run("cuda", torch.bfloat16, True), run("cuda", torch.float32, False)
+    assert bf16.loss.dtype == torch.float32  # the chunk's logits are upcast before the softmax
+    assert bf16.loss.item() == pytest.approx(ref.loss.item(), rel=2e-2)
+    for mine, theirs in ((g_h, r_h), (g_w, r_w)):
+        assert torch.isfinite(mine).all()
+        assert float((mine - theirs).norm() / theirs.norm()) < 5e-2
+
+
+def test_bf16_run_with_small_loss_chunks_starts_at_the_fp32_loss_on_cuda(prepared):
+    root, run, start = prepared
+    _, bf16 = train_variant(root, run, "bf16-chunks", steps=3, micro_batch_size=4, bf16=True, loss_chunk_size=16)
+    _, fp32 = train_variant(root, run, "fp32-chunks", steps=3, micro_batch_size=4, bf16=False, loss_chunk_size=16)
+    a, b = records(bf16), records(fp32)
+    assert all(math.isfinite(r["loss"]) for r in a) and [r["step"] for r in a] == [0, 1, 2]
+    assert a[0]["loss"] == pytest.approx(b[0]["loss"], rel=2e-2)  # step 0: the same weights, rounded to bf16
+    assert a[0]["tokens"] == b[0]["tokens"]
+
+
+def test_teacher_states_are_computed_and_read_on_cuda(prepared):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from kdbench.teacher_states import states_path
+
+    root, run, _ = prepared
+    run = copy.deepcopy(run)
+    run["teacher_dtype"] = "bf16"
+    run["training"].update(steps=4, micro_batch_size=4, log_every=1, gpus=1)
+    run_yaml = root / run["run"]["dir"] / "run.yaml"
+    run_yaml.write_text(yaml.safe_dump(run))
+    rel = str(run_yaml.relative_to(root))
+
+    def train():
+        done = run_cli("kdbench", "train", rel, cwd=root)
+        out = root / run["run"]["dir"]
+        result = (done, records(out) if done.returncode == 0 else None,
+                  json.loads((out / "provenance.json").read_text()) if done.returncode == 0 else None)
+        for name in ("model", "checkpoints", "metrics.jsonl", "provenance.json"):
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        return result
+
+    done, live, _ = train()
+    assert done.returncode == 0, done.stderr[-3000:]
+    path = root / states_path(run)
+    made = run_cli("kdbench", "teacher-states", rel, str(path), cwd=root)
+    assert made.returncode == 0 and "on cuda" in made.stderr, made.stderr[-3000:]
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["device"] == "cuda" and f.get_slice("states").get_dtype() == "BF16"
+    done, cached, provenance = train()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert provenance["teacher_states"] | {"file": None} == {"file": None, "used": True, "hits": 4, "misses": 0,
+                                                              "checked": 1}
+    assert cached[0]["loss"] == pytest.approx(live[0]["loss"], rel=1e-3)
+
+    tables = load_file(path)
+    offsets = tables["offsets"].tolist()
+    tables["states"][offsets[1]:offsets[2]] *= 1.05
+    save_file(tables, path, metadata={"device": "cuda", "threads": "1"})
+    done, _, _ = train()
+    assert done.returncode == 1 and "are damaged" in done.stderr and "micro-batch 1 " in done.stderr, done.stderr[-3000:]
+    assert not path.exists()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_two_gpus_train_data_parallel_with_one_metrics_writer(prepared):
+    root, run, start = prepared
+    two = copy.deepcopy(run)
+    two["run"]["dir"] = "results/gpu/two-gpus"
+    two["training"].update(gpus=2, steps=3, micro_batch_size=4, log_every=1)
+    _, one_dir = train_variant(root, run, "one-gpu", steps=3, micro_batch_size=4, log_every=1)
+    path = root / "results/gpu/two-gpus.yaml"
+    path.write_text(yaml.safe_dump(two))
+    done = run_cli("kdbench", "train", str(path.relative_to(root)), cwd=root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    recs, one = records(root / two["run"]["dir"]), records(one_dir)
+    assert [r["step"] for r in recs] == [0, 1, 2]  # one writer
+    assert recs[0]["tokens"] > one[0]["tokens"]  # two ranks' micro-batches: twice the examples per step
+    assert recs[0]["selected"] == recs[0]["tokens"]  # fkl keeps every token, summed over both ranks
+    weights = load_file(root / two["run"]["dir"] / "model/model.safetensors")
+    assert all(torch.isfinite(w.float()).all() for w in weights.values())
+    assert max_abs(weights, start)[1] > 1e-4

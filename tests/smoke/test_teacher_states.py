@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kdbench.teacher_states import states_path
+from kdbench.teacher_states import content_digest, states_path
 from tests.conftest import prepare_run, run_cli, workflow_copy
 
 PAIR = "gpt2-states-s_from_gpt2-states-t"
@@ -56,6 +56,7 @@ def test_stored_states_train_the_same_bits_as_the_live_teacher(prepared):
     path = write_states(root, run)
     stored = load_file(path)
     assert stored["digests"].shape == (12, 16) and stored["offsets"][-1] == stored["states"].shape[0]
+    assert stored["state_digests"].shape == (12, 16)
     assert stored["states"].shape[1] == 128  # the teacher's hidden size, response rows only
 
     cached_w, cached_m, cached_p, log = train(root)
@@ -74,14 +75,49 @@ def test_stored_states_train_the_same_bits_as_the_live_teacher(prepared):
     assert (part_p["teacher_states"]["hits"], part_p["teacher_states"]["misses"]) == (5, 7)
     assert part_m == live_m and all(torch.equal(part_w[k], live_w[k]) for k in live_w)
 
-    # States that differ from the live teacher (here: perturbed) are checked on the first hit and dropped.
+    # States that differ from the live teacher, with digests that fit them (as another machine would write):
+    # checked on the first hit and dropped; the run trains to the live teacher's bits.
     wrong = load_file(path)
     wrong["states"] = wrong["states"] + 1e-3
-    save_file(wrong, path, metadata={"threads": "1", "device": "cpu"})
+    write_consistent(wrong, path)
     bad_w, bad_m, bad_p, log = train(root)
     assert bad_p["teacher_states"]["used"] is False and "differs from the live teacher" in log
     assert bad_m == live_m and all(torch.equal(bad_w[k], live_w[k]) for k in live_w)
     path.unlink()
+
+
+def write_consistent(tables, path):
+    """Save `tables` with the content digest of each micro-batch's states recomputed."""
+    offsets = tables["offsets"].tolist()
+    tables["state_digests"] = torch.stack([torch.frombuffer(bytearray(content_digest(tables["states"][a:b])), dtype=torch.uint8)
+                                           for a, b in zip(offsets, offsets[1:])])
+    save_file(tables, path, metadata={"threads": "1", "device": "cpu"})
+
+
+def test_a_damaged_states_file_is_caught_on_first_use_and_removed(prepared):
+    """One stored micro-batch scaled by 1.05 (its digests left as written): the run stops at the first
+    use of that micro-batch with a message naming the file, which is removed so that the workflow
+    recomputes it. A truncated file: the same, at the run's start, with no safetensors traceback."""
+    root, run = prepared
+    path = write_states(root, run)
+    tables = load_file(path)
+    offsets = tables["offsets"].tolist()
+    third = slice(offsets[3], offsets[4])  # the 4th micro-batch: steps 0-2 use the stored states first
+    tables["states"][third] = tables["states"][third] * 1.05
+    save_file(tables, path, metadata={"threads": "1", "device": "cpu"})
+    done = run_cli("kdbench", "train", f"{RUN}/run.yaml", "--threads", "1", cwd=root)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"teacher states {path.relative_to(root)} are damaged" in done.stderr
+    assert "stored micro-batch 3 " in done.stderr and "Traceback" not in done.stderr
+    assert not path.exists()
+    assert [json.loads(line)["step"] for line in (root / RUN / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+
+    whole = write_states(root, run).read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])  # a truncated file
+    done = run_cli("kdbench", "train", f"{RUN}/run.yaml", "--threads", "1", cwd=root)
+    assert done.returncode == 1 and "are damaged: it is unreadable" in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and not path.exists()
+    shutil.rmtree(root / RUN / "checkpoints", ignore_errors=True)
 
 
 def test_teacher_states_refuses_a_run_without_a_teacher(prepared, tmp_path):

@@ -5,8 +5,10 @@ import copy
 import pytest
 import yaml
 
-from kdbench.config import ALL_SETS, Grid, load_grid
+from kdbench import preflight
+from kdbench.config import Grid, load_grid
 from kdbench.errors import KDBenchError
+from kdbench.spec import SETS
 
 PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
 
@@ -22,6 +24,13 @@ def tiny(repo):
 
 def grid(cfg, repo):
     return Grid(cfg, "test.yaml", repo)
+
+
+def checked(cfg, workdir):
+    """The grid with kdbench.preflight's checks run as well (here in-process), as before a first job."""
+    g = Grid(cfg, "test.yaml", workdir)
+    preflight.check(preflight.request(g))
+    return g
 
 
 def test_the_default_grid_is_valid(repo):
@@ -55,8 +64,6 @@ def test_the_default_grid_is_valid(repo):
      "unknown source_hp prob for data source 'on_policy_mixed'. It accepts: p"),
     (lambda c: c.update(method_defs={"d": {"divergence": "srkl", "init_from": "sftt"}}, methods=["d"]),
      "label 'sftt': unknown method 'sftt'"),
-    (lambda c: c.update(policy_defs={"a2": {"policy": "adakd", "hp": {"r_min": 1.5}}}, methods=["fkl+a2"]),
-     r"label 'fkl\+a2': AdaKD: r_min = 1.5 is outside its range"),
 ])
 def test_bad_configs_name_the_problem(tiny, repo, edit, needle):
     cfg = copy.deepcopy(tiny)
@@ -64,6 +71,14 @@ def test_bad_configs_name_the_problem(tiny, repo, edit, needle):
     with pytest.raises(KDBenchError, match=needle) as err:
         grid(cfg, repo)
     assert str(err.value).startswith("test.yaml")
+
+
+def test_a_policys_own_range_checks_run_before_any_job(tiny, repo):
+    """AdaKD's r_min range is its constructor's: the pre-flight check builds each bound policy."""
+    cfg = {**tiny, "policy_defs": {"a2": {"policy": "adakd", "hp": {"r_min": 1.5}}}, "methods": ["fkl+a2"]}
+    grid(cfg, repo)  # the DAG binds the names without importing the plugin
+    with pytest.raises(KDBenchError, match=r"^test.yaml: key 'methods', label 'fkl\+a2': AdaKD: r_min = 1.5 is outside"):
+        checked(cfg, repo)
 
 
 def test_bad_pair_file_names_its_file(tiny, repo, tmp_path):
@@ -186,11 +201,12 @@ def test_data_files_are_checked_before_any_job(tiny, repo, tmp_path):
 
 
 def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsys):
-    """`kdbench check <file>` merges <file> over the Snakefile's own config files (config/tiny.yaml,
-    then config/variants.yaml) as `snakemake --configfile <file>` does: the paper grid's `gkd` and
-    `distillm` come from variants.yaml, and a label the file redefines is the file's."""
+    """`kdbench check <file>` merges <file> over the Snakefile's shared config file
+    (config/variants.yaml) as `snakemake --configfile <file>` does: the paper grid's `gkd` and
+    `distillm` come from variants.yaml, and a label the file redefines is the file's; the default grid
+    (config/tiny.yaml) is read only when no file is given."""
     from kdbench.check import main
-    from kdbench.config import BASE_CONFIGS, workflow_grid
+    from kdbench.config import base_configs, workflow_grid
 
     monkeypatch.chdir(repo)
     assert main(["config/config.yaml"]) == 0
@@ -198,7 +214,8 @@ def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsy
     assert out.startswith("config/config.yaml: ok — 67 runs, 304 evaluations")
     absent = [p for p in ("data/raw/databricks-dolly-15k.jsonl", "data/raw/core_data.jsonl") if not (repo / p).exists()]
     assert all(p in out.split("still to fetch")[1] for p in absent)  # listed, not an error: the DAG plans without them
-    assert BASE_CONFIGS == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives
+    assert base_configs() == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives
+    assert base_configs(["mine.yaml"]) == ("config/variants.yaml",)
     mine = tmp_path / "mine.yaml"
     mine.write_text(yaml.safe_dump({"tables": [{"name": "t", "pairs": [PAIR], "methods": ["gkd"], "sets": ["dolly"]}],
                                     "method_defs": {"gkd": {"divergence": "js", "source": "on_policy_mixed",
@@ -206,7 +223,9 @@ def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsy
     grid = workflow_grid(mine)
     assert grid.method("gkd")["source_hp"] == {"p": 0.25}  # the file's own definition wins over variants.yaml
     assert grid.method("distillm")["init_from"] == "sft"  # and every other variants.yaml label is there
-    assert grid.config["data"]["source"] == "generated"  # keys the file leaves out come from config/tiny.yaml
+    assert grid.config["data"]["source"] == "generated"  # keys the file leaves out take the schemas' defaults
+    assert grid.config["teacher_cache"] is False and grid.config["evaluation"]["max_new_tokens"] == 256
+    assert workflow_grid().config["teacher_cache"] is True  # no file: the default grid, config/tiny.yaml
     with pytest.raises(KDBenchError, match="mine.yaml: a grid config is a mapping"):
         mine.write_text("- a\n- b\n")
         workflow_grid(mine)
@@ -239,7 +258,7 @@ def test_a_misspelt_model_config_key_names_pair_key_and_the_nearest_setting(tiny
 
     path = _with_pair(repo, tmp_path, name, misspell)
     with pytest.raises(KDBenchError) as err:
-        Grid({**tiny, "pairs": [name]}, "test.yaml", tmp_path)
+        checked({**tiny, "pairs": [name]}, tmp_path)
     message = str(err.value)
     assert message.startswith(f"{path}: key '{role}.config.{typo}': ") and f"no setting '{typo}'" in message
     assert f"Did you mean '{right}'" in message and "build the model with its default" in message
@@ -254,8 +273,9 @@ def test_a_misspelt_model_config_key_names_pair_key_and_the_nearest_setting(tiny
 ])
 def test_model_config_values_are_checked_against_the_declared_types(tiny, repo, tmp_path, role, setting, needle):
     path = _with_pair(repo, tmp_path, PAIR, lambda spec: spec[role]["config"].update(setting))
+    Grid(tiny, "test.yaml", tmp_path)  # the DAG reads no transformers config class
     with pytest.raises(KDBenchError, match=needle) as err:
-        Grid(tiny, "test.yaml", tmp_path)
+        checked(tiny, tmp_path)
     assert str(err.value).startswith(str(path))
 
 
@@ -310,10 +330,10 @@ def test_published_numbers_only_beside_the_paper_pairs_on_the_paper_data(repo, t
     pair may not name them at all."""
     cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
     record = '{"instruction": "Name a colour.", "input": "", "output": "Red."}\n'
-    for name in ("train", "valid", *ALL_SETS):
+    for name in ("train", "valid", *SETS):
         (tmp_path / f"{name}.jsonl").write_text(record * 32)  # a micro-batch (at most 32) fits the training set
     cfg["data"] = {"source": "files", "train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "valid.jsonl"),
-                   "sets": {name: str(tmp_path / f"{name}.jsonl") for name in ALL_SETS}}
+                   "sets": {name: str(tmp_path / f"{name}.jsonl") for name in SETS}}
     paper = workflow_grid_of(repo, tmp_path, cfg)
     assert paper.reference("qwen2-1.5b_from_qwen2-7b", "table1") == {"table": "table1", "family": "Qwen2"}
     assert paper.reference("qwen2-1.5b_from_qwen2-7b", "table3") == {"table": "table3", "family": "Qwen2"}

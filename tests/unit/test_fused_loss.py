@@ -1,6 +1,6 @@
 """The fused chunked loss (kdbench.losses.objective with heads): its values and gradients against
-plain autograd on the full logits, which is what the harness computed before the gradient moved
-into the forward pass.
+plain autograd on the full logits (kdbench.reference_loss), which is what the harness computed
+before the gradient moved into the forward pass.
 
 With one chunk the fused path must agree to the bit: it runs the same kernels autograd runs (so a
 default-grid run trains to the same weights as before). With several chunks only the head weight's
@@ -10,42 +10,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from kdbench.losses import IGNORE, NEG_FLOOR, LinearHead, count_valid, objective, valid_positions
+from kdbench.losses import IGNORE, LinearHead, count_valid, objective
+from kdbench.reference_loss import reference_loss as naive
 
 B, T, D, V = 3, 24, 16, 50
-
-
-def naive(h_s, h_t, labels, *, student_head, teacher_head, vocab_size, kd_ratio, divergence=None, policy=None,
-          progress=0.3, world_size=1):
-    """The micro-batch loss by autograd on the full logits of the valid positions: the harness's
-    formula (module docstring of kdbench.losses) in the order the harness computes it."""
-    h_s, y = valid_positions(h_s, labels)
-    n = y.numel()
-    z_s = (student_head(h_s) if student_head else h_s).float()
-    ce = F.cross_entropy(z_s, y, reduction="sum")
-    kd_mean = torch.zeros(())
-    if kd_ratio > 0:
-        h_t = valid_positions(h_t, labels)[0]
-
-        def aligned(z):
-            return z[:, :vocab_size].clamp_min(NEG_FLOOR)
-        def teacher(h):
-            return (teacher_head(h) if teacher_head else h).float()
-        with torch.no_grad():
-            if policy is None:
-                w = tau_s = tau_t = scale = torch.ones(n)
-            else:
-                plan = policy.plan(policy.token_stats(F.log_softmax(aligned(z_s), -1),
-                                                      F.log_softmax(aligned(teacher(h_t)), -1), y), progress)
-                w, tau_s, tau_t, scale = plan.weight, plan.tau_student, plan.tau_teacher, plan.scale
-            sel = w > 0
-            z_t = teacher(h_t[sel])
-        values = divergence(F.log_softmax(aligned(z_s[sel]) / tau_s[sel, None], -1),
-                            F.log_softmax(aligned(z_t) / tau_t[sel, None], -1))
-        kd_mean = (w[sel] * scale[sel] * values).sum() / w.sum()
-    return world_size / n * ((1 - kd_ratio) * ce + kd_ratio * n * kd_mean), ce, kd_mean
 
 
 def inputs(seed=0, dtype=torch.float32, rows=V, bias=False, tied=False):

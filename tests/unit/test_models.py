@@ -42,7 +42,10 @@ REAL = ["qwen2-1.5b_from_qwen2-7b", "openllama2-3b_from_openllama2-7b", "gpt2-ba
 
 
 def pair(repo: Path, name: str) -> dict:
-    return yaml.safe_load((repo / "config" / "pairs" / f"{name}.yaml").read_text())
+    """A pair file as kdbench reads it: validated, its schema's defaults filled in."""
+    from kdbench.pairs import load_pair
+
+    return load_pair(repo / "config" / "pairs" / f"{name}.yaml", repo)
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +254,7 @@ def test_config_time_vocab_check_reads_local_directories_only(repo, tok, corpus,
         model.resize_token_embeddings(len(tok) + extra)  # padding rows, as Qwen2-7B has
         model.save_pretrained(tmp_path / role)
         tok.save_pretrained(tmp_path / role)
-        dirs[role] = {"init": "pretrained", "path": str(tmp_path / role)}
+        dirs[role] = {"init": "pretrained", "path": str(tmp_path / role), "trust_remote_code": False}
     assert check_pair_vocab({"teacher": dirs["teacher"], "student": dirs["student"]}, "p.yaml") == len(tok)
     train_tokenizer(corpus, tmp_path / "student", vocab_size=300)
     with pytest.raises(KDBenchError, match=r"p\.yaml: the teacher and student tokenizers differ"):

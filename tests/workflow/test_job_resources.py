@@ -17,7 +17,7 @@ import pytest
 from kdbench.cli import COMMANDS
 
 pytestmark = pytest.mark.workflow
-GPU_RULES = {"train", "evaluate", "evaluate_run", "lm_eval", "seqkd_data"}  # what the enumeration must find
+GPU_RULES = {"train", "teacher_states", "evaluate", "evaluate_run", "lm_eval", "seqkd_data"}  # what the enumeration must find
 
 
 REPORTS_DEVICES = {"env"}  # names CUDA to list the devices, loads no model
@@ -64,7 +64,7 @@ def gpu_claim_source(rule) -> str:
 
 
 def test_the_gpu_commands_are_the_model_loading_ones():
-    assert gpu_commands() == {"train", "evaluate", "lm-eval"}
+    assert gpu_commands() == {"train", "teacher-states", "evaluate", "lm-eval"}
 
 
 def test_every_rule_that_loads_a_model_to_a_gpu_declares_gpu_and_claims_it(rules):
@@ -97,7 +97,8 @@ def test_the_slurm_profile_asks_for_what_each_pair_needs(repo, tmp_path):
 
     root = workflow_copy(tmp_path)
     qwen, tiny = "qwen2-1.5b_from_qwen2-7b", "gpt2-tiny-s_from_gpt2-tiny-t"
-    (root / "grid.yaml").write_text(yaml.safe_dump(grid_config(root, pairs=[qwen, tiny], methods=["fkl"], sets=["dolly"])))
+    grid = {**grid_config(root, pairs=[qwen, tiny], methods=["fkl"], sets=["dolly"]), "teacher_cache": True}
+    (root / "grid.yaml").write_text(yaml.safe_dump(grid))
     dry = run_cli("snakemake", "-n", "--profile", "workflows/profiles/slurm", "--configfile", "grid.yaml", cwd=root)
     assert dry.returncode == 0, dry.stderr[-3000:]
     jobs = {}
@@ -114,6 +115,9 @@ def test_the_slurm_profile_asks_for_what_each_pair_needs(repo, tmp_path):
     for (rule, pair, _), res in jobs.items():
         assert res["slurm_partition"] == ("gpu" if rule in GPU_RULES else "cpu"), (rule, pair, res)
         assert "slurm_extra" not in res
+    # teacher_cache: the teacher's states are computed where the students train (the tiny pair: 1 GPU)
+    assert jobs[("teacher_states", tiny, None)]["gpu"] == "1"
+    assert jobs[("teacher_states", tiny, None)]["slurm_partition"] == "gpu"
     assert int(jobs[("evaluate_run", qwen, "fkl")]["mem_mb"]) > int(jobs[("evaluate_run", tiny, "fkl")]["mem_mb"])
     assert jobs[("init_model", qwen, None)]["mem_mb"] == "64000"
 

@@ -4,7 +4,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from kdbench import resultslock
+from kdbench import preflight, resultslock
 from kdbench.config import Grid, portable
 from kdbench.errors import KDBenchError
 from kdbench.releases import PREPARED
@@ -21,8 +21,13 @@ RES = GRID.results
 
 
 onstart:
-    # A dry run plans without the data; a real run whose jobs prepare data stops here, before any
-    # job, naming each release those jobs need and this machine lacks, and where to get it.
+    # Before any job of a real run (a dry run plans without either): the checks that need torch and
+    # transformers (kdbench.preflight: model configs, plugins and their ranges, cached once passed),
+    # then, where its jobs prepare data, each release they need and this machine lacks.
+    try:
+        preflight.run(GRID)
+    except KDBenchError as exc:
+        sys.exit(f"kdbench: config error: {exc}")
     missing = GRID.missing_releases(
         [job.wildcards.name for job in workflow.dag.needrun_jobs() if job.rule.name == "prepare_data"]
     )

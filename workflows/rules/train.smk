@@ -62,7 +62,8 @@ rule teacher_states:
     log:
         f"{RES}/logs/teacher_states/{{pair}}/seed{{seed}}/{{key}}.log",
     threads: 1  # as the train jobs': the same threads give the same bits
-    resources:  # on the job's CPU (a train job on a GPU finds the device differs and runs its teacher live)
+    resources:  # where the students train: one GPU when they train on GPUs (kdbench.gpus), else the CPU
+        gpu=lambda w: min(teacher_states_spec(w)["gpus"], 1),
         runtime=pair_resource("train", "runtime"),
         mem_mb=pair_resource("train", "mem_mb"),
         cpus_per_task=pair_resource("train", "cpus"),

@@ -1,0 +1,96 @@
+"""Pair files (config/pairs/<student>_from_<teacher>.yaml): read, validated against the pair schema,
+their defaults filled in (teacher.dtype, seed, resources, ...), and checked for what the schema
+cannot say, without loading a model: which key an `init` needs, local model directories, the GGUF
+package, batch sizes against the GPU count, the DeepSpeed file. What needs transformers (model
+config keys and values, shared vocabularies, model shapes) is kdbench.preflight's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kdbench.errors import KDBenchError
+from kdbench.modelspec import gguf_path, is_local_path
+from kdbench.schemas import check_schema, fill_defaults, load_schema, load_yaml
+from kdbench.spec import Training, accumulation_steps
+
+TRAINING_REF = "#/$defs/training"  # filled by Training.resolve (teacher.sft over training), not on load
+
+
+def pair_file(workdir: Path, name: str) -> Path:
+    return Path(workdir) / "config" / "pairs" / f"{name}.yaml"
+
+
+def known_pairs(workdir: Path) -> list[str]:
+    return sorted(p.stem for p in pair_file(workdir, "x").parent.glob("*.yaml"))
+
+
+def read_pair(path: Path, workdir: Path | None = None) -> dict:
+    """The pair file at `path` with its schema's defaults filled in, as a job reads it (the grid
+    checked the file before any job)."""
+    return fill_defaults(load_yaml(path), load_schema(Path(workdir or Path.cwd()), "pair"),
+                         skip=frozenset({TRAINING_REF}))
+
+
+def load_pair(path: Path, workdir: Path | None = None) -> dict:
+    """The pair file at `path`, validated, with its schema's defaults filled in and its models checked."""
+    workdir = Path(workdir or Path.cwd())
+    pair = load_yaml(path)
+    schema = load_schema(workdir, "pair")
+    check_schema(pair, schema, str(path))
+    fill_defaults(pair, schema, skip=frozenset({TRAINING_REF}))
+    for role in ("teacher", "student"):
+        _check_model(pair[role], role, path)
+    if "reference" in pair and "random" in (pair["teacher"]["init"], pair["student"]["init"]):
+        raise KDBenchError(f"{path}: key 'reference': published numbers belong beside the paper's own pretrained "
+                           "teacher and student; beside a random-init model the difference would mean nothing, "
+                           "so remove reference from this pair.")
+    check_batch_sizes(pair, str(path))
+    if pair["teacher"]["offload"] != "none" and not pair["teacher"]["zero3"]:
+        raise KDBenchError(f"{path}: key 'teacher.offload': offloading the teacher to the CPU moves its ZeRO-3 "
+                           "partitions, so it needs teacher.zero3: true; set that, or remove offload.")
+    ds = workdir / pair["training"]["deepspeed"]
+    if not ds.is_file():
+        raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
+    return pair
+
+
+def _check_model(spec: dict, role: str, path: Path) -> None:
+    """What a model spec's `init` needs, and that a local directory or GGUF package it names exists."""
+    need = {"random": "config", "pretrained": "path", "gguf": "gguf"}.get(spec["init"])
+    if need and need not in spec:
+        raise KDBenchError(f"{path}: key '{role}.{need}' is required when {role}.init is {spec['init']}.")
+    if spec["init"] == "random" and "layers" in spec:
+        raise KDBenchError(f"{path}: key '{role}.layers': layers prunes a loaded model; a random-init "
+                           f"model is sized by {role}.config (num_hidden_layers / n_layer).")
+    if spec["init"] == "gguf":  # the package must be installed (its metadata only is read)
+        gguf_path(spec, f"{path}: key '{role}.gguf'")
+    if spec["init"] == "pretrained" and is_local_path(spec["path"]) and not Path(spec["path"]).is_dir():
+        raise KDBenchError(f"{path}: key '{role}.path': no local model directory {spec['path']} "
+                           "(a hub id is written 'org/name'); give a directory written by save_pretrained.")
+    if spec["init"] == "pretrained" and "config" in spec:
+        raise KDBenchError(f"{path}: key '{role}.config': a pretrained model is built as its checkpoint's "
+                           "config.json says, so these settings would be ignored; remove them (config "
+                           "is for init: random).")
+
+
+def training(pair: dict, teacher_sft: bool = False) -> dict:
+    """A pair's training settings over kdbench.spec.Training's defaults (with `teacher_sft`: the
+    teacher's SFT stage, `teacher.sft` over those)."""
+    return Training.resolve({**pair["training"], **(pair["teacher"]["sft"] if teacher_sft else {})})
+
+
+def check_batch_sizes(pair: dict, where: str) -> None:
+    """training and teacher.sft: a global batch size must divide into whole accumulation steps for
+    training.gpus, and a section that has one (given or inherited) must not also fix the accumulation."""
+    sections = [("training", pair["training"], pair["training"])]
+    if "sft" in pair["teacher"]:
+        sections.append(("teacher.sft", pair["teacher"]["sft"], {**pair["training"], **pair["teacher"]["sft"]}))
+    for key, own, merged in sections:
+        if "global_batch_size" in merged and "gradient_accumulation_steps" in own:
+            source = key if "global_batch_size" in own else "training"
+            raise KDBenchError(f"{where}: key '{key}.gradient_accumulation_steps': {source}.global_batch_size is "
+                               f"given{'' if source == key else ' and applies to the teacher SFT run too'}, and it "
+                               "sets the accumulation from the job's GPU count; give only one of the two"
+                               f"{'' if source == key else ' (teacher.sft.global_batch_size for the SFT run)'}.")
+        resolved = Training.resolve(merged)
+        accumulation_steps(resolved, resolved["gpus"], where, key)

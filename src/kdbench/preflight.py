@@ -1,0 +1,142 @@
+"""The checks of a grid that need torch and transformers, run before the first job (the workflow's
+`onstart`) and by `kdbench check`, never while Snakemake builds its DAG:
+
+- each random-init model's `config` keys and values against its family's transformers config class
+  (a misspelt key would be kept as an unused attribute and the model built with the default);
+- the shared vocabulary of a pair of local model directories;
+- every plugin the grid's labels name imported (a broken file names itself), each token policy's
+  protocol members, and its own range checks on the bound hyper-parameters;
+- the shape init-model will build for each model (built on the meta device), which `kdbench check`
+  prints.
+
+They run in a child process (`python -m kdbench.preflight`), so the process that plans the grid
+never imports torch; its verdict is cached under the user's cache directory, keyed by everything it
+read (the pairs' model specs, the plugin files and hyper-parameters, the kdbench and library
+versions), so a grid checked once costs nothing the next time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdbench.errors import KDBenchError
+
+ROLES = ("teacher", "student")
+# kdbench's own files whose code decides the verdict: a change to one invalidates the cache.
+CODE = ("preflight.py", "models.py", "modelspec.py", "registry.py", "policies.py", "losses.py")
+
+
+def request(grid: Any) -> dict:
+    """What the child checks, as JSON: each pair's models and every plugin instance the grid's labels bind."""
+    vocab = grid.config["tokenizer"]["vocab_size"]
+    pairs = {name: {"file": str(grid.pair_file(name)), "family": p["family"],
+                    **{role: p[role] for role in ROLES}, "local": _local_files(p)} for name, p in grid.pairs.items()}
+    plugins: dict[str, dict] = {}
+    for label, method in grid.labels.resolved.items():
+        for entry in (method["divergence"], *method["policies"]):
+            if entry:
+                key = json.dumps([entry["path"], entry["hp"]], sort_keys=True)
+                plugins.setdefault(key, {**entry, "where": f"{grid.where}: key 'methods', label '{label}'"})
+    return {"vocab_size": vocab, "pairs": pairs, "plugins": list(plugins.values())}
+
+
+def run(grid: Any) -> dict:
+    """The checks of `grid`'s `request`, in a child process, or their cached verdict: the planned
+    shapes {pair: {role: shape or None}}. Raises KDBenchError with the first problem found."""
+    req = request(grid)
+    cached = _cache_file(req)
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    done = subprocess.run([sys.executable, "-m", "kdbench.preflight"], input=json.dumps(req), text=True,
+                          capture_output=True, cwd=grid.workdir, check=False)
+    if done.returncode != 0:
+        raise KDBenchError(f"the pre-flight check of {grid.where} failed:\n{done.stderr[-3000:]}")
+    verdict = json.loads(done.stdout.strip().splitlines()[-1])  # the last line: a library may print before it
+    if "error" in verdict:
+        raise KDBenchError(verdict["error"])
+    try:
+        from kdbench.atomic import write_json
+
+        write_json(cached, verdict)
+    except OSError:  # a read-only cache directory: check again next time
+        pass
+    return verdict
+
+
+def check(req: dict) -> dict:
+    """The checks themselves (imports torch and transformers): the verdict, or KDBenchError."""
+    from kdbench.models import check_model_config, check_pair_vocab, planned_shape
+
+    shapes = {}
+    for name, pair in req["pairs"].items():
+        where = pair["file"]
+        for role in ROLES:
+            if pair[role]["init"] == "random":
+                check_model_config(pair["family"], pair[role]["config"], where, f"{role}.config",
+                                   vocab_size=req["vocab_size"])
+        check_pair_vocab(pair, where)
+        shapes[name] = {role: planned_shape(pair["family"], pair[role], req["vocab_size"], where, role)
+                        for role in ROLES}
+    for entry in req["plugins"]:
+        _check_plugin(entry)
+    return {"shapes": shapes}
+
+
+def _check_plugin(entry: dict) -> None:
+    """Import a plugin (its protocol checked on import); a token policy is built with its
+    hyper-parameters, so its own range checks run now rather than when its job starts."""
+    from kdbench.registry import load_method_file
+
+    method = load_method_file(Path(entry["path"]))
+    if method.kind == "token_policy":
+        try:
+            method.instantiate(entry["hp"], total_steps=1, student_dim=1, teacher_dim=1)
+        except (ValueError, TypeError) as exc:
+            raise KDBenchError(f"{entry['where']}: {exc}") from exc
+
+
+def _local_files(pair: dict) -> list:
+    """The files of a pair's local model directories, with size and time: their change is a new check."""
+    dirs = [Path(pair[r]["path"]) for r in ROLES if pair[r]["init"] == "pretrained" and Path(pair[r]["path"]).is_dir()]
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for d in dirs for f in sorted(d.iterdir()) if f.is_file()]
+
+
+def _cache_file(req: dict) -> Path:
+    here = Path(__file__).parent
+    h = hashlib.sha256(json.dumps(req, sort_keys=True, default=str).encode())
+    for name in ("torch", "transformers", "huggingface-hub"):
+        h.update(f"{name}={_version(name)};".encode())
+    for name in CODE:
+        h.update((here / name).read_bytes())
+    for entry in req["plugins"]:
+        h.update(Path(entry["path"]).read_bytes())
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "kdbench" / "preflight" / f"{h.hexdigest()[:32]}.json"
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def main() -> int:
+    """The child: the request on stdin, the verdict (or {"error": message}) on stdout."""
+    try:
+        verdict = check(json.load(sys.stdin))
+    except KDBenchError as exc:
+        verdict = {"error": str(exc)}
+    print(json.dumps(verdict))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
