@@ -295,6 +295,7 @@ def c_model_tokenizer_mismatch(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["teacher"] = {"init": "pretrained", "path": str(ctx["models"]["teacher"])}
     pair["student"] = {"init": "pretrained", "path": str(ctx["models"]["student"])}
+    pair["training"]["max_length"] = 64  # the models' positions: only the tokenizers are wrong here
     cfg["tables"][0]["pairs"] = [name := "mismatch_from_local"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "the teacher and student tokenizers differ", "the student's 300"]
