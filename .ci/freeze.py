@@ -21,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 UNPINNED = {"pip", "setuptools", "wheel"}
 
 
+GPU_EXTRAS = ("vllm",)  # extras for a GPU only: CI never installs them, so they are not frozen
+
+
 def wanted(req: Requirement, extras: frozenset[str]) -> bool:
     return req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""})
 
@@ -54,7 +57,8 @@ def closure(roots: list[Requirement]) -> dict[str, md.Distribution]:
 def main() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     roots = [Requirement(r) for r in project["dependencies"]]
-    roots += [Requirement(r) for extra in project.get("optional-dependencies", {}).values() for r in extra]
+    roots += [Requirement(r) for name, extra in project.get("optional-dependencies", {}).items()
+              if name not in GPU_EXTRAS for r in extra]
     dists = closure(roots)
     print("# The versions CI tests (.ci/run installs with PIP_CONSTRAINT pointing here); written by")
     print(f"# `python .ci/freeze.py > .ci/constraints.txt` on Python {sys.version.split()[0]}, {sys.platform}.")

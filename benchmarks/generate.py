@@ -17,6 +17,14 @@ ratio understates the per-token gain rather than overstating it.
 
     python benchmarks/generate.py                         # 64 prompts, 64 new tokens, 3 rounds
     python benchmarks/generate.py --max-new-tokens 256    # the protocol's length (slower)
+
+With ``--protocol``, one model's evaluation as the protocol runs it instead: ``--sets`` sets of
+``--n-prompts`` prompts under the five decoding seeds, decoded one call per (set, seed) (each set
+and seed in its own batches) against all together (`kdbench.evaluate.generate_rows`, as `evaluate_sets` calls it: full batches
+across sets and seeds). ``--baseline FILE`` times the first mode with the ``generate`` of another
+version's evaluate.py (e.g. ``git show main:src/kdbench/evaluate.py > /tmp/old.py``).
+
+    python benchmarks/generate.py --protocol --n-prompts 60 --max-new-tokens 48 --batch-size 64
 """
 
 from __future__ import annotations
@@ -49,7 +57,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size of the batched mode (default 32)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per mode (default 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--protocol", action="store_true", help="sets x seeds: per (set, seed) vs together")
+    parser.add_argument("--sets", type=int, default=5, help="--protocol: eval sets (default 5)")
+    parser.add_argument("--baseline", type=Path, help="--protocol: evaluate.py whose generate runs per (set, seed)")
     return parser.parse_args(argv)
+
+
+def protocol_modes(args: argparse.Namespace, model, tokenizer, prompts: list[str]) -> dict:
+    """The two ways to decode ``--sets`` sets (prompt lists) under the protocol's five seeds."""
+    import importlib.util
+
+    from kdbench.engines import row_seed
+    from kdbench.evaluate import generate_rows, resolve_protocol
+
+    per_call = generate
+    if args.baseline:
+        spec = importlib.util.spec_from_file_location("baseline_evaluate", args.baseline)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        per_call = module.generate
+    seeds = [10, 20, 30, 40, 50]
+    sets = [prompts[i::args.sets] for i in range(args.sets)]  # disjoint sets of equal size
+    protocol = {"max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size}
+
+    def one_by_one() -> None:
+        for seed in seeds:
+            for chunk in sets:
+                per_call(model, tokenizer, chunk, seed=seed, **protocol)
+
+    def together() -> None:  # what evaluate_sets decodes: every set and seed, each seed's rows in turn
+        keyed = [(seeds.index(seed), (p, row_seed(seed, i, p))) for seed in seeds for chunk in sets
+                 for i, p in enumerate(chunk)]
+        generate_rows(model, tokenizer, [row for _, row in keyed], resolve_protocol(protocol),
+                      groups=[group for group, _ in keyed])
+
+    return {"per set+seed": one_by_one, "together": together}
 
 
 def build(workdir: Path, n_prompts: int) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase, list[str]]:
@@ -73,8 +115,15 @@ def main(argv: list[str] | None = None) -> None:
 
         def run(batch_size: int) -> float:
             start = time.perf_counter()
-            generate(model, tokenizer, prompts, seed=SEED, max_new_tokens=args.max_new_tokens, batch_size=batch_size)
+            if callable(batch_size):
+                batch_size()
+            else:
+                generate(model, tokenizer, prompts, seed=SEED, max_new_tokens=args.max_new_tokens,
+                         batch_size=batch_size)
             return time.perf_counter() - start
+
+        if args.protocol:
+            modes = protocol_modes(args, model, tokenizer, prompts)
 
         for batch_size in modes.values():  # warm-up: allocator, kernels, tokenizer caches
             run(batch_size)
@@ -90,12 +139,13 @@ def main(argv: list[str] | None = None) -> None:
           f"median of {args.repeats} rounds")
     print(f"{'mode':<14} {'median s':>9} {'samples/s':>10}")
     rates = {}
+    samples = args.n_prompts * (5 if args.protocol else 1)
     for name in modes:
         median = statistics.median(times[name])
-        rates[name] = args.n_prompts / median
+        rates[name] = samples / median
         print(f"{name:<14} {median:>9.2f} {rates[name]:>10.1f}")
-    batched, single = rates.values()
-    print(f"batched / one by one: {batched / single:.1f}x samples/s")
+    first, second = rates.values()
+    print(f"{' / '.join(modes)}: {first / second:.2f}x samples/s")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     from kdbench.lmeval import grid_task_inputs
 
     grid_task_inputs(grid, grid.workdir / "evaluation/tasks")  # the lm-eval tasks, as the workflow checks them
+    grid.check_claims(grid.workdir / "evaluation/reference/claims.yaml")  # as the workflow's claims rule reads them
     shapes = preflight.run(grid)["shapes"]
     print(f"{', '.join(map(str, args.config))}: ok — {len(grid.runs())} runs, {len(grid.evals())} evaluations, "
           f"tables {', '.join(grid.tables)}; pairs {grid.axes['pairs']}")

@@ -56,7 +56,8 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 
 def fingerprint(run: dict) -> str:
-    """What identifies a run's training trajectory: its resolved config (paths included)."""
+    """What identifies a run's training trajectory: its resolved config (paths included: inside the
+    checkout they are relative to it, kdbench.config.portable, so a copied checkout resumes too)."""
     return hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from kdbench import __version__
 from kdbench.errors import KDBenchError
@@ -31,6 +34,19 @@ ENTRIES = {"resolve": "resolve_main", "run": "run_main", "combine-tables": "comb
            "env": "env_main"}
 
 
+def extensions_dir() -> Path:
+    """This environment's own folder for torch's JIT-built extensions (DeepSpeed's CPU
+    `deepspeed_shm_comm` op): `<sys.prefix>/torch_extensions` when writable, else one per
+    environment under the user's cache. torch's default (`~/.cache/torch_extensions`) is shared by
+    every environment of a user, so two environments rebuild the op in turn, each build holding a
+    lock that every training job waits on."""
+    own = Path(sys.prefix) / "torch_extensions"
+    if os.access(own if own.is_dir() else sys.prefix, os.W_OK):
+        return own
+    tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdbench" / f"torch_extensions-{tag}"
+
+
 def usage() -> str:
     lines = ["usage: kdbench [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
@@ -49,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"kdbench: unknown command '{name}'\n\n{usage()}", file=sys.stderr)
         return 2
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))  # before DeepSpeed is imported
     module = importlib.import_module(COMMANDS[name][0])
     entry = getattr(module, ENTRIES.get(name, "main"))
     try:

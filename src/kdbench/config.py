@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from kdbench import pairs, registry, runs
+from kdbench import eval_protocol, pairs, registry, runs, validate
 from kdbench.datafiles import Data
 from kdbench.errors import KDBenchError
 from kdbench.grid_tables import AXES, Tables, coerce_cli
@@ -40,13 +40,18 @@ class Grid:
         schema = load_schema(self.workdir, "config")
         check_schema(config, schema, where)
         self.config = fill_defaults(config, schema)
+        eval_protocol.check(self.config["evaluation"], where)  # what an engine cannot decode fails here
         self.labels = Labels(self.config["method_defs"], self.config["policy_defs"],
                              registry.discover(self.workdir / self.config["methods_dir"]), where)
+        validate.check_grid(self.config, where, self.workdir, self.plugins)  # kdbench.validate: cross-key checks
         table_defaults = fill_defaults({}, schema["properties"]["tables"]["items"], root=schema)
         self.tables = Tables(self.config, where, self.workdir, table_defaults, self.method, self._check_pair).build()
         self.axes = {axis: _unique(v for t in self.tables.values() for v in t[axis]) for axis in AXES}
         self.data = Data(self.config, where, self.workdir, self.axes["sets"], require_data)
         self.pairs = {name: pairs.load_pair(self._check_pair(name), self.workdir) for name in self.axes["pairs"]}
+        n_train = validate.train_size(self.config, self.data_files, self.workdir)  # known before any job, or None
+        for name, pair in self.pairs.items():
+            validate.check_pair(pair, str(self.pair_file(name)), self.workdir, self.config, n_train)
 
     @property
     def results(self) -> str:
@@ -83,6 +88,12 @@ class Grid:
             raise KDBenchError(f"{self.where}: key 'pairs': unknown pair '{name}' (no file {path}). "
                                f"Known pairs: {', '.join(pairs.known_pairs(self.workdir))}.")
         return path
+
+    def check_claims(self, path: Path) -> None:
+        """The run labels of a claims file (the workflow's claims rule reads it) are labels of this grid."""
+        policies = {k for k, plugin in self.plugins.items() if plugin.kind == "token_policy"}
+        validate.check_claims(path, self.method, {"sft", *self.config["method_defs"], *self.plugins},
+                              {*policies, *self.config["policy_defs"]})
 
     def method(self, label: str) -> dict:
         """The resolved method of a label (kdbench.labels)."""

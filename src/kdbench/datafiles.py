@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdbench import releases
+from kdbench import releases, validate
 from kdbench.errors import KDBenchError
 
 
@@ -45,6 +45,8 @@ class Data:
                                    "correct the path.")
             try:
                 read_jsonl(self.workdir / files[name])
+                if name not in ("train", "valid"):  # an empty reference scores 0 for every model
+                    validate.check_references(self.workdir / files[name])
             except KDBenchError as exc:
                 raise KDBenchError(f"{self.where}: key 'data' ({name}): {exc}") from exc
         return files

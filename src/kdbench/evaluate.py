@@ -5,12 +5,16 @@ prompts truncated to their last 256 tokens, sampling with top-k 0, top-p 1.0, te
 256 new tokens, decoding seeds 10-50, ROUGE-L F-measure (rouge-score, Porter stemmer) maximised
 over an example's references, averaged over examples, ×100; exact match alongside.
 
-One model load serves every decoding seed. ``kdbench evaluate`` (:func:`main`) writes a result JSON
+One model load serves every set and decoding seed of a job, decoded together in full batches, each
+response sampled from its own seeded stream (:mod:`kdbench.engines`; transformers' ``generate`` or,
+with ``engine: vllm``, vLLM). The protocol comes from ``--protocol results/eval_protocol.yaml``
+(:mod:`kdbench.eval_protocol`). ``kdbench evaluate`` (:func:`main`) writes per set a result JSON
 (summary, protocol, provenance) and a per-sample predictions jsonl; ``kdbench aggregate`` turns
 the result JSONs into tables.
 
 Resume: each finished decoding seed is kept (atomically) in ``<out>.partial/seed<N>.json`` with a
-fingerprint of its inputs (sha256 of the model weights and the data file, the protocol, the set).
+fingerprint of its inputs (sha256 of the model weights and the data file, the protocol, the set),
+as soon as its last response is generated (the rows of one seed are decoded before the next's).
 A rerun after a crash or kill reuses the seeds whose fingerprint matches and generates only the
 rest; the folder is deleted once the final outputs are written.
 """
@@ -43,12 +47,15 @@ from transformers import (
 )
 
 import kdbench
-from kdbench import spec, testhooks
+from kdbench import eval_protocol, spec, testhooks
 from kdbench.atomic import write_json
+from kdbench.engines import hf, row_seed
 from kdbench.errors import KDBenchError
+from kdbench.eval_protocol import int_at_least
 from kdbench.gpus import pinned
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
-from kdbench.prompts import PROMPT_FORMATS, render_prompt
+from kdbench.prompts import render_prompt
+from kdbench.provenance import git_state
 
 
 @contextlib.contextmanager
@@ -71,7 +78,7 @@ with _unimportable("sklearn", "scipy.stats"):
     from nltk.stem import porter
     from rouge_score import rouge_scorer, tokenize, tokenizers
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: each response sampled from its own seeded stream (kdbench.engines)
 METRIC = "rougeL-F x100, porter stemmer, max over refs"
 DEFAULT_SEEDS = spec.defaults(spec.Evaluation)["decoding_seeds"]
 # Generation settings of the paper protocol (kdbench.spec.Protocol); ``evaluate_set``'s ``protocol`` overrides any of them.
@@ -147,42 +154,47 @@ def generate(
 ) -> list[str]:
     """Generate one response per prompt, in the order of ``prompts``, under ``protocol`` (the
     settings of kdbench.spec.Protocol; each one not given takes its default, an unknown one is an
-    error; ``prompt_format`` is the caller's, the prompts are already rendered).
+    error; ``prompt_format`` is the caller's, the prompts are already rendered). Response ``i`` is
+    sampled from its own stream, seeded by ``row_seed(seed, i, prompts[i])`` (kdbench.engines), so
+    it depends on its seed, position and prompt, not on the batch it shares.
+    ``synced_gpus``: every rank keeps stepping until all are done (a ZeRO-3 model on several ranks:
+    each forward is collective); not a protocol setting."""
+    rows = [(prompt, row_seed(seed, i, prompt)) for i, prompt in enumerate(prompts)]
+    return generate_rows(model, tokenizer, rows, resolve_protocol(protocol), synced_gpus=synced_gpus)
 
-    Prompts longer than ``max_prompt_tokens`` lose their beginning (the response header at the end
-    must survive). Batches are left-padded with an attention mask and formed from prompts sorted as
-    lm-eval's ``HFLM.generate_until`` sorts its requests: by untruncated length, longest first (so
-    memory problems show in the first batch), then by prompt text. ``torch.manual_seed(seed)`` is set
-    once before the first batch, so a run is reproducible for a given seed, prompt set and batch size,
-    and lm-eval on the same set, seed and batch size samples the same responses (`kdbench lm-eval`).
-    Generation stops at eos; only the new tokens are decoded, special tokens skipped, whitespace
-    stripped. Sets ``tokenizer.padding_side`` and ``truncation_side`` to ``"left"`` and
-    the pad token to eos when the tokenizer has none. ``synced_gpus``: every rank keeps stepping until
-    all are done (a ZeRO-3 model on several ranks: each forward is collective); not a protocol setting.
-    """
-    settings = resolve_protocol(protocol)
+
+def generate_rows(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[str, int]],
+                  settings: dict[str, Any], *, groups: list[int] | None = None, synced_gpus: bool = False,
+                  on_rows: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    """One response per ``(prompt, row seed)`` of ``rows`` (any mix of sets and decoding seeds), in
+    their order, decoded in full batches of ``batch_size``: rows sorted as lm-eval's
+    ``HFLM.generate_until`` sorts its requests (by untruncated prompt length, longest first, so
+    memory problems show in the first batch, then by prompt text), after their ``groups`` entry
+    when given (one per decoding seed: each seed's rows finish together, and early, for resume). Prompts longer than ``max_prompt_tokens`` lose their beginning (the
+    response header at the end must survive). Generation stops at eos; only the new tokens are
+    decoded, special tokens skipped, whitespace stripped. Sets ``tokenizer.padding_side`` and
+    ``truncation_side`` to ``"left"`` and the pad token to eos when the tokenizer has none.
+    ``on_rows(indices, responses)`` is called after each batch with ``rows``' indices."""
     _ensure_pad_token(tokenizer)
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
-    encoded = tokenizer(prompts, truncation=True, max_length=settings["max_prompt_tokens"])["input_ids"]
+    prompts = [prompt for prompt, _ in rows]
     # lm-eval's sort key (its tok_encode); a prompt over the model's length is only measured here
     untruncated = tokenizer(prompts, add_special_tokens=False, verbose=False)["input_ids"]
-    order = sorted(range(len(prompts)), key=lambda i: (-len(untruncated[i]), prompts[i]))
+    groups = groups or [0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: (groups[i], -len(untruncated[i]), prompts[i], rows[i][1]))
     kwargs = _generate_kwargs(model, tokenizer, settings, synced_gpus)
 
-    responses: list[str] = [""] * len(prompts)
+    def mapped(batch: list[int], texts: list[str]) -> None:
+        if on_rows is not None:
+            on_rows([order[i] for i in batch], texts)
+
     model.eval()
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        for start in range(0, len(order), settings["batch_size"]):
-            batch_idx = order[start : start + settings["batch_size"]]
-            batch = tokenizer.pad([{"input_ids": encoded[i]} for i in batch_idx], return_tensors="pt")
-            batch = batch.to(model.device)
-            output = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **kwargs)
-            new_tokens = output[:, batch["input_ids"].shape[1] :]
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            for i, text in zip(batch_idx, texts):
-                responses[i] = text.strip()
+    sorted_responses = hf.generate(model, tokenizer, [prompts[i] for i in order], [rows[i][1] for i in order],
+                                   settings, kwargs, on_batch=mapped)
+    responses = [""] * len(rows)
+    for position, i in enumerate(order):
+        responses[i] = sorted_responses[position]
     return responses
 
 
@@ -190,17 +202,13 @@ def _generate_kwargs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      synced_gpus: bool) -> dict[str, Any]:
     """``model.generate``'s settings. Every one is passed explicitly, so a model's own
     generation_config (often tuned sampling or a repetition penalty) cannot silently change the protocol."""
-    sampling = ({"top_k": settings["top_k"], "top_p": settings["top_p"], "temperature": settings["temperature"]}
-                if settings["do_sample"] else {})
-    return dict(
-        do_sample=settings["do_sample"],
+    return dict(  # sampling: kdbench.engines.hf's per-response sampler picks the tokens greedy search takes
         max_new_tokens=settings["max_new_tokens"],
         no_repeat_ngram_size=settings["no_repeat_ngram_size"],
         repetition_penalty=1.0,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=_eos_token_ids(model, tokenizer),
         synced_gpus=synced_gpus,
-        **sampling,
     )
 
 
@@ -231,65 +239,100 @@ def resolve_protocol(protocol: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULT_PROTOCOL, **protocol}
 
 
-def evaluate_set(
+def evaluate_set(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict], *,
+                 set_name: str, seeds: list[int], protocol: dict[str, Any],
+                 synced_gpus: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`evaluate_sets` of one set: its ``(summary, predictions)``."""
+    return evaluate_sets(model, tokenizer, {set_name: examples}, seeds=seeds, protocol=protocol,
+                         synced_gpus=synced_gpus)[set_name]
+
+
+def evaluate_sets(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    examples: list[dict],
+    sets: dict[str, list[dict]],
     *,
-    set_name: str,
     seeds: list[int],
     protocol: dict[str, Any],
-    done: dict[int, dict[str, Any]] | None = None,
-    on_seed: Callable[[int, dict[str, Any]], None] | None = None,
+    done: dict[str, dict[int, dict[str, Any]]] | None = None,
+    on_seed: Callable[[str, int, dict[str, Any]], None] | None = None,
     synced_gpus: bool = False,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score ``model`` on one eval set under every decoding seed, without reloading it.
+) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Score ``model`` on every eval set of ``sets`` (name -> examples) under every decoding seed,
+    without reloading it: all the responses still to generate are decoded together, in full batches
+    (:func:`generate_rows`, the rows of one seed after another's).
 
-    Returns ``(summary, predictions)``. ``summary`` holds ``set``, ``n_examples``, the resolved
-    ``protocol`` (generation settings, ``metric``, ``protocol_version``), ``per_seed``
+    Returns ``{set: (summary, predictions)}``. ``summary`` holds ``set``, ``n_examples``, the
+    resolved ``protocol`` (generation settings, ``metric``, ``protocol_version``), ``per_seed``
     (``{"10": {"rougeL": .., "exact_match": ..}, ..}``, means over examples), ``rougeL_mean``,
     ``rougeL_std`` (sample std over seeds, 0 for one seed) and ``exact_match_mean``.
     ``predictions`` has one record per (seed, example): ``seed, idx, prompt, prediction,
     references, rougeL, exact_match``.
 
-    Resume: ``done`` maps a seed already scored to its record ``{"scores": per_seed entry,
+    Resume: ``done[set]`` maps a seed already scored to its record ``{"scores": per_seed entry,
     "predictions": its prediction records}``, which is used instead of generating again;
-    ``on_seed(seed, record)`` is called with the record of each seed generated here.
-    ``synced_gpus`` is passed to :func:`generate` (checkpoint selection in a ZeRO-3 training job).
+    ``on_seed(set, seed, record)`` is called with the record of each (set, seed) generated here, as
+    soon as its last response is. ``synced_gpus`` is passed to :func:`generate_rows` (checkpoint
+    selection in a ZeRO-3 training job).
     """
-    if not examples:
-        raise KDBenchError(f"eval set {set_name!r} has no examples")
     if not seeds:
         raise KDBenchError("no decoding seeds given; the paper protocol uses 10 20 30 40 50")
     settings = resolve_protocol(protocol)
-    references = [_references(ex, f"{set_name} example {i}") for i, ex in enumerate(examples)]
+    inputs = {name: _set_inputs(name, examples, tokenizer, settings) for name, examples in sets.items()}
+    records = {name: dict((done or {}).get(name, {})) for name in sets}
+    todo = [(name, seed) for seed in seeds for name in sets if seed not in records[name]]
+    rows, owners, groups = [], [], []
+    for group, (name, seed) in enumerate(todo):
+        prompts = inputs[name][0]
+        rows += [(prompt, row_seed(seed, i, prompt)) for i, prompt in enumerate(prompts)]
+        owners += [(name, seed, i) for i in range(len(prompts))]
+        groups += [seeds.index(seed)] * len(prompts)
+    responses: dict[tuple[str, int], list[str | None]] = {key: [None] * len(inputs[key[0]][0]) for key in todo}
+
+    def collect(indices: list[int], texts: list[str]) -> None:
+        for i, text in zip(indices, texts):
+            name, seed, idx = owners[i]
+            responses[name, seed][idx] = text
+            if all(r is not None for r in responses[name, seed]) and seed not in records[name]:
+                records[name][seed] = _scored(seed, inputs[name][0], responses[name, seed], inputs[name][1])
+                if on_seed is not None:
+                    on_seed(name, seed, records[name][seed])
+
+    if rows and hasattr(model, "generate_rows"):  # another engine than transformers' (kdbench.engines)
+        model.generate_rows(tokenizer, rows, settings, eos_ids=_eos_token_ids(model, tokenizer), groups=groups,
+                            on_rows=collect)
+    elif rows:
+        generate_rows(model, tokenizer, rows, settings, groups=groups, synced_gpus=synced_gpus, on_rows=collect)
+    return {name: _summary(name, len(sets[name]), settings, {seed: records[name][seed] for seed in seeds})
+            for name in sets}
+
+
+def _set_inputs(name: str, examples: list[dict], tokenizer: PreTrainedTokenizerBase,
+                settings: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One set's rendered prompts and references (each record validated)."""
+    if not examples:
+        raise KDBenchError(f"eval set {name!r} has no examples")
+    references = [_references(ex, f"{name} example {i}") for i, ex in enumerate(examples)]
     prompts = [render_prompt(settings["prompt_format"], tokenizer, ex["instruction"], ex.get("input", ""))
                for ex in examples]
+    return prompts, references
 
-    per_seed: dict[str, dict[str, float]] = {}
-    predictions: list[dict[str, Any]] = []
-    for seed in seeds:
-        if done and seed in done:
-            record = done[seed]
-        else:
-            responses = generate(model, tokenizer, prompts, seed=seed, synced_gpus=synced_gpus, **settings)
-            record = _scored(seed, prompts, responses, references)
-            if on_seed is not None:
-                on_seed(seed, record)
-        per_seed[str(seed)] = record["scores"]
-        predictions.extend(record["predictions"])
 
+def _summary(name: str, n_examples: int, settings: dict[str, Any],
+             records: dict[int, dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One set's summary (per-seed scores, their mean and std) and its prediction records."""
+    per_seed = {str(seed): record["scores"] for seed, record in records.items()}
     seed_rouge = [s["rougeL"] for s in per_seed.values()]
     summary = {
-        "set": set_name,
-        "n_examples": len(examples),
+        "set": name,
+        "n_examples": n_examples,
         "protocol": {**settings, "metric": METRIC, "protocol_version": PROTOCOL_VERSION},
         "per_seed": per_seed,
         "rougeL_mean": statistics.fmean(seed_rouge),
         "rougeL_std": statistics.stdev(seed_rouge) if len(seed_rouge) > 1 else 0.0,
         "exact_match_mean": statistics.fmean(s["exact_match"] for s in per_seed.values()),
     }
-    return summary, predictions
+    return summary, [p for record in records.values() for p in record["predictions"]]
 
 
 def _scored(seed: int, prompts: list[str], responses: list[str], references: list[list[str]]) -> dict[str, Any]:
@@ -300,18 +343,6 @@ def _scored(seed: int, prompts: list[str], responses: list[str], references: lis
             "predictions": [{"seed": seed, "idx": idx, "prompt": prompt, "prediction": responses[idx],
                              "references": references[idx], "rougeL": rouge[idx], "exact_match": em[idx]}
                             for idx, prompt in enumerate(prompts)]}
-
-
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: an integer ≥ ``minimum``."""
-
-    def parse(value: str) -> int:
-        number = int(value)
-        if number < minimum:
-            raise argparse.ArgumentTypeError(f"must be ≥ {minimum}, got {number}")
-        return number
-
-    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -329,30 +360,24 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", nargs="+", required=True, dest="set_name",
                         help="eval set name recorded in the result, one per --data")
     parser.add_argument("--run", default="", help="free-text label of the evaluated run, recorded in the result")
-    parser.add_argument(
-        "--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="decoding seeds (default: %(default)s)"
-    )
-    parser.add_argument("--max-new-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_new_tokens"])
-    parser.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
-    parser.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"])
-    parser.add_argument(
-        "--no-repeat-ngram-size", type=_int_at_least(0), default=DEFAULT_PROTOCOL["no_repeat_ngram_size"], help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting"
-    )
-    parser.add_argument("--greedy", action="store_true", help="greedy decoding; only the first seed is run")
-    parser.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],
-                        help="minillm: the lineage's plain template; chat: the tokenizer's chat template (Qwen chat)")
-    parser.add_argument("--limit", type=_int_at_least(1), help="evaluate only the first N examples")
-    parser.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
+    eval_protocol.add_arguments(parser)
+    parser.add_argument("--limit", type=int_at_least(1), help="evaluate only the first N examples")
+    parser.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     parser.add_argument("--out", type=Path, nargs="+", required=True, help="result JSON, one per --data")
     parser.add_argument("--predictions", type=Path, nargs="+", required=True,
                         help="per-sample predictions jsonl, one per --data")
     return parser
 
 
-def load_model(model_dir: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load tokenizer and model from a local directory, on the GPU when there is one."""
+def load_model(model_dir: Path, engine: str = "hf") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load tokenizer and model from a local directory, on the GPU when there is one; with
+    ``engine`` vllm, the model is served by vLLM (kdbench.engines.vllm) instead."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        if engine == "vllm":
+            from kdbench.engines.vllm import Engine
+
+            return Engine(model_dir), tokenizer
         model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
     except (OSError, ValueError) as err:
         raise KDBenchError(
@@ -370,12 +395,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None) -> str:
-    """What a kept seed result depends on: the model's weight files, the data file, the set, the
-    protocol (resolved, with the protocol version) and ``--limit``."""
+def fingerprint_inputs(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None,
+                       engine: str = "hf") -> dict:
+    """What a kept seed result depends on: the model's weight files (sha256 each), the data file
+    (sha256), the set, the protocol (resolved, with the protocol version), ``--limit`` and the engine
+    (other than hf); the result file keeps them as its provenance."""
     weights = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"})
-    inputs = {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
-              "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit}
+    return {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
+            "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit,
+            **({"engine": engine} if engine != "hf" else {})}
+
+
+def fingerprint(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -410,45 +441,61 @@ def main(argv: list[str] | None = None) -> int:
     for data in args.data:
         if not data.is_file():
             raise KDBenchError(f"--data {data}: no such file; pass the eval set as a jsonl file")
+    if len(set(args.set_name)) != len(args.set_name):
+        raise KDBenchError(f"--set names a set twice ({' '.join(args.set_name)}); give each set once")
     sets = [read_jsonl(data)[: args.limit] for data in args.data]  # checks every record, naming file and line
-    protocol = {
-        "max_new_tokens": args.max_new_tokens,
-        "batch_size": args.batch_size,
-        "max_prompt_tokens": args.max_prompt_tokens,
-        "do_sample": not args.greedy,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size,
-        "prompt_format": args.prompt_format,
-    }
+    settings = eval_protocol.from_args(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     with pinned(1, "evaluation"):  # a GPU of its own (kdbench.gpus), as training jobs get
-        model, tokenizer = load_model(args.model)
-        for examples, data, set_name, out, predictions in zip(sets, args.data, args.set_name, args.out, args.predictions):
-            _evaluate_file(model, tokenizer, examples, args, protocol, data, set_name, out, predictions)
+        model, tokenizer = load_model(args.model, settings["engine"])
+        _evaluate_files(model, tokenizer, sets, args, settings)
     return 0
 
 
-def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[dict[str, Any]],
-                   args: argparse.Namespace, protocol: dict[str, Any], data: Path, set_name: str, out: Path,
-                   predictions_path: Path) -> None:
-    """One set: resume from the finished decoding seeds in ``<out>.partial``, then write the
-    predictions and the result atomically (the result last: it is what marks the set done)."""
-    seeds = args.seeds[:1] if args.greedy else args.seeds
-    partial = out.with_name(out.name + ".partial")  # finished seeds, for resume
-    inputs_key = fingerprint(args.model, data, set_name, protocol, args.limit)
-    done = _kept_seeds(partial, inputs_key, seeds)
-    if done:
-        print(f"{set_name}: reusing seeds {', '.join(map(str, done))} from {partial}", file=sys.stderr)
+def _evaluate_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, sets: list[list[dict[str, Any]]],
+                    args: argparse.Namespace, settings: dict[str, Any]) -> None:
+    """Every set together (:func:`evaluate_sets`): resume from the finished decoding seeds in each
+    ``<out>.partial``, then write each set's predictions and result atomically (the result last: it
+    is what marks the set done)."""
+    protocol = eval_protocol.decoding(settings)
+    seeds = settings["decoding_seeds"][:1] if settings["greedy"] else settings["decoding_seeds"]
+    files = list(zip(args.set_name, args.data, args.out, args.predictions))
+    partials = {name: out.with_name(out.name + ".partial") for name, _, out, _ in files}  # finished seeds
+    inputs = {name: fingerprint_inputs(args.model, data, name, protocol, args.limit, settings["engine"])
+              for name, data, _, _ in files}
+    keys = {name: fingerprint(inputs[name]) for name in inputs}
+    done = {name: _kept_seeds(partials[name], keys[name], seeds) for name in keys}
+    for name, kept in done.items():
+        if kept:
+            print(f"{name}: reusing seeds {', '.join(map(str, kept))} from {partials[name]}", file=sys.stderr)
 
-    def keep(seed: int, record: dict[str, Any]) -> None:
-        write_json(partial / f"seed{seed}.json", {"seed": seed, "fingerprint": inputs_key, **record})
+    def keep(name: str, seed: int, record: dict[str, Any]) -> None:
+        write_json(partials[name] / f"seed{seed}.json", {"seed": seed, "fingerprint": keys[name], **record})
         testhooks.point("evaluate.seed_written", seed=seed)  # fault-injection tests (kdbench.testhooks)
 
     start = time.perf_counter()
-    summary, predictions = evaluate_set(
-        model, tokenizer, examples, set_name=set_name, seeds=seeds, protocol=protocol, done=done, on_seed=keep
-    )
-    elapsed = time.perf_counter() - start
+    results = evaluate_sets(model, tokenizer, dict(zip(args.set_name, sets)), seeds=seeds, protocol=protocol,
+                            done=done, on_seed=keep)
+    elapsed = time.perf_counter() - start  # the sets are decoded together: the time of all of them
+    for name, data, out, predictions_path in files:
+        summary, predictions = results[name]
+        summary = {**summary, "protocol": {**summary["protocol"], "engine": settings["engine"]}}
+        # what this result was computed from and by: the checkout's commit, the weights, the data, the protocol
+        provenance = {"git": git_state(Path.cwd()), "weights_sha256": inputs[name]["weights"],
+                      "data_sha256": inputs[name]["data"], "protocol": inputs[name]["protocol"],
+                      "limit": inputs[name]["limit"], "fingerprint": keys[name]}
+        _write_result(model, args, data, {**summary, "provenance": provenance}, predictions, out, predictions_path,
+                      elapsed)
+        shutil.rmtree(partials[name], ignore_errors=True)
+        print(f"{name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
+              f"{len(seeds)} seed(s), {summary['n_examples']} examples, "
+              f"{elapsed:.1f} s (all sets)", file=sys.stderr)
+
+
+def _write_result(model: PreTrainedModel, args: argparse.Namespace, data: Path, summary: dict[str, Any],
+                  predictions: list[dict[str, Any]], out: Path, predictions_path: Path, elapsed: float) -> None:
+    """One set's predictions jsonl and result JSON (summary, provenance), the result last."""
     result = {
         "run": args.run,
         "model": str(args.model),
@@ -465,9 +512,3 @@ def _evaluate_file(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, e
     }
     write_jsonl_atomic(predictions_path, predictions)
     write_json(out, result)
-    shutil.rmtree(partial, ignore_errors=True)
-    print(
-        f"{set_name}: ROUGE-L {summary['rougeL_mean']:.2f} ± {summary['rougeL_std']:.2f} over "
-        f"{len(seeds)} seed(s), {len(examples)} examples, {elapsed:.1f} s",
-        file=sys.stderr,
-    )

@@ -13,9 +13,10 @@ kdbench's tasks (``metadata.protocol: kdbench``, from evaluation/tasks/_default_
 the grid's decoding protocol as ``kdbench evaluate`` does: new tokens, prompt budget (lm-eval keeps
 the last ``max_length - max_gen_toks`` prompt tokens), greedy or sampled, n-gram blocking, prompt
 format; every other task keeps its own settings. The model is loaded once for every seed and task.
-Each kdbench task runs in its own ``simple_evaluate`` call, its seeds set right before it as
-``kdbench evaluate`` sets them before each set, and both sort prompts alike (lm-eval's order), so
-the two sample the same responses and report the same scores for every seed.
+kdbench's tasks generate through kdbench's own engine (:func:`kdbench.evaluate.generate_rows`: each
+response from its own stream, seeded by the decoding seed, the document's position and its prompt,
+stopping at eos), so `kdbench lm-eval` and `kdbench evaluate` sample the same responses and report
+the same scores for every seed; lm-eval's HF model scores and decodes every other task.
 
 The result JSON holds, per task, its decoding, the seeds run, the primary metric (the first lm-eval
 reports) and every metric per seed; ``kdbench lm-eval-table`` turns these files into tables.
@@ -114,15 +115,16 @@ def _data_files(cfg: dict[str, Any]) -> list[str]:
     return out
 
 
-def resolve_tasks(names: list[str], include: list[Path] = ()) -> list[TaskSpec]:
+def resolve_tasks(names: list[str], include: list[Path] = (), manager=None) -> list[TaskSpec]:
     """Every leaf task of ``names`` (tasks, tags, groups or YAML paths), in order, with the files
     that define it (a group's YAMLs included) and the data it reads; lm-eval's own tasks are indexed
-    only when a name is not found in ``include``. An unknown name raises."""
+    only when a name is not found in ``include`` (``manager``: a :func:`task_manager` already made
+    for these names, whose index is reused). An unknown name raises."""
     import lm_eval
     from lm_eval.tasks._index import Entry, Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
-    index = task_manager(names, list(include)).task_index
+    index = (manager or task_manager(names, list(include))).task_index
     stock = Path(lm_eval.__file__).parent  # the library's own task files belong to the environment
     specs: dict[str, TaskSpec] = {}
 
@@ -228,7 +230,8 @@ def _metrics(results: dict[str, Any]) -> dict[str, float]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from kdbench.evaluate import DEFAULT_PROTOCOL, DEFAULT_SEEDS, PROMPT_FORMATS, _int_at_least
+    from kdbench import eval_protocol
+    from kdbench.eval_protocol import int_at_least
 
     ap = argparse.ArgumentParser(prog="kdbench lm-eval", description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="model directory written by save_pretrained")
@@ -236,18 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--include-path", type=Path, nargs="+", default=[Path("evaluation/tasks")],
                     help="folders of task YAMLs indexed besides lm-eval's own (default: evaluation/tasks)")
     ap.add_argument("--run", default="", help="free-text label of the evaluated run, recorded in the result")
-    ap.add_argument("--seeds", type=int, nargs="+", default=DEFAULT_SEEDS, help="decoding seeds (default: %(default)s)")
-    ap.add_argument("--max-new-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_new_tokens"],
-                    help="kdbench tasks: tokens generated")
-    ap.add_argument("--max-prompt-tokens", type=_int_at_least(1), default=DEFAULT_PROTOCOL["max_prompt_tokens"],
-                    help="kdbench tasks: prompts keep their last N tokens")
-    ap.add_argument("--batch-size", type=_int_at_least(1), default=DEFAULT_PROTOCOL["batch_size"])
-    ap.add_argument("--no-repeat-ngram-size", type=_int_at_least(0), default=DEFAULT_PROTOCOL["no_repeat_ngram_size"], help="kdbench tasks: 0 = off")
-    ap.add_argument("--greedy", action="store_true", help="kdbench tasks: greedy decoding, one seed")
-    ap.add_argument("--prompt-format", choices=PROMPT_FORMATS, default=DEFAULT_PROTOCOL["prompt_format"],
-                    help="kdbench tasks: the MiniLLM template or the tokenizer's chat template")
-    ap.add_argument("--limit", type=_int_at_least(1), help="first N documents per task")
-    ap.add_argument("--threads", type=_int_at_least(1), help="torch CPU threads")
+    eval_protocol.add_arguments(ap)  # kdbench tasks decode by it; the others keep their own settings
+    ap.add_argument("--limit", type=int_at_least(1), help="first N documents per task")
+    ap.add_argument("--threads", type=int_at_least(1), help="torch CPU threads")
     ap.add_argument("--out", type=Path, required=True, help="result JSON")
     return ap
 
@@ -259,43 +253,65 @@ def main(argv: list[str] | None = None) -> int:
     for folder in args.include_path:
         if not folder.is_dir():
             raise KDBenchError(f"--include-path {folder}: no such directory of lm-eval task YAMLs")
-    resolve_tasks(args.tasks, args.include_path)  # an unknown name fails before the model is loaded
+    manager = task_manager(args.tasks, args.include_path)  # indexing the task folders takes seconds: once
+    resolve_tasks(args.tasks, args.include_path, manager)  # an unknown name fails before the model is loaded
 
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from kdbench.evaluate import load_model
+    from kdbench import eval_protocol
+    from kdbench.evaluate import load_model, resolve_protocol
     from kdbench.provenance import package_versions
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    protocol = {"max_new_tokens": args.max_new_tokens, "max_prompt_tokens": args.max_prompt_tokens,
-                "batch_size": args.batch_size, "do_sample": not args.greedy,
-                "no_repeat_ngram_size": args.no_repeat_ngram_size, "prompt_format": args.prompt_format}
+    settings = eval_protocol.from_args(args)
+    protocol = eval_protocol.decoding(settings)
+    seeds = settings["decoding_seeds"]
     with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as evaluation jobs get
-        manager = task_manager(args.tasks, args.include_path)
         model, tokenizer = load_model(args.model)
         # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
-        lms = {True: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size,
-                          max_length=args.max_prompt_tokens + args.max_new_tokens),
-               False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size)}
+        lms = {True: _kdbench_lm(HFLM, resolve_protocol(protocol))(
+                   pretrained=model, tokenizer=tokenizer, batch_size=protocol["batch_size"],
+                   max_length=protocol["max_prompt_tokens"] + protocol["max_new_tokens"]),
+               False: HFLM(pretrained=model, tokenizer=tokenizer, batch_size=protocol["batch_size"])}
         start = time.perf_counter()
-        tasks = _evaluate_seeds(args, manager, lms, tokenizer, protocol)
+        tasks = _evaluate_seeds(args, seeds, manager, lms, tokenizer, protocol)
     atomic.write_text(args.out, json.dumps({
-        "run": args.run, "model": str(args.model), "tasks": tasks, "seeds": args.seeds, "protocol": protocol,
+        "run": args.run, "model": str(args.model), "tasks": tasks, "seeds": seeds, "protocol": protocol,
         "versions": package_versions(),
         "device": str(model.device), "elapsed_s": round(time.perf_counter() - start, 3)},
         indent=2, default=str) + "\n")
     return 0
 
 
-def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, protocol: dict[str, Any]) -> dict:
+def _kdbench_lm(base: type, settings: dict[str, Any]) -> type:
+    """lm-eval's HF model class ``base`` whose ``generate_until`` decodes as `kdbench evaluate`
+    does, under the decoding seed in its ``decoding_seed`` attribute."""
+    from kdbench.engines import row_seed
+    from kdbench.evaluate import generate_rows
+
+    class KDBenchLM(base):
+        decoding_seed = 0
+
+        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
+            rows = [(r.args[0], row_seed(self.decoding_seed, r.doc_id, r.args[0])) for r in requests]
+            texts = generate_rows(self.model, self.tokenizer, rows, settings)
+            for request, text in zip(requests, texts):
+                self.cache_hook.add_partial("generate_until", request.args, text)
+            return texts
+
+    return KDBenchLM
+
+
+def _evaluate_seeds(args: argparse.Namespace, seeds: list[int], manager, lms: dict, tokenizer,
+                    protocol: dict[str, Any]) -> dict:
     """Every task under every decoding seed (a task decoded greedily or scored runs the first seed
     only): per task its decoding, generation settings and metrics per seed."""
     import lm_eval
 
     tasks: dict[str, dict[str, Any]] = {}
-    for i, seed in enumerate(args.seeds):
+    for i, seed in enumerate(seeds):
         loaded = manager.load(args.tasks)["tasks"]  # fresh Task objects for every seed
         for name, task in loaded.items():
             ours = _is_kdbench(task)
@@ -307,8 +323,8 @@ def _evaluate_seeds(args: argparse.Namespace, manager, lms: dict, tokenizer, pro
                                     "generation_kwargs": task.get_config("generation_kwargs") if mode != "scored"
                                     else None, "per_seed": {}})
         todo = [task for name, task in loaded.items() if i == 0 or tasks[name]["decoding"] == "sampled"]
-        # kdbench's tasks one at a time, seeded as `kdbench evaluate` seeds each set: the same samples
-        groups = [[task] for task in todo if _is_kdbench(task)] + [[task for task in todo if not _is_kdbench(task)]]
+        lms[True].decoding_seed = seed  # kdbench's tasks: every response seeded as `kdbench evaluate` seeds it
+        groups = [[task for task in todo if _is_kdbench(task) == ours] for ours in (True, False)]
         for group in filter(None, groups):
             out = lm_eval.simple_evaluate(
                 model=lms[_is_kdbench(group[0])], tasks=group, task_manager=manager, limit=args.limit,

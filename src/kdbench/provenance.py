@@ -18,17 +18,20 @@ PACKAGES = ("kdbench", "torch", "transformers", "deepspeed", "tokenizers", "snak
 
 
 def git_state(root: Path) -> dict:
-    """The commit of the checkout the code runs from, and whether it had uncommitted changes."""
+    """The commit of the checkout the code runs from, whether it had uncommitted changes, and how
+    many files git does not track there (a new plugin, say; ignored files such as results/ are not
+    counted): `dirty` is true for either."""
     def git(*args):
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        status = git("status", "--porcelain", "--untracked-files=all")
     except (OSError, subprocess.TimeoutExpired):
-        return {"sha": None, "dirty": None}
+        return {"sha": None, "dirty": None, "untracked": None}
     if sha.returncode != 0:
-        return {"sha": None, "dirty": None}
-    return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+        return {"sha": None, "dirty": None, "untracked": None}
+    lines = status.stdout.splitlines()
+    return {"sha": sha.stdout.strip(), "dirty": bool(lines), "untracked": sum(line.startswith("??") for line in lines)}
 
 
 def package_versions() -> dict[str, str | None]:

@@ -13,10 +13,11 @@ import yaml
 
 from kdbench.errors import KDBenchError
 from kdbench.spec import SETS, Evaluation, Training, required, with_spec
+from kdbench.validate import UniqueKeyLoader
 
 # libyaml's safe loader where PyYAML was built with it: ~10x faster on the pair and schema files every
 # `snakemake` invocation reads; the same documents, the same errors with their line.
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SAFE_LOADER = UniqueKeyLoader  # ... refusing a key given twice in a mapping (kdbench.validate)
 
 
 def load_yaml(path: Path) -> Any:

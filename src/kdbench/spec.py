@@ -169,6 +169,9 @@ class Evaluation(Generation):
     decoding_seeds: list[int] = setting([10, 20, 30, 40, 50], "decoding seeds: each model is sampled once per seed",
                                         minItems=1, items={"minimum": 0})
     greedy: bool = setting(False, "greedy decoding instead of the protocol's sampling")
+    engine: Literal["hf", "vllm"] = setting(
+        "hf", "generation engine: transformers' generate, or vLLM (GPU; pip install -e \".[vllm]\"; no n-gram "
+        "blocking: needs no_repeat_ngram_size 0)")
     job: Literal["set", "run"] = setting(
         "set", "one evaluation job per (run, set), or per run over every set (small models: start-up dominates)")
     lm_eval_tasks: list[str] = setting(

@@ -186,7 +186,7 @@ def test_every_training_setting_is_a_documented_pair_key(repo):
 def test_data_files_are_checked_before_any_job(tiny, repo, tmp_path):
     good = '{"instruction": "Sort: b a", "input": "", "output": "a b"}\n'
     for name in ("train", "valid", "dolly"):
-        (tmp_path / f"{name}.jsonl").write_text(good * 3)
+        (tmp_path / f"{name}.jsonl").write_text(good * 16)  # a micro-batch (16) fits the training set
     data = {"source": "files", "train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "valid.jsonl"),
             "sets": {"dolly": str(tmp_path / "dolly.jsonl")}}
     g = grid({**tiny, "sets": ["dolly"], "data": data}, repo)
@@ -331,7 +331,7 @@ def test_published_numbers_only_beside_the_paper_pairs_on_the_paper_data(repo, t
     cfg = yaml.safe_load((repo / "config/config.yaml").read_text())
     record = '{"instruction": "Name a colour.", "input": "", "output": "Red."}\n'
     for name in ("train", "valid", *SETS):
-        (tmp_path / f"{name}.jsonl").write_text(record * 2)
+        (tmp_path / f"{name}.jsonl").write_text(record * 32)  # a micro-batch (at most 32) fits the training set
     cfg["data"] = {"source": "files", "train": str(tmp_path / "train.jsonl"), "valid": str(tmp_path / "valid.jsonl"),
                    "sets": {name: str(tmp_path / f"{name}.jsonl") for name in SETS}}
     paper = workflow_grid_of(repo, tmp_path, cfg)

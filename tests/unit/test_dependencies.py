@@ -18,11 +18,13 @@ tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Py
 
 SOURCES = ["src", "methods", "workflows", "evaluation", "benchmarks", "tests", ".ci"]
 LOCAL = {"kdbench", "tests", "benchmarks", "methods"}
+GPU_EXTRAS = ("vllm",)  # as .ci/freeze.py: extras CI never installs (a GPU's), so neither frozen nor imported in CI
 
 
 def requirements() -> list[Requirement]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    extras = [r for reqs in project.get("optional-dependencies", {}).values() for r in reqs]
+    extras = [r for name, reqs in project.get("optional-dependencies", {}).items() if name not in GPU_EXTRAS
+              for r in reqs]
     return [Requirement(r) for r in project["dependencies"] + extras]
 
 

@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from kdbench import evaluate
+from kdbench.engines import row_seed
 from kdbench.errors import KDBenchError
 from kdbench.evaluate import evaluate_set, exact_match, generate, main, rouge_l
 from kdbench.prompts import build_prompt
@@ -133,64 +134,34 @@ def test_sampling_is_reproducible_per_seed_and_differs_across_seeds(model, token
     assert len(first) == len(PROMPTS) and all(isinstance(text, str) for text in first)
 
 
-def test_sampled_responses_follow_the_prompt_not_its_position(model, tokenizer) -> None:
-    """Prompts are batched in lm-eval's order (untruncated length, longest first, then text), so the
-    file order does not change which random numbers a prompt's response draws; equal-length prompts
-    are the case a length-only sort would leave to the file order."""
+def test_a_sampled_response_does_not_depend_on_its_batch(model, tokenizer) -> None:
+    """Each response draws from its own stream (decoding seed, position, prompt): the batch size,
+    the prompts beside it and the order of the file change nothing; the same prompt at another
+    position, or under another seed, samples anew."""
     same_length = ["Say A.", "Say B.", "Say C.", "Say D."]
-    assert len({len(tokenizer(p)["input_ids"]) for p in same_length}) == 1
     prompts = same_length + PROMPTS
-    forward = generate(model, tokenizer, prompts, seed=10, batch_size=3, **FEW)
-    backward = generate(model, tokenizer, prompts[::-1], seed=10, batch_size=3, **FEW)
-    assert forward == backward[::-1]
-    assert len(set(forward[:4])) > 1  # sampled: the equal-length prompts' responses differ
+    alone = [generate(model, tokenizer, [p], seed=10, batch_size=1, **FEW)[0] for p in prompts[:1]]
+    batched = generate(model, tokenizer, prompts, seed=10, batch_size=3, **FEW)
+    wide = generate(model, tokenizer, prompts, seed=10, batch_size=len(prompts), **FEW)
+    assert batched == wide and batched[0] == alone[0]
+    assert len(set(batched[:4])) > 1  # sampled: the equal-length prompts' responses differ
+    rows = [(p, row_seed(seed, i, p)) for seed in (10, 20) for i, p in enumerate(prompts)]
+    mixed = evaluate.generate_rows(model, tokenizer, rows, evaluate.resolve_protocol({"batch_size": 5, **FEW}))
+    assert mixed[:len(prompts)] == batched  # two seeds in shared batches: each as if decoded alone
+    assert mixed[len(prompts):] == generate(model, tokenizer, prompts, seed=20, batch_size=2, **FEW)
+    repeated = generate(model, tokenizer, ["Say A."] * 6, seed=10, batch_size=6, **FEW)
+    assert len(set(repeated)) > 1  # a prompt repeated in a set is sampled anew at each position
 
 
-def test_pad_token_falls_back_to_eos() -> None:
-    tokenizer = _tokenizer()
-    assert tokenizer.pad_token is None
-    generate(_model(tokenizer), tokenizer, PROMPTS[:2], seed=1, batch_size=2, **FEW)
-    assert tokenizer.pad_token == tokenizer.eos_token
-    assert tokenizer.padding_side == "left"
-
-
-def test_batched_greedy_equals_one_by_one(model, tokenizer) -> None:
-    """Left padding with an attention mask (and position ids from it) must not change any output."""
-    lengths = {len(tokenizer(p)["input_ids"]) for p in PROMPTS}
-    assert len(lengths) == len(PROMPTS), "the prompts must differ in length so that batches are padded"
-    settings = dict(seed=0, do_sample=False, max_new_tokens=12)
-    batched = generate(model, tokenizer, PROMPTS, batch_size=4, **settings)
-    single = generate(model, tokenizer, PROMPTS, batch_size=1, **settings)
-    assert batched == single
-    assert any(batched), "greedy outputs should not all be empty"
-
-
-def test_prompt_truncation_keeps_the_end(model, tokenizer, monkeypatch) -> None:
-    seen: list[torch.Tensor] = []
-    real_generate = model.generate
-
-    def spy(**kwargs):
-        seen.append(kwargs["input_ids"])
-        return real_generate(**kwargs)
-
-    monkeypatch.setattr(model, "generate", spy)
-    prompt = PROMPTS[1]
-    full = tokenizer(prompt)["input_ids"]
-    generate(model, tokenizer, [prompt], seed=0, batch_size=1, max_new_tokens=2, max_prompt_tokens=8)
-    assert seen[0][0].tolist() == full[-8:]
-    assert tokenizer.decode(seen[0][0]).endswith("### Response:\n")
-
-
-def test_generation_stops_at_eos_and_drops_special_tokens() -> None:
-    """A model whose every next token is eos answers with empty strings."""
-    tokenizer = _tokenizer()
-    model = _model(tokenizer)
-    with torch.no_grad():
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.fill_(1.0)
-        model.lm_head.weight[tokenizer.eos_token_id].fill_(10.0)  # tied with the input embedding
-    outputs = generate(model, tokenizer, PROMPTS, seed=3, batch_size=2, max_new_tokens=5)
-    assert outputs == [""] * len(PROMPTS)
+def test_sets_decoded_together_score_as_each_alone(model, tokenizer) -> None:
+    """`evaluate_sets` decodes every set and seed in shared batches; each set scores as it does alone."""
+    sets = {"a": [{"instruction": p, "output": "a b c"} for p in PROMPTS[:3]],
+            "b": [{"instruction": p, "output": "b c d"} for p in PROMPTS[1:]]}
+    protocol = {"batch_size": 4, **FEW}
+    together = evaluate.evaluate_sets(model, tokenizer, sets, seeds=[10, 20], protocol=protocol)
+    for name, examples in sets.items():
+        alone = evaluate_set(model, tokenizer, examples, set_name=name, seeds=[10, 20], protocol=protocol)
+        assert together[name] == alone
 
 
 # ---------------------------------------------------------------- evaluate_set
@@ -205,23 +176,27 @@ def test_evaluate_set_scores_per_seed(model, tokenizer, monkeypatch) -> None:
     canned = {10: ["blue", "1 2 3", "dog"], 20: ["green", "3 2 1", "cats running"]}
     calls = []
 
-    def fake_generate(model_, tokenizer_, prompts, *, seed, **settings):
-        calls.append((seed, prompts, settings))
-        return canned[seed]
+    def fake_generate_rows(model_, tokenizer_, rows, settings, *, groups, synced_gpus, on_rows):
+        calls.append((rows, settings, groups))
+        responses = canned[10] + canned[20]
+        on_rows(list(range(len(rows))), responses)
+        return responses
 
-    monkeypatch.setattr(evaluate, "generate", fake_generate)
+    monkeypatch.setattr(evaluate, "generate_rows", fake_generate_rows)
     summary, predictions = evaluate_set(
         model, tokenizer, examples, set_name="toy", seeds=[10, 20], protocol={"max_new_tokens": 7}
     )
 
-    assert [seed for seed, _, _ in calls] == [10, 20]
-    assert calls[0][1][2] == build_prompt("Copy.", "the cats run")
-    assert calls[0][2]["max_new_tokens"] == 7 and calls[0][2]["top_k"] == 0 and calls[0][2]["do_sample"] is True
+    [(rows, settings, groups)] = calls  # both seeds in one call, seed 10's rows first
+    assert groups == [0, 0, 0, 1, 1, 1]
+    assert rows[2] == (build_prompt("Copy.", "the cats run"), row_seed(10, 2, build_prompt("Copy.", "the cats run")))
+    assert rows[3][1] == row_seed(20, 0, rows[3][0]) != rows[0][1]
+    assert settings["max_new_tokens"] == 7 and settings["top_k"] == 0 and settings["do_sample"] is True
     refs = [["red", "blue"], ["1 2 3"], ["the cat runs"]]
     rouge = {s: [rouge_l(p, r) for p, r in zip(canned[s], refs)] for s in canned}
     em = {s: [exact_match(p, r) for p, r in zip(canned[s], refs)] for s in canned}
     assert summary["set"] == "toy" and summary["n_examples"] == 3
-    assert summary["protocol"]["protocol_version"] == 1
+    assert summary["protocol"]["protocol_version"] == 2
     assert summary["protocol"]["metric"] == "rougeL-F x100, porter stemmer, max over refs"
     for seed in canned:
         assert summary["per_seed"][str(seed)]["rougeL"] == pytest.approx(np.mean(rouge[seed]))

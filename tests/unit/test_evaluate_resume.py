@@ -16,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from kdbench import evaluate
+from kdbench.engines import row_seed
 from kdbench.evaluate import main
 
 EXAMPLES = [
@@ -74,16 +75,18 @@ def test_killed_evaluation_resumes_from_its_finished_seeds(model_dir, tmp_path, 
 
     kept = {p.name: p.stat().st_mtime_ns for p in partial.glob("seed*.json")}
     generated: list[int] = []
-    real_generate = evaluate.generate
-    def counting(*args, seed, **kwargs):
-        generated.append(seed)
-        return real_generate(*args, seed=seed, **kwargs)
+    real_generate_rows = evaluate.generate_rows
+
+    def counting(model, tokenizer, rows, *args, **kwargs):  # which decoding seed each row is sampled under
+        generated.extend(next(s for s in (10, 20, 30) if row_seed(s, i % len(EXAMPLES), p) == seed)
+                         for i, (p, seed) in enumerate(rows))
+        return real_generate_rows(model, tokenizer, rows, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(evaluate, "generate", counting)
+        mp.setattr(evaluate, "generate_rows", counting)
         mp.setattr(evaluate, "shutil", _KeepPartial(partial, kept))  # look before the folder is removed
         assert main(_argv(model_dir, data, resumed)) == 0
-    assert generated == [30]
+    assert generated == [30] * len(EXAMPLES)
     assert "toy: reusing seeds 10, 20" in capsys.readouterr().err
     assert not partial.exists()
     assert _result(resumed) == _result(whole)

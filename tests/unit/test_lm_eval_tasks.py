@@ -284,8 +284,8 @@ def test_lm_eval_scores_what_kdbench_evaluate_scores(workdir: Path, tiny_model, 
     """Under the grid's protocol `kdbench lm-eval` reports, per task and seed, the score `kdbench
     evaluate` gives the same model on the same set: greedy (evaluation.greedy: one seed), with
     --prompt-format chat too (the tokenizer's chat template around the instruction, kdbench's
-    rendering), and sampled over two seeds on two sets in batches of 2 (same prompt order, each set
-    seeded alone: the same samples)."""
+    rendering), and sampled over two seeds on two sets in batches of 2 (kdbench's engine in both:
+    each response seeded by the decoding seed, its position and its prompt, so the same samples)."""
     from kdbench.evaluate import main as evaluate_main
 
     model = workdir / "model"

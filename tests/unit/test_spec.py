@@ -70,10 +70,9 @@ def test_the_protocol_defaults_are_the_specs():
         {k: v for k, v in defaults(Protocol).items() if k in shared}
     args = evaluate._parser().parse_args(["--model", "m", "--data", "d.jsonl", "--set", "dolly", "--out", "o.json",
                                         "--predictions", "p.jsonl"])
-    protocol = Protocol()
-    assert (args.seeds, args.max_new_tokens, args.batch_size, args.max_prompt_tokens, args.no_repeat_ngram_size,
-            args.prompt_format) == (Evaluation().decoding_seeds, protocol.max_new_tokens, protocol.batch_size,
-                                    protocol.max_prompt_tokens, protocol.no_repeat_ngram_size, protocol.prompt_format)
+    from kdbench import eval_protocol  # no --protocol file, no flag: the spec's defaults
+
+    assert eval_protocol.from_args(args) == {k: v for k, v in defaults(Evaluation).items() if k in eval_protocol.KEYS}
 
 
 def test_run_yaml_training_is_the_pair_over_the_defaults(repo):

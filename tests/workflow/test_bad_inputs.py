@@ -9,6 +9,7 @@ to see them); docs/RELIABILITY.md lists them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -68,7 +69,7 @@ def _files_source(case: Path, broken: bytes | None = None) -> dict:
 
     good = (json.dumps(GOOD) + "\n").encode()
     for name in ("train", "valid", "dolly"):
-        (case / f"{name}.jsonl").write_bytes(good * 3)
+        (case / f"{name}.jsonl").write_bytes(good * 16)  # a micro-batch (16) fits the training set
     if broken is not None:
         (case / "dolly.jsonl").write_bytes(broken)
     rel = case.name
@@ -272,6 +273,16 @@ def c_data_not_utf8(cfg, ctx):
     return ["{cfg}", "{case}/dolly.jsonl, line 2: byte 21 of the line is not valid UTF-8"]
 
 
+def c_data_empty_reference(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"], b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": " "}\n')
+    return ["{cfg}", "key 'data' (dolly)", "{case}/dolly.jsonl, line 2: the reference \"output\" is empty"]
+
+
+def c_data_empty_reference_in_a_list(cfg, ctx):
+    cfg["data"] = _files_source(ctx["case"], b'{"instruction": "a", "output": ["b", ""]}\n')
+    return ["{cfg}", "{case}/dolly.jsonl, line 1: the reference \"output\" is empty"]
+
+
 def c_model_missing_local_dir(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["teacher"] = {"init": "pretrained", "path": str(ctx["case"] / "no-such-model")}
@@ -284,6 +295,7 @@ def c_model_tokenizer_mismatch(cfg, ctx):
     pair = _pair(ctx["root"])
     pair["teacher"] = {"init": "pretrained", "path": str(ctx["models"]["teacher"])}
     pair["student"] = {"init": "pretrained", "path": str(ctx["models"]["student"])}
+    pair["training"]["max_length"] = 64  # the models' positions: only the tokenizers are wrong here
     cfg["tables"][0]["pairs"] = [name := "mismatch_from_local"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "the teacher and student tokenizers differ", "the student's 300"]
@@ -343,6 +355,147 @@ def c_lm_eval_data_nobody_writes(cfg, ctx):
             "this grid does not write (its data: results/data/train.jsonl"]
 
 
+def c_duplicate_decoding_seeds(cfg, ctx):
+    cfg["evaluation"]["decoding_seeds"] = [10, 20, 10]
+    return ["{cfg}", "key 'evaluation.decoding_seeds'", "seed 10 is listed twice"]
+
+
+def c_results_empty(cfg, ctx):
+    cfg["results"] = ""
+    return ["{cfg}", "key 'results'", "empty"]
+
+
+def c_results_root(cfg, ctx):
+    cfg["results"] = "/"
+    return ["{cfg}", "key 'results'", "'/' is a folder above the checkout"]
+
+
+def c_results_checkout(cfg, ctx):
+    cfg["results"] = "."
+    return ["{cfg}", "key 'results'", "'.' is the checkout itself"]
+
+
+def c_results_in_sources(cfg, ctx):
+    cfg["results"] = "src/out"
+    return ["{cfg}", "key 'results'", "'src/out' lies inside the checkout's src/ folder"]
+
+
+def c_plugin_named_like_a_label(cfg, ctx):
+    ctx["temporary"](ctx["root"] / "methods/gkd.py", (ctx["root"] / "methods/fkl.py").read_text())
+    return ["methods/gkd.py: the plugin's key 'gkd'", "key 'method_defs'", "rename the file"]
+
+
+def c_plugin_rules_unbalanced(cfg, ctx):
+    ctx["temporary"](ctx["root"] / "methods/broken.smk", 'rule broken:\n    output: ("x"\n    shell: "echo"\n')
+    return ["methods/broken.smk, line 4", "EOF in multi-line statement"]
+
+
+def c_plugin_rules_indentation(cfg, ctx):
+    ctx["temporary"](ctx["root"] / "methods/broken.smk", 'rule broken:\n    output: "x"\n  shell: "echo"\n')
+    return ["methods/broken.smk, line 3", "unindent does not match"]
+
+
+def c_claims_unknown_label(cfg, ctx):
+    claims = ctx["root"] / "evaluation/reference/claims.yaml"
+    ctx["temporary"](claims, claims.read_text().replace("full: rkl+adakd", "full: rkl+adkd"))
+    return ["evaluation/reference/claims.yaml: key 'runs.full'", "'rkl+adkd' is not a method label",
+            "Did you mean 'rkl+adakd'"]
+
+
+def c_pair_duplicate_key(cfg, ctx):
+    cfg["tables"][0]["pairs"] = [name := "dup-key_from_gpt2-tiny-t"]
+    text = (ctx["root"] / "config/pairs" / f"{PAIR}.yaml").read_text().replace("  steps: 400\n", "  steps: 400\n  steps: 40\n")
+    file = _write_pair(ctx["root"], name, text)
+    return [file, "key 'steps' is given twice", "line"]
+
+
+def _deepspeed_pair(cfg, ctx, name: str, text: str) -> str:
+    """A pair whose training.deepspeed is the case's own file holding `text`; returns the pair file."""
+    (ctx["case"] / "ds.json").write_text(text)
+    pair = _pair(ctx["root"])
+    pair["training"]["deepspeed"] = f"cases/{ctx['case'].name}/ds.json"
+    cfg["tables"][0]["pairs"] = [name]
+    return _write_pair(ctx["root"], name, pair)
+
+
+def c_deepspeed_zero4(cfg, ctx):
+    file = _deepspeed_pair(cfg, ctx, "zero4_from_gpt2-tiny-t", '{"zero_optimization": {"stage": 4}}')
+    return [file, "key 'training.deepspeed'", "zero_optimization.stage is 4", "ZeRO stages are 0, 1, 2, 3"]
+
+
+def c_deepspeed_invalid_json(cfg, ctx):
+    file = _deepspeed_pair(cfg, ctx, "ds-json_from_gpt2-tiny-t", '{"zero_optimization": {"stage": 2,}}')
+    return [file, "key 'training.deepspeed'", "ds.json is not valid JSON", "line 1"]
+
+
+def c_micro_batch_beyond_the_data(cfg, ctx):
+    cfg["data"]["n_train"] = 12
+    return ["config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml", "key 'training.micro_batch_size'",
+            "16 is larger than the training set (12 records", "give at most 12"]
+
+
+def c_model_dir_without_weights(cfg, ctx):
+    empty = ctx["case"] / "model"
+    empty.mkdir()
+    for file in ctx["models"]["teacher"].iterdir():
+        if file.suffix != ".safetensors":
+            (empty / file.name).write_bytes(file.read_bytes())
+    pair = _pair(ctx["root"])
+    pair["teacher"] = {"init": "pretrained", "path": str(empty)}
+    pair["student"] = {"init": "pretrained", "path": str(ctx["models"]["teacher"])}
+    cfg["tables"][0]["pairs"] = [name := "no-weights_from_local"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'teacher.path'", "holds no model weights"]
+
+
+def c_gguf_not_gguf(cfg, ctx):
+    fake = ctx["case"] / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 not a gguf")
+    pair = _pair(ctx["root"])
+    pair["student"] = {"init": "gguf", "gguf": {"file": str(fake)}}
+    pair["teacher"] = {"init": "gguf", "gguf": {"file": str(fake)}}
+    cfg["tables"][0]["pairs"] = [name := "fake-gguf_from_local"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'teacher.gguf.file'", "is not a GGUF file"]
+
+
+def c_student_layers_beyond_teacher(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["teacher"] = {"init": "pretrained", "path": str(ctx["models"]["teacher"])}
+    pair["student"] = {"init": "teacher", "layers": [0, 3]}
+    cfg["tables"][0]["pairs"] = [name := "layers_from_local"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'student.layers'", "3 is beyond the teacher's 1 decoder layers", "0..0"]
+
+
+def c_max_length_beyond_positions(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["training"]["max_length"] = 1024  # the tiny models have 512 positions
+    cfg["tables"][0]["pairs"] = [name := "long_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'training.max_length'", "1024 is beyond the teacher's 512 positions"]
+
+
+def c_max_new_tokens_beyond_positions(cfg, ctx):
+    cfg["evaluation"]["max_new_tokens"] = 600
+    return ["config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml", "evaluation.max_new_tokens 600",
+            "the teacher's 512 positions"]
+
+
+def c_chat_without_template(cfg, ctx):
+    cfg["evaluation"]["prompt_format"] = "chat"
+    return ["config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml", "key 'teacher'", "prompt_format is chat",
+            "tokenizer (generated) has no chat template"]
+
+
+def c_lora_unknown_module(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["student"]["lora"] = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"]}
+    cfg["tables"][0]["pairs"] = [name := "lora-q_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'student.lora.target_modules'", "a gpt2 model has no linear layer 'q_proj'", "c_attn"]
+
+
 CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}
 # `kdbench check` lists an absent data file instead of failing (the config itself is valid); the
 # workflow refuses it. Every other case fails the same way in both.
@@ -371,13 +524,35 @@ def _dry_run(root: Path, *configfiles: str, real: bool = False) -> tuple[subproc
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_fails_before_any_job(wf, model_dirs, name, monkeypatch, capsys):
     """Snakemake's dry run fails naming the problem; `kdbench check` on the same file fails the same way."""
-    from kdbench.check import main as check
-
     case = wf / "cases" / name
     case.mkdir()
     cfg = grid_config(wf, pairs=[PAIR], methods=["fkl"], sets=["dolly"])
-    expected = [f.format(cfg=f"cases/{name}/config.yaml", case=f"cases/{name}")
-                for f in CASES[name](cfg, {"root": wf, "case": case, "models": model_dirs})]
+    with _temporary_files() as temporary:
+        expected = [f.format(cfg=f"cases/{name}/config.yaml", case=f"cases/{name}")
+                    for f in CASES[name](cfg, {"root": wf, "case": case, "models": model_dirs, "temporary": temporary})]
+        _check_case(wf, name, cfg, expected, monkeypatch, capsys)
+
+
+@contextlib.contextmanager
+def _temporary_files():
+    """`temporary(path, text)` writes a file of the shared workflow copy (a plugin, the claims file)
+    for one case; each is restored (or removed) afterwards, so the other cases never see it."""
+    saved: dict[Path, bytes | None] = {}
+
+    def temporary(path: Path, text: str) -> None:
+        saved.setdefault(path, path.read_bytes() if path.exists() else None)
+        path.write_text(text)
+
+    try:
+        yield temporary
+    finally:
+        for path, data in saved.items():
+            path.unlink() if data is None else path.write_bytes(data)
+
+
+def _check_case(wf: Path, name: str, cfg: dict, expected: list[str], monkeypatch, capsys) -> None:
+    from kdbench.check import main as check
+
     cfg_file = f"cases/{name}/config.yaml"
     (wf / cfg_file).write_text(yaml.safe_dump(cfg))
     done, seconds = _dry_run(wf, cfg_file, real=True)  # a bad input: it stops before any job

@@ -52,8 +52,8 @@ def test_the_full_paper_grid_dry_runs_with_every_job(paper):
     cfg = yaml.safe_load((paper / PAPER).read_text())
     counts, seconds = dry_run(paper)
     runs, evals = expected_cells(cfg)
-    assert counts["train"] == len(runs) == 68  # 65 student runs + 3 teacher SFT runs
-    assert counts["evaluate"] == len(evals) == 298
+    assert counts["train"] == len(runs) == 70  # 67 student runs + 3 teacher SFT runs
+    assert counts["evaluate"] == len(evals) == 304
     assert counts["tables"] == sum(len(t["pairs"]) for t in cfg["tables"]) and counts["combine_table"] == 7
     assert counts["claims"] == counts["plots"] == 3 and counts["init_model"] == 6
     assert counts["prepare_data"] == 7  # train, valid and the five sets, from the public releases

@@ -98,3 +98,19 @@ def test_a_copied_checkout_replans_nothing_and_its_checkpoints_resume(odd, tmp_p
                     str((run_dir / "model").relative_to(moved)), cwd=moved, timeout=600)
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "resuming" in (run_dir / "train.log").read_text() and "at step 2" in (run_dir / "train.log").read_text()
+
+
+def test_the_report_captions_each_item_with_its_source(odd):
+    """`snakemake --report`: every item has its caption (workflows/report/*.rst), the pair filled in."""
+    root, _ = odd
+    done = run_cli("snakemake", "--configfile", "odd.yaml", "--report", "report.html", cwd=root)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    html = (root / "report.html").read_text(errors="replace")
+    captions = {"table": "every pair of the grid stacked", "significance": "by a paired bootstrap over the evaluation",
+                "claims": "measured over every run of the grid", "plot_latf": "the share of tokens the token policy kept",
+                "plot_curves": "the cross-entropy against the labels", "plot_tau": "the per-token distillation temperature",
+                "plot_published": "one panel per evaluation set", "lm_eval": "each lm-eval task of"}
+    assert sorted(captions) == sorted(p.stem for p in (root / "workflows/report").glob("*.rst"))
+    for name, words in captions.items():
+        assert words in (root / f"workflows/report/{name}.rst").read_text() and words in html, name
+    assert "{{ snakemake" not in html and f"{PAIR}</span></tt>: the training loss" in html

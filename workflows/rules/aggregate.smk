@@ -15,7 +15,10 @@ rule tables:
         csv=f"{RES}/tables/{{table}}/{{pair}}/main.csv",
         tex=f"{RES}/tables/{{table}}/{{pair}}/main.tex",
         significance=report(
-            f"{RES}/tables/{{table}}/{{pair}}/significance.md", category="Significance", subcategory="{table}"
+            f"{RES}/tables/{{table}}/{{pair}}/significance.md",
+            caption="../report/significance.rst",
+            category="Significance",
+            subcategory="{table}",
         ),
     params:
         methods=lambda w: ["teacher", *GRID.tables[w.table]["all"]["methods"]],
@@ -39,7 +42,7 @@ rule combine_table:
         md=lambda w: [f"{RES}/tables/{w.table}/{pair}/main.md" for pair in GRID.tables[w.table]["pairs"]],
         csv=lambda w: [f"{RES}/tables/{w.table}/{pair}/main.csv" for pair in GRID.tables[w.table]["pairs"]],
     output:
-        md=report(f"{RES}/tables/{{table}}.md", category="Tables"),
+        md=report(f"{RES}/tables/{{table}}.md", caption="../report/table.rst", category="Tables"),
         csv=f"{RES}/tables/{{table}}.csv",
     params:
         title=lambda w: GRID.tables[w.table]["title"],
@@ -57,9 +60,11 @@ rule claims:
     input:
         results=lambda w: eval_results(pair=w.pair),
         predictions=lambda w: eval_results(pair=w.pair, predictions=True),
-        claims="evaluation/reference/claims.yaml",
+        claims=CLAIMS,
     output:
-        md=report(f"{RES}/tables/claims/{{pair}}/claims.md", category="Claims", subcategory="{pair}"),
+        md=report(
+            f"{RES}/tables/claims/{{pair}}/claims.md", caption="../report/claims.rst", category="Claims", subcategory="{pair}"
+        ),
         csv=f"{RES}/tables/claims/{{pair}}/claims.csv",
     log:
         f"{RES}/logs/claims/{{pair}}.log",
@@ -76,10 +81,17 @@ rule plots:
         metrics=lambda w: [f"{RES}/runs/{p}/{m}/seed{s}/metrics.jsonl" for p, m, s in GRID.runs(pair=w.pair)],
         tables=lambda w: [f"{RES}/tables/{t}/{w.pair}/main.csv" for t in GRID.tables if w.pair in GRID.tables[t]["pairs"]],
     output:
-        latf=report(f"{RES}/plots/{{pair}}/latf_ratio.png", category="Plots", subcategory="{pair}"),
-        curves=report(f"{RES}/plots/{{pair}}/training_curves.png", category="Plots", subcategory="{pair}"),
-        tau=report(f"{RES}/plots/{{pair}}/temperature.png", category="Plots", subcategory="{pair}"),
-        published=report(f"{RES}/plots/{{pair}}/ours_vs_published.png", category="Plots", subcategory="{pair}"),
+        latf=report(f"{RES}/plots/{{pair}}/latf_ratio.png", caption="../report/plot_latf.rst", category="Plots", subcategory="{pair}"),
+        curves=report(
+            f"{RES}/plots/{{pair}}/training_curves.png", caption="../report/plot_curves.rst", category="Plots", subcategory="{pair}"
+        ),
+        tau=report(f"{RES}/plots/{{pair}}/temperature.png", caption="../report/plot_tau.rst", category="Plots", subcategory="{pair}"),
+        published=report(
+            f"{RES}/plots/{{pair}}/ours_vs_published.png",
+            caption="../report/plot_published.rst",
+            category="Plots",
+            subcategory="{pair}",
+        ),
     log:
         f"{RES}/logs/plots/{{pair}}.log",
     localrule: True  # seconds of CPU: never queued on a cluster
@@ -94,7 +106,7 @@ rule lm_eval_table:
     input:
         lambda w: lm_eval_results(pair=w.pair),
     output:
-        md=report(f"{RES}/tables/lm_eval/{{pair}}.md", category="lm-eval"),
+        md=report(f"{RES}/tables/lm_eval/{{pair}}.md", caption="../report/lm_eval.rst", category="lm-eval"),
         csv=f"{RES}/tables/lm_eval/{{pair}}.csv",
     params:
         methods=lambda w: list(dict.fromkeys(m for _, m, _ in lm_eval_runs(w.pair))),

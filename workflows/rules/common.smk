@@ -4,14 +4,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from kdbench import preflight
+from kdbench import preflight, resultslock
 from kdbench.config import Grid, portable
 from kdbench.errors import KDBenchError
 from kdbench.releases import PREPARED
 
+CLAIMS = "evaluation/reference/claims.yaml"  # the paper's claims, read by the claims rule; their run labels are checked too
 try:
     CONFIG_SOURCE = ", ".join(str(f) for f in workflow.configfiles) or "config"
     GRID = Grid(config, CONFIG_SOURCE, workflow.basedir)
+    GRID.check_claims(Path(workflow.basedir, CLAIMS))
 except KDBenchError as exc:
     sys.exit(f"kdbench: config error: {exc}")
 
@@ -36,6 +38,18 @@ onstart:
             + "\n(data/README.md lists every release and where to get it; data.releases in the config says where "
             "each is looked for.)"
         )
+    try:  # one workflow at a time on a results directory, whatever its working directory
+        resultslock.acquire(RES)
+    except KDBenchError as exc:
+        sys.exit(f"kdbench: {exc}")
+
+
+onsuccess:
+    resultslock.release(RES)
+
+
+onerror:
+    resultslock.release(RES)
 
 CFG = GRID.config
 # absolute: plugin rules in methods/ use it too (Snakemake's rerun triggers read its content, not its path)

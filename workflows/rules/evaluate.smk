@@ -2,14 +2,26 @@
 # model; with `evaluation.job: run`, one job per run over every set of the grid (the model and the
 # libraries are loaded once: on small models that start-up is most of the time).
 
+from kdbench.eval_protocol import of_grid as eval_protocol_of_grid
+
 EVAL_OUT = f"{RES}/evals/{{pair}}/{{method}}/seed{{seed}}"
-EV = CFG["evaluation"]
-EVAL_PROTOCOL = [  # the decoding protocol, identical for every evaluation job: one argument per word
-    "--seeds", *(str(s) for s in EV["decoding_seeds"]), "--max-new-tokens", str(EV["max_new_tokens"]),
-    "--max-prompt-tokens", str(EV["max_prompt_tokens"]), "--batch-size", str(EV["batch_size"]),
-    "--no-repeat-ngram-size", str(EV["no_repeat_ngram_size"]), "--prompt-format", EV["prompt_format"],
-    *(["--greedy"] if EV["greedy"] else []),
-]
+EVAL_PROTOCOL = f"{RES}/eval_protocol.yaml"  # the decoding protocol, read by every evaluation job
+
+
+rule eval_protocol:
+    """The grid's decoding protocol, resolved once (kdbench.eval_protocol): `kdbench evaluate` and
+    `kdbench lm-eval` read it; a changed setting reruns every evaluation."""
+    output:
+        EVAL_PROTOCOL,
+    params:
+        run=eval_protocol_of_grid(CFG["evaluation"]),  # the shim writes its `run` param as YAML
+    log:
+        f"{RES}/logs/eval_protocol.log",
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/write_run.py"
 
 if CFG["evaluation"]["job"] == "run":
 
@@ -24,11 +36,10 @@ rule evaluate:
     input:
         model=eval_model,
         data=lambda w: GRID.data_files[w.set],
+        protocol=EVAL_PROTOCOL,
     output:
         result=f"{EVAL_OUT}/{{set}}.json",
         predictions=f"{EVAL_OUT}/{{set}}.predictions.jsonl",
-    params:
-        protocol=EVAL_PROTOCOL,
     log:
         f"{EVAL_OUT}/{{set}}.log",
     threads: 1
@@ -42,19 +53,19 @@ rule evaluate:
     shell:
         "kdbench evaluate --model {input.model:q} --data {input.data:q} --set {wildcards.set:q}"
         " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --out {output.result:q}"
-        " --predictions {output.predictions:q} {params.protocol:q} --threads {threads} > {log:q} 2>&1"
+        " --predictions {output.predictions:q} --protocol {input.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule evaluate_run:
     input:
         model=eval_model,
         data=[GRID.data_files[x] for x in GRID.axes["sets"]],
+        protocol=EVAL_PROTOCOL,
     output:
         result=[f"{EVAL_OUT}/{x}.json" for x in GRID.axes["sets"]],
         predictions=[f"{EVAL_OUT}/{x}.predictions.jsonl" for x in GRID.axes["sets"]],
     params:
         sets=GRID.axes["sets"],
-        protocol=EVAL_PROTOCOL,
     log:
         f"{EVAL_OUT}/evaluate.log",
     threads: 1
@@ -68,7 +79,7 @@ rule evaluate_run:
     shell:
         "kdbench evaluate --model {input.model:q} --data {input.data:q} --set {params.sets:q}"
         " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --out {output.result:q}"
-        " --predictions {output.predictions:q} {params.protocol:q} --threads {threads} > {log:q} 2>&1"
+        " --predictions {output.predictions:q} --protocol {input.protocol:q} --threads {threads} > {log:q} 2>&1"
 
 rule lm_eval:
     """evaluation.lm_eval_tasks (evaluation/tasks, lm-eval's own, or task YAMLs) on one model, over
@@ -77,12 +88,12 @@ rule lm_eval:
         model=eval_model,
         template=f"{LM_EVAL_INCLUDE}/_default_template_yaml",  # kdbench's tasks: their folder is indexed
         tasks=LM_EVAL_INPUTS,
+        protocol=EVAL_PROTOCOL,
     output:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.json",
     params:
         tasks=LM_EVAL_TASKS,
         include=lambda w, input: os.path.dirname(input.template),
-        protocol=EVAL_PROTOCOL,
     log:
         f"{RES}/lm_eval/{{pair}}/{{method}}/seed{{seed}}.log",
     threads: 1
@@ -95,8 +106,8 @@ rule lm_eval:
         ENV
     shell:
         "kdbench lm-eval --model {input.model:q} --include-path {params.include:q} --tasks {params.tasks:q}"
-        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} {params.protocol:q} --threads {threads}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --run {wildcards.pair:q}/{wildcards.method:q}/seed{wildcards.seed:q} --protocol {input.protocol:q}"
+        " --threads {threads} --out {output:q} > {log:q} 2>&1"
 
 
 rule lm_eval_all:
