@@ -5,9 +5,9 @@ Each setting is a dataclass field declared with `setting(default, doc, **json_sc
 classes come the pair schema's `training` properties and the grid schema's `evaluation` properties
 (`schema_properties`, merged into workflows/schemas/*.schema.yaml when kdbench reads them), the
 `training` section of every run.yaml (`Training.resolve`), the evaluation protocol's defaults
-(`Protocol`, read by `kdbench evaluate` and `kdbench lm-eval`) and the typed view a job reads a
-run.yaml through (`Training.of`). No other file states these defaults (tests/unit/test_spec.py
-checks the schemas and the code for copies).
+(`Protocol`, read by `kdbench evaluate` and `kdbench lm-eval`) and how a job reads a run.yaml back
+(`read_run`: checked and complete, once; then typed as `Training`). No other file states these
+defaults (tests/unit/test_spec.py checks the schemas and the code for copies).
 """
 
 from __future__ import annotations
@@ -85,9 +85,9 @@ class _Spec:
         return {**defaults(cls), **given}
 
     @classmethod
-    def of(cls, given: dict[str, Any], where: str = "run.yaml"):
-        """The typed view of a resolved section (a run.yaml written by an older kdbench gets the
-        defaults of settings it predates); an unknown or missing key is an error naming `where`."""
+    def checked(cls, given: dict[str, Any], where: str = "run.yaml") -> dict[str, Any]:
+        """A resolved section as a job reads it back: complete (a run.yaml written by an older kdbench
+        gets the defaults of settings it predates); an unknown or missing key is an error naming `where`."""
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(given) - names)
         missing = sorted(set(required(cls)) - set(given))
@@ -95,7 +95,12 @@ class _Spec:
             raise KDBenchError(f"{where}: {cls.__name__.lower()} settings " + "; ".join(
                 part for part in (f"unknown {unknown} (known: {sorted(names)})" if unknown else "",
                                   f"missing {missing}" if missing else "") if part))
-        return cls(**cls.resolve(given))
+        return cls.resolve(given)
+
+    @classmethod
+    def of(cls, given: dict[str, Any], where: str = "run.yaml"):
+        """The typed view of a resolved section (`checked`)."""
+        return cls(**cls.checked(given, where))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,6 +182,14 @@ class Evaluation(Generation):
     lm_eval_tasks: list[str] = setting(
         [], "lm-eval tasks, tags, groups or task YAML paths run on every model over the decoding seeds (rule "
         "lm_eval) and tabulated per pair, e.g. kdbench_gen_dolly")
+
+
+def read_run(run: dict[str, Any], where: str) -> dict[str, Any]:
+    """A resolved run (a run.yaml, `where`) as every job reads it, once: its `training` section checked
+    and complete (`Training.checked`) and its `prompt_format` given, so a run.yaml written by an older
+    kdbench works; the job then types the section as it is (`Training(**run["training"])`)."""
+    return {**run, "training": Training.checked(run["training"], where),
+            "prompt_format": run.get("prompt_format", defaults(Generation)["prompt_format"])}
 
 
 def accumulation_steps(training: dict, world: int, where: str, key: str = "training") -> int:

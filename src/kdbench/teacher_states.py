@@ -115,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KDBenchError(f"{args.spec}: no such file; the workflow's teacher_states_spec rule writes it.")
     what = yaml.safe_load(args.spec.read_text())
     if isinstance(what, dict) and "method" in what:  # a resolved run
-        from kdbench.spec import Training
+        from kdbench.spec import read_run
 
-        what = spec({**what, "training": Training.resolve(what["training"])})
+        what = spec(read_run(what, str(args.spec)))
         if what is None:
             raise KDBenchError(f"{args.spec}: this run cannot use stored teacher states (they need a teacher, kd_ratio "
                                "> 0, the off_policy source and no ZeRO-3 teacher).")

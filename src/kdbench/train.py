@@ -44,7 +44,7 @@ from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
 from kdbench.stream import Stream
-from kdbench.spec import Generation, Training, accumulation_steps, defaults
+from kdbench.spec import Training, accumulation_steps, read_run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(run, dict) or not {"run", "training", "method"} <= set(run):
         raise KDBenchError(f"{args.run_yaml}: not a resolved run config (needs keys run, training, method); "
                            "write it with `kdbench resolve <config> <pair> <method> <seed>`.")
-    # A run.yaml written by an older kdbench: the settings it predates take their defaults.
-    run["training"] = Training.resolve(run["training"])
-    run.setdefault("prompt_format", defaults(Generation)["prompt_format"])
+    run = read_run(run, str(args.run_yaml))  # checked; the settings an older run.yaml predates take their defaults
     if "RANK" in os.environ:  # started by the DeepSpeed launcher: the parent holds the GPUs
         train(run)
         return 0
@@ -185,7 +183,7 @@ def build_session(run: dict) -> Session:
     checkpoint of this exact run config, if any (`_build_data`)."""
     _single_process_env()
     _job_settings(run)  # what depends on where the job runs: accumulation for this world size, tensorboard
-    tr = Training.of(run["training"], f"{run['run']['dir']}/run.yaml")
+    tr = Training(**run["training"])  # complete: resolve_run wrote it so, read_run read it so
     random.seed(run["run"]["seed"])
     torch.manual_seed(run["run"]["seed"])
     s = _build_models(run, tr)
