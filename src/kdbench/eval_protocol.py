@@ -77,6 +77,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="0 = off (AdaKD); 6 = MiniLLM/DistiLLM setting")
     group.add_argument("--prompt-format", dest="prompt_format", choices=PROMPT_FORMATS,
                        help="minillm: the lineage's plain template; chat: the tokenizer's chat template")
+    group.add_argument("--dtype", choices=spec.schema_properties(spec.Evaluation)["dtype"]["enum"],
+                       help="the dtype the model is loaded in")
     group.add_argument("--engine", choices=spec.schema_properties(spec.Evaluation)["engine"]["enum"],
                        help="generation engine (kdbench.engines)")
 

@@ -78,6 +78,7 @@ with _unimportable("sklearn", "scipy.stats"):
     from nltk.stem import porter
     from rouge_score import rouge_scorer, tokenize, tokenizers
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # evaluation.dtype
 PROTOCOL_VERSION = 2  # 2: each response sampled from its own seeded stream (kdbench.engines)
 METRIC = "rougeL-F x100, porter stemmer, max over refs"
 DEFAULT_SEEDS = spec.defaults(spec.Evaluation)["decoding_seeds"]
@@ -369,16 +370,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_model(model_dir: Path, engine: str = "hf") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load tokenizer and model from a local directory, on the GPU when there is one; with
-    ``engine`` vllm, the model is served by vLLM (kdbench.engines.vllm) instead."""
+def load_model(model_dir: Path, engine: str = "hf", dtype: str = "fp32") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load tokenizer and model from a local directory in ``dtype`` (the protocol's
+    ``evaluation.dtype``, never the library's default), on the GPU when there is one; with ``engine``
+    vllm, the model is served by vLLM (kdbench.engines.vllm) instead."""
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         if engine == "vllm":
             from kdbench.engines.vllm import Engine
 
-            return Engine(model_dir), tokenizer
-        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+            return Engine(model_dir, dtype), tokenizer
+        model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype=DTYPES[dtype])
     except (OSError, ValueError) as err:
         raise KDBenchError(
             f"cannot load a model and tokenizer from {model_dir}: {err}\n"
@@ -396,14 +398,14 @@ def _sha256(path: Path) -> str:
 
 
 def fingerprint_inputs(model_dir: Path, data: Path, set_name: str, protocol: dict[str, Any], limit: int | None,
-                       engine: str = "hf") -> dict:
+                       engine: str = "hf", dtype: str = "fp32") -> dict:
     """What a kept seed result depends on: the model's weight files (sha256 each), the data file
-    (sha256), the set, the protocol (resolved, with the protocol version), ``--limit`` and the engine
-    (other than hf); the result file keeps them as its provenance."""
+    (sha256), the set, the protocol (resolved, with the protocol version), ``--limit``, the engine
+    (other than hf) and the dtype (other than fp32); the result file keeps them as its provenance."""
     weights = sorted(p for p in model_dir.iterdir() if p.suffix in {".safetensors", ".bin"})
     return {"weights": {p.name: _sha256(p) for p in weights}, "data": _sha256(data), "set": set_name,
             "protocol": {**resolve_protocol(protocol), "protocol_version": PROTOCOL_VERSION}, "limit": limit,
-            **({"engine": engine} if engine != "hf" else {})}
+            **({"engine": engine} if engine != "hf" else {}), **({"dtype": dtype} if dtype != "fp32" else {})}
 
 
 def fingerprint(inputs: dict) -> str:
@@ -448,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     with pinned(1, "evaluation"):  # a GPU of its own (kdbench.gpus), as training jobs get
-        model, tokenizer = load_model(args.model, settings["engine"])
+        model, tokenizer = load_model(args.model, settings["engine"], settings["dtype"])
         _evaluate_files(model, tokenizer, sets, args, settings)
     return 0
 
@@ -462,7 +464,8 @@ def _evaluate_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     seeds = settings["decoding_seeds"][:1] if settings["greedy"] else settings["decoding_seeds"]
     files = list(zip(args.set_name, args.data, args.out, args.predictions))
     partials = {name: out.with_name(out.name + ".partial") for name, _, out, _ in files}  # finished seeds
-    inputs = {name: fingerprint_inputs(args.model, data, name, protocol, args.limit, settings["engine"])
+    inputs = {name: fingerprint_inputs(args.model, data, name, protocol, args.limit, settings["engine"],
+                                       settings["dtype"])
               for name, data, _, _ in files}
     keys = {name: fingerprint(inputs[name]) for name in inputs}
     done = {name: _kept_seeds(partials[name], keys[name], seeds) for name in keys}
@@ -480,7 +483,8 @@ def _evaluate_files(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     elapsed = time.perf_counter() - start  # the sets are decoded together: the time of all of them
     for name, data, out, predictions_path in files:
         summary, predictions = results[name]
-        summary = {**summary, "protocol": {**summary["protocol"], "engine": settings["engine"]}}
+        summary = {**summary, "protocol": {**summary["protocol"], "engine": settings["engine"],
+                                           "dtype": settings["dtype"]}}
         # what this result was computed from and by: the checkout's commit, the weights, the data, the protocol
         provenance = {"git": git_state(Path.cwd()), "weights_sha256": inputs[name]["weights"],
                       "data_sha256": inputs[name]["data"], "protocol": inputs[name]["protocol"],

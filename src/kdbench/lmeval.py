@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = eval_protocol.decoding(settings)
     seeds = settings["decoding_seeds"]
     with pinned(1, "lm-eval"):  # a GPU of its own (kdbench.gpus), as evaluation jobs get
-        model, tokenizer = load_model(args.model)
+        model, tokenizer = load_model(args.model, dtype=settings["dtype"])
         # kdbench tasks: max_length = prompt budget + new tokens; the others: the model's own maximum
         lms = {True: _kdbench_lm(HFLM, resolve_protocol(protocol))(
                    pretrained=model, tokenizer=tokenizer, batch_size=protocol["batch_size"],

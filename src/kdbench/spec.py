@@ -177,6 +177,9 @@ class Evaluation(Generation):
     engine: Literal["hf", "vllm"] = setting(
         "hf", "generation engine: transformers' generate, or vLLM (GPU; pip install -e \".[vllm]\"; no n-gram "
         "blocking: needs no_repeat_ngram_size 0)")
+    dtype: Literal["fp32", "bf16", "fp16"] = setting(
+        "fp32", "the dtype the evaluated model is loaded in, recorded with each result (bf16 or fp16 halve a GPU's "
+        "memory and time; the sampled responses then differ in their bits)")
     job: Literal["set", "run"] = setting(
         "set", "one evaluation job per (run, set), or per run over every set (small models: start-up dominates)")
     lm_eval_tasks: list[str] = setting(

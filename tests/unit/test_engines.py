@@ -38,7 +38,8 @@ class FakeEngine:
     device = "cuda (vllm)"
     seen: list = []
 
-    def __init__(self, model_dir):
+    def __init__(self, model_dir, dtype):
+        assert dtype == "fp32"  # the protocol's default reaches the engine
         from transformers import GenerationConfig
 
         self.generation_config = GenerationConfig(eos_token_id=0)

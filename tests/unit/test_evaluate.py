@@ -292,3 +292,30 @@ def test_main_reports_missing_or_bad_inputs(model_dir: Path, tmp_path: Path) -> 
     with pytest.raises(KDBenchError, match="cannot load a model"):
         main(["--model", str(tmp_path), "--data", str(data), *outputs])
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_evaluation_dtype_is_explicit_and_recorded(model_dir: Path, tmp_path: Path) -> None:
+    """The model is loaded in the protocol's evaluation.dtype, whatever the library's default, and
+    the result says which; another dtype is another fingerprint (a kept seed is not reused)."""
+    import torch
+
+    from kdbench.evaluate import fingerprint, fingerprint_inputs, load_model
+
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        loaded, _ = load_model(model_dir, dtype=name)
+        assert {p.dtype for p in loaded.parameters()} == {dtype}
+    data = _write_set(tmp_path / "toy.jsonl")
+    protocol = tmp_path / "protocol.yaml"
+    protocol.write_text("dtype: bf16\ndecoding_seeds: [10]\nmax_new_tokens: 3\n")
+    out = tmp_path / "toy.json"
+    assert main(["--model", str(model_dir), "--data", str(data), "--set", "toy", "--protocol", str(protocol),
+                 "--out", str(out), "--predictions", str(tmp_path / "p.jsonl")]) == 0
+    result = json.loads(out.read_text())
+    assert result["protocol"]["dtype"] == "bf16" and result["provenance"]["protocol"] is not None
+    keys = {d: fingerprint(fingerprint_inputs(model_dir, data, "toy", {"max_new_tokens": 3}, None, "hf", d))
+            for d in ("fp32", "bf16")}
+    assert keys["fp32"] != keys["bf16"]
+    protocol.write_text("dtype: fp64\n")
+    with pytest.raises(KDBenchError, match="dtype"):
+        main(["--model", str(model_dir), "--data", str(data), "--set", "toy", "--protocol", str(protocol),
+              "--out", str(out), "--predictions", str(tmp_path / "p.jsonl")])

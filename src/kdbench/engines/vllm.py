@@ -45,7 +45,7 @@ class Engine:
 
     device = "cuda (vllm)"
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, dtype: str = "fp32"):
         try:
             from vllm import LLM
         except ImportError as err:
@@ -53,7 +53,8 @@ class Engine:
         from transformers import GenerationConfig
 
         # generation_config="vllm": the protocol's settings alone, never the model's own defaults
-        self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), generation_config="vllm", seed=0)
+        self.llm = LLM(model=str(model_dir), tokenizer=str(model_dir), generation_config="vllm", seed=0,
+                       dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype])
         try:  # its eos ids end a response, as they do under the hf engine
             self.generation_config = GenerationConfig.from_pretrained(model_dir)
         except OSError:
