@@ -52,6 +52,9 @@ class Grid:
         n_train = validate.train_size(self.config, self.data_files, self.workdir)  # known before any job, or None
         for name, pair in self.pairs.items():
             validate.check_pair(pair, str(self.pair_file(name)), self.workdir, self.config, n_train)
+        for pair, label, _ in self.runs():
+            pairs.check_method(str(self.pair_file(pair)), self.pairs[pair], label, self.method(label),
+                               self.labels.crosstok_methods())
 
     @property
     def results(self) -> str:
@@ -138,6 +141,13 @@ class Grid:
 
     def teacher_seed(self, pair: str) -> int:
         return self.pairs[pair]["teacher"]["seed"]
+
+    def cross_tokenizer(self, pair: str) -> bool:
+        """Teacher and student of `pair` read different tokenizers (kdbench.pairs.cross_tokenizer)."""
+        return pairs.cross_tokenizer(self.pairs[pair])
+
+    def tokenizer_dir(self, pair: str, role: str) -> str:
+        return pairs.tokenizer_dir(self.results, pair, self.pairs[pair], role)
 
     def has_teacher_sft(self, pair: str) -> bool:
         return "sft" in self.pairs[pair]["teacher"]

@@ -41,7 +41,7 @@ class Labels:
         plugin = self.plugins.get(base)
         if base in self.defs:
             return self.defs[base]
-        if plugin is not None and plugin.kind == "divergence":
+        if plugin is not None and plugin.kind in ("divergence", "crosstok"):
             return {"divergence": base}
         if plugin is not None:
             return {"divergence": plugin.base_divergence or "fkl", "policy": base}
@@ -58,24 +58,46 @@ class Labels:
         spec = self._base(base, where)
         if suffix and spec.get("policy_divergence"):  # under a token policy this method distils with another loss
             spec = {**spec, "divergence": spec["policy_divergence"], "hp": {}}
-        method = Method(label=label, kd_ratio=spec.get("kd_ratio", default_kd_ratio(spec["divergence"])),
+        cross = self._crosstok(spec["divergence"])
+        method = Method(label=label, kd_ratio=spec.get("kd_ratio", cross["kd_ratio"] if cross
+                                                       else default_kd_ratio(spec["divergence"])),
                         **{k: spec[k] for k in ("source", "source_hp", "init_from", "train_data") if k in spec}).as_dict()
         if method["init_from"] is not None:
             self.method(method["init_from"])  # must itself be a valid label
         if method["source"] != "off_policy" and not spec["divergence"]:
             raise KDBenchError(f"{where}: data source '{method['source']}' needs a distillation loss.")
         check_source_hp(method["source"], method["source_hp"], where)
+        if cross and method["source"] != "off_policy":
+            raise KDBenchError(f"{where}: cross-tokenizer method '{spec['divergence']}' trains on the dataset's "
+                               f"responses only (source off_policy); '{method['source']}' would need the student's "
+                               "samples re-tokenized for the teacher, which is not wired yet.")
         if spec["divergence"]:
-            div = registry.lookup(self.plugins, spec["divergence"], "divergence", where)
+            div = registry.lookup(self.plugins, spec["divergence"], "crosstok" if cross else "divergence", where)
             method["divergence"] = plugin_entry(div, div.bind(spec.get("hp"), where))
         for policy_label in [p for p in (spec.get("policy"), suffix) if p]:
             if not spec["divergence"]:
                 raise KDBenchError(f"{where}: a token policy needs a distillation loss; '{base}' has none.")
+            if cross and cross["space"] is None:
+                raise KDBenchError(
+                    f"{where}: token policy '{policy_label}' cannot act on cross-tokenizer method '{spec['divergence']}': "
+                    "a policy reads one teacher and one student distribution over one vocabulary per token, and "
+                    f"{spec['divergence']}'s formula has none (@crosstok without space=; docs/METHODS.md §6). "
+                    "The cross-tokenizer methods a policy composes with: "
+                    f"{', '.join(self.crosstok_methods(composable=True)) or 'none'}.")
             policy_hp = spec.get("policy_hp", {}) if policy_label == suffix else {}
             method["policies"].append(self._policy_entry(policy_label, where, policy_hp))
         if method["policies"] and method["kd_ratio"] == 0:
             raise KDBenchError(f"{where}: kd_ratio is 0, so its token policy would have nothing to act on.")
         return method
+
+    def _crosstok(self, key: str | None) -> dict | None:
+        """A cross-tokenizer plugin's options (kdbench.registry.crosstok), or None for any other key."""
+        plugin = self.plugins.get(key) if key else None
+        return plugin.crosstok if plugin is not None and plugin.kind == "crosstok" else None
+
+    def crosstok_methods(self, composable: bool = False) -> list[str]:
+        """The cross-tokenizer plugins (with `composable`: those a token policy composes with)."""
+        return sorted(k for k, m in self.plugins.items() if m.kind == "crosstok" and not (composable and m.crosstok["space"] is None))
 
     def _policy_entry(self, policy_label: str, where: str, policy_hp: dict) -> dict:
         """The policy of a label, its hyper-parameters (under the method's `policy_hp` for its plugin)

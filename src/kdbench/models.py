@@ -368,11 +368,13 @@ def check_vocab(teacher_tokenizer, student_tokenizer, teacher_rows: int, student
     return size
 
 
-def check_pair_vocab(pair: dict[str, Any], where: str) -> int | None:
+def check_pair_vocab(pair: dict[str, Any], where: str) -> dict[str, Any] | None:
     """The vocabulary check at config time, for a pair whose teacher and student are both local
-    directories: reads tokenizer and config files only (no weights, no network). Returns the shared
-    vocabulary size, or None when the check has to wait: a hub id is read only by its init-model job
-    (the training job checks it then), and random-init models get the generated tokenizer."""
+    directories: reads tokenizer and config files only (no weights, no network). Returns which case
+    the pair is: `{"cross_tokenizer": False, "vocab": <shared size>}` (one tokenizer, checked against
+    both output layers by `check_vocab`) or `{"cross_tokenizer": True, "teacher_vocab": n, "student_vocab": m}`
+    (two tokenizers); None when the check has to wait: a hub id is read only by its init-model job
+    (the training job checks it then), and random-init models get a generated tokenizer."""
     specs = [pair["teacher"], pair["student"]]
     if not all(spec["init"] == "pretrained" and Path(spec["path"]).is_dir() for spec in specs):
         return None
@@ -384,7 +386,10 @@ def check_pair_vocab(pair: dict[str, Any], where: str) -> int | None:
         found.append((AutoTokenizer.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True),
                       AutoConfig.from_pretrained(spec["path"], trust_remote_code=remote, local_files_only=True)))
     (teacher_tok, teacher_cfg), (student_tok, student_cfg) = found
-    return check_vocab(teacher_tok, student_tok, teacher_cfg.vocab_size, student_cfg.vocab_size, where)
+    if teacher_tok.get_vocab() != student_tok.get_vocab():
+        return {"cross_tokenizer": True, "teacher_vocab": len(teacher_tok), "student_vocab": len(student_tok)}
+    return {"cross_tokenizer": False,
+            "vocab": check_vocab(teacher_tok, student_tok, teacher_cfg.vocab_size, student_cfg.vocab_size, where)}
 
 
 SOURCE_FILE = "kdbench_source.json"  # beside a pretrained model's initial weights: path, revision, hub commit

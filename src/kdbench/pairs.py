@@ -14,6 +14,9 @@ from kdbench.schemas import check_schema, fill_defaults, load_schema, load_yaml
 from kdbench.spec import Training, accumulation_steps
 
 TRAINING_REF = "#/$defs/training"  # filled by Training.resolve (teacher.sft over training), not on load
+# The workflow's generated tokenizers (rules tokenizer, tokenizer_unigram): kind → folder under results/.
+GENERATED_TOKENIZERS = {"bpe": "tokenizer", "unigram": "tokenizer-unigram"}
+DEFAULT_TOKENIZER = {"generated": "bpe"}  # a random-init role without `tokenizer`
 
 
 def pair_file(workdir: Path, name: str) -> Path:
@@ -40,6 +43,7 @@ def load_pair(path: Path, workdir: Path | None = None) -> dict:
     fill_defaults(pair, schema, skip=frozenset({TRAINING_REF}))
     for role in ("teacher", "student"):
         _check_model(pair[role], role, path)
+        _check_tokenizer(pair[role], role, path)
     if "reference" in pair and "random" in (pair["teacher"]["init"], pair["student"]["init"]):
         raise KDBenchError(f"{path}: key 'reference': published numbers belong beside the paper's own pretrained "
                            "teacher and student; beside a random-init model the difference would mean nothing, "
@@ -71,6 +75,76 @@ def _check_model(spec: dict, role: str, path: Path) -> None:
         raise KDBenchError(f"{path}: key '{role}.config': a pretrained model is built as its checkpoint's "
                            "config.json says, so these settings would be ignored; remove them (config "
                            "is for init: random).")
+
+
+def _check_tokenizer(spec: dict, role: str, path: Path) -> None:
+    """A role's `tokenizer` key: only a random-init model takes one, and a directory it names holds one."""
+    given = spec.get("tokenizer")
+    if given is None:
+        return
+    if spec["init"] != "random":
+        own = "the teacher's (it is a copy)" if spec["init"] == "teacher" else "its own, saved beside its weights"
+        raise KDBenchError(f"{path}: key '{role}.tokenizer': a {spec['init']} model reads {own}; a tokenizer is "
+                           f"chosen only for init: random. Remove {role}.tokenizer.")
+    folder = Path(given.get("path", ""))
+    if "path" in given and not ((folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file()):
+        raise KDBenchError(f"{path}: key '{role}.tokenizer.path': no tokenizer in {given['path']} (a directory with "
+                           "tokenizer.json, as save_pretrained writes it); give that directory, or "
+                           "{generated: bpe | unigram} for one the workflow trains.")
+
+
+def tokenizer_source(pair: dict, role: str) -> str:
+    """What a role's tokenizer is, as a name two roles share exactly when they share a tokenizer:
+    `generated:<kind>` or `path:<dir>` (a random-init model), the teacher's (a copy of it), or
+    `own` (a loaded model's, which the two roles of one family are taken to share; kdbench.preflight
+    and the training job check the files)."""
+    spec = pair[role]
+    if spec["init"] == "teacher":
+        return tokenizer_source(pair, "teacher")
+    if spec["init"] != "random":
+        return "own"
+    given = spec.get("tokenizer", DEFAULT_TOKENIZER)
+    return f"path:{given['path']}" if "path" in given else f"generated:{given['generated']}"
+
+
+def cross_tokenizer(pair: dict) -> bool:
+    """Teacher and student read different tokenizers (a cross-tokenizer pair, docs/METHODS.md §6)."""
+    return tokenizer_source(pair, "teacher") != tokenizer_source(pair, "student")
+
+
+def tokenizer_dir(results: str, name: str, pair: dict, role: str) -> str:
+    """The directory of a role's tokenizer: a generated one, the directory a pair file names, or the
+    role's initial model directory (init-model saves the tokenizer beside the weights)."""
+    spec = pair[role]
+    if spec["init"] != "random":
+        return f"{results}/models/{name}/{role}-init"
+    given = spec.get("tokenizer", DEFAULT_TOKENIZER)
+    return given["path"] if "path" in given else f"{results}/{GENERATED_TOKENIZERS[given['generated']]}"
+
+
+def _describe(pair: dict, role: str) -> str:
+    source = tokenizer_source(pair, role)
+    return {"own": "its model's own"}.get(source, source.replace("generated:", "generated ").replace("path:", ""))
+
+
+def check_method(where: str, pair: dict, label: str, method: dict, crosstok: list[str]) -> None:
+    """Before any job: a same-vocabulary method distils only a pair with one tokenizer, and a
+    cross-tokenizer method (a key in `crosstok`) only a pair with two. `where` is the pair file."""
+    div = method["divergence"]
+    if div is None:
+        return
+    cross_method, cross_pair = div["key"] in crosstok, cross_tokenizer(pair)
+    tokenizers = f"teacher: {_describe(pair, 'teacher')}, student: {_describe(pair, 'student')}"
+    if cross_pair and not cross_method:
+        raise KDBenchError(
+            f"{where}: teacher and student read different tokenizers ({tokenizers}), so method '{label}' "
+            f"cannot distil this pair: '{div['key']}' compares the two distributions token id by token id. "
+            f"The cross-tokenizer methods that would run: {', '.join(crosstok) or 'none'} (docs/METHODS.md §6).")
+    if cross_method and not cross_pair:
+        raise KDBenchError(
+            f"{where}: teacher and student read one tokenizer ({tokenizers}), so cross-tokenizer method "
+            f"'{label}' has nothing to align here and cannot run; use a same-vocabulary method (fkl, rkl, ...), "
+            "or give a role another tokenizer (teacher.tokenizer / student.tokenizer, config/README.md).")
 
 
 def training(pair: dict, teacher_sft: bool = False) -> dict:

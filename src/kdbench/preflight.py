@@ -3,7 +3,8 @@
 
 - each random-init model's `config` keys and values against its family's transformers config class
   (a misspelt key would be kept as an unused attribute and the model built with the default);
-- the shared vocabulary of a pair of local model directories;
+- the shared vocabulary of a pair of local model directories (or that a pair of two loaded models
+  does not hide two tokenizers);
 - every plugin the grid's labels name imported (a broken file names itself), each token policy's
   protocol members, and its own range checks on the bound hyper-parameters;
 - the shape init-model will build for each model (built on the meta device), which `kdbench check`
@@ -73,6 +74,7 @@ def run(grid: Any) -> dict:
 def check(req: dict) -> dict:
     """The checks themselves (imports torch and transformers): the verdict, or KDBenchError."""
     from kdbench.models import check_model_config, check_pair_vocab, planned_shape
+    from kdbench.pairs import cross_tokenizer
 
     shapes = {}
     for name, pair in req["pairs"].items():
@@ -81,7 +83,14 @@ def check(req: dict) -> dict:
             if pair[role]["init"] == "random":
                 check_model_config(pair["family"], pair[role]["config"], where, f"{role}.config",
                                    vocab_size=req["vocab_size"])
-        check_pair_vocab(pair, where)
+        case = check_pair_vocab(pair, where)
+        if case and case["cross_tokenizer"] and not cross_tokenizer(pair):
+            raise KDBenchError(
+                f"{where}: the teacher's and the student's tokenizers differ ({case['teacher_vocab']:,} and "
+                f"{case['student_vocab']:,} tokens), but both are loaded models of one family, which a pair file "
+                "takes to share one tokenizer: the same-vocabulary methods cannot distil them, and a "
+                "cross-tokenizer pair of two loaded models is not wired yet (docs/crosstok-plan.md). Pick a "
+                "teacher and a student with one tokenizer.")
         shapes[name] = {role: planned_shape(pair["family"], pair[role], req["vocab_size"], where, role)
                         for role in ROLES}
     for entry in req["plugins"]:

@@ -6,7 +6,10 @@ decorator from this module:
 - `@divergence`: a function `(student_logp (N,V), teacher_logp (N,V), *, **hp) -> (N,)` of per-token
   values on fp32 log-probabilities that the harness has already tempered and aligned;
 - `@token_policy`: a class whose instances choose per-token weights and temperatures (AdaKD, EGAD)
-  and may hold state for resume; it implements kdbench.policies.TokenPolicy, checked on load.
+  and may hold state for resume; it implements kdbench.policies.TokenPolicy, checked on load;
+- `@crosstok(alignment=..., space=...)`: a cross-tokenizer method (teacher and student with different
+  tokenizers, docs/METHODS.md §6), a function `(student_logp (N,V_s), teacher_logp (N,V_t), *,
+  <artifact arrays it names>, kd_ratio=<its CE mix>, **hp) -> (N,)` on the aligned rows.
 
 Hyper-parameters are the keyword-only parameters (after `*`) of the function or of the class's
 `__init__`, each with a literal default or none (then the config must give it). Discovery reads
@@ -31,7 +34,7 @@ from typing import Any
 
 from kdbench.errors import KDBenchError
 
-KINDS = ("divergence", "token_policy")
+KINDS = ("divergence", "token_policy", "crosstok")
 _MARK = "__kdbench_kind__"
 # What the harness calls on a token policy (kdbench.policies.TokenPolicy documents each).
 MEMBERS = ("token_stats", "plan", "feature_loss", "observe", "state_dict", "load_state_dict", "log_scalars")
@@ -40,6 +43,15 @@ MEMBERS = ("token_stats", "plan", "feature_loss", "observe", "state_dict", "load
 HARNESS_ARGS = ("total_steps", "student_dim", "teacher_dim", "seed")  # seed: the run's
 DIVERGENCE_INPUTS = ("student_logp", "teacher_logp")
 REQUIRED = object()  # a hyper-parameter without a default
+# A cross-tokenizer method: how the harness pairs student and teacher rows (docs/METHODS.md §6;
+# "pairs": one-to-one exact groups, "position": the i-th response token of each side, ULD's code),
+# the one distribution space a token policy may act in (None: no policy composes), the arrays of the
+# pair's vocab_map it may take (keyword-only, by name), and `kd_ratio`, the default weight of its
+# distillation term against the student's cross-entropy (a keyword default, not a hyper-parameter).
+ALIGNMENTS = ("pairs", "position")
+SPACES = (None, "common", "teacher")
+ARTIFACT_ARRAYS = ("common_student", "common_teacher", "projection_indices", "projection_weights")
+CROSSTOK_KD_RATIO = "kd_ratio"
 
 
 def divergence(fn: Callable) -> Callable:
@@ -54,6 +66,16 @@ def token_policy(cls: type) -> type:
     return cls
 
 
+def crosstok(*, alignment: str, space: str | None = None) -> Callable[[Callable], Callable]:
+    """Mark a cross-tokenizer method: its rows are aligned as `alignment` says, and a token policy
+    composes with it in `space` (see ALIGNMENTS, SPACES; read from the file's syntax tree)."""
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _MARK, "crosstok")
+        fn.crosstok = {"alignment": alignment, "space": space}
+        return fn
+    return mark
+
+
 @dataclass(frozen=True)
 class Method:
     """One plugin as its file declares it (read without running the file)."""
@@ -66,6 +88,8 @@ class Method:
     params: dict[str, Any] = field(repr=False)  # hyper-parameter → literal default (or REQUIRED), in order
     doc: str = ""
     base_divergence: str | None = None  # a token policy's divergence when its label names no base
+    # crosstok only: alignment, space, needs (the artifact arrays it takes), kd_ratio (its default)
+    crosstok: dict | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -113,23 +137,51 @@ def read_method_file(path: Path) -> Method:
     if len(marked) != 1:
         raise KDBenchError(
             f"method file {path} must mark exactly one function or class with "
-            f"@kdbench.registry.divergence or @kdbench.registry.token_policy; found {len(marked)}."
+            f"@kdbench.registry.divergence, @kdbench.registry.token_policy or @kdbench.registry.crosstok(...); "
+            f"found {len(marked)}."
         )
     node, kind = marked[0]
     where = f"method file {path}: {kind.replace('_', ' ')} {node.name}"
-    if kind == "divergence":
+    options = None
+    if kind in ("divergence", "crosstok"):
         params, base = _hyper_parameters(node, where, inputs=DIVERGENCE_INPUTS), None
+        if kind == "crosstok":
+            options = _crosstok_options(node, params, where)
     else:
         _check_members(node, f"method file {path}")
         params, base = _hyper_parameters(_init(node), where, inputs=("self",)), _class_literal(node, "base_divergence")
     return Method(key=path.stem, kind=kind, name=node.name, path=path, version=hashlib.sha256(source).hexdigest()[:12],
-                  params=params, doc=ast.get_docstring(node) or "", base_divergence=base)
+                  params=params, doc=ast.get_docstring(node) or "", base_divergence=base, crosstok=options)
+
+
+def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str) -> dict:
+    """The decorator's alignment and space, the artifact arrays the signature names, and its kd_ratio
+    default; those keyword-only parameters are taken out of `params` (they are not hyper-parameters)."""
+    call = next(d for d in node.decorator_list if _decorator_name(d) == "crosstok")
+    given = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if isinstance(call, ast.Call) else {}
+    if given.get("alignment") not in ALIGNMENTS or given.get("space") not in SPACES:
+        raise KDBenchError(f"{where}: @crosstok(alignment=..., space=...) takes alignment one of "
+                           f"{', '.join(ALIGNMENTS)} and space one of {', '.join(map(str, SPACES))}; got {given}.")
+    needs = [name for name in ARTIFACT_ARRAYS if name in params]
+    for name in needs:
+        del params[name]
+    kd_ratio = params.pop(CROSSTOK_KD_RATIO, REQUIRED)
+    if isinstance(kd_ratio, bool) or not isinstance(kd_ratio, (int, float)) or not 0 < kd_ratio <= 1:
+        raise KDBenchError(f"{where}: a cross-tokenizer method declares `kd_ratio=<its default weight of the "
+                           "distillation term against the cross-entropy, in (0, 1]>` as a keyword-only parameter.")
+    return {"alignment": given["alignment"], "space": given.get("space"), "needs": needs, "kd_ratio": float(kd_ratio)}
+
+
+def _decorator_name(dec: ast.expr) -> str | None:
+    dec = dec.func if isinstance(dec, ast.Call) else dec
+    return dec.id if isinstance(dec, ast.Name) else dec.attr if isinstance(dec, ast.Attribute) else None
 
 
 def _decorator_kind(node: ast.FunctionDef | ast.ClassDef) -> str | None:
-    """`divergence` or `token_policy` when a decorator of `node` is ours (`@divergence`, `@registry.divergence`)."""
+    """`divergence`, `token_policy` or `crosstok` when a decorator of `node` is ours (`@divergence`,
+    `@registry.divergence`, `@crosstok(...)`)."""
     for dec in node.decorator_list:
-        name = dec.id if isinstance(dec, ast.Name) else dec.attr if isinstance(dec, ast.Attribute) else None
+        name = _decorator_name(dec)
         if name in KINDS:
             return name
     return None

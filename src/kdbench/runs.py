@@ -39,8 +39,12 @@ def resolve(grid: Any, pair: str, label: str, seed: int) -> dict:
     role = "teacher" if label == "teacher" else "student"  # the model this run trains
     # With global_batch_size: the accumulation for training.gpus (the job derives it again for its own ranks).
     training["gradient_accumulation_steps"] = accumulation_steps(training, training["gpus"], f"config/pairs/{pair}.yaml")
-    # A loaded model brings its own tokenizer (init-model saves it beside the weights).
-    tokenizer = f"{res}/tokenizer" if spec[role]["init"] == "random" else f"{res}/models/{pair}/{role}-init"
+    # A loaded model brings its own tokenizer (init-model saves it beside the weights); a random-init
+    # one reads a generated tokenizer or the directory its pair file names.
+    tokenizer = grid.tokenizer_dir(pair, role)
+    # A cross-tokenizer pair's distillation run: the teacher reads its own tokens, the vocab_map pairs the vocabularies.
+    cross = {"teacher_tokenizer": grid.tokenizer_dir(pair, "teacher"), "vocab_map": vocab_map_path(res, pair)} \
+        if teacher and grid.cross_tokenizer(pair) else {}
     ds_file = grid.workdir / training["deepspeed"]
     return {
         "run": {"pair": pair, "method": label, "seed": seed, "dir": f"{res}/runs/{pair}/{label}/seed{seed}"},
@@ -52,6 +56,7 @@ def resolve(grid: Any, pair: str, label: str, seed: int) -> dict:
         "lora": spec[role].get("lora"),
         "pair_file": f"config/pairs/{pair}.yaml",  # named in error messages
         "tokenizer": tokenizer,
+        **cross,
         "prompt_format": grid.config["evaluation"]["prompt_format"],  # training prompts as evaluation's
         "data": {"train": method["train_data"].format(results=res, pair=pair) if method["train_data"]
                  else grid.data_files["train"], "valid": grid.data_files["valid"]},
@@ -59,6 +64,11 @@ def resolve(grid: Any, pair: str, label: str, seed: int) -> dict:
         "training": training,
         "deepspeed": load_yaml(ds_file) if ds_file.suffix in {".yaml", ".yml"} else _load_json(ds_file),
     }
+
+
+def vocab_map_path(results: str, pair: str) -> str:
+    """The pair's vocabulary artifact (rule vocab_map, kdbench.crosstok.vocab); its report is beside it (.json)."""
+    return f"{results}/vocab_maps/{pair}/vocab_map.safetensors"
 
 
 def teacher_states(grid: Any, pair: str, label: str, seed: int) -> str | None:

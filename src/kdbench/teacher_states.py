@@ -54,11 +54,13 @@ TABLES = ("states", "digests", "state_digests", "offsets")
 def spec(run: dict) -> dict | None:
     """What a resolved run's stream of dataset micro-batches and its teacher's forward on them depend
     on, and so what its states file is computed from; None where stored states cannot serve it: SFT,
-    on-policy sources, a ZeRO-3 teacher (partitioned over the ranks: no single device holds it). It
+    on-policy sources, a ZeRO-3 teacher (partitioned over the ranks: no single device holds it), a
+    cross-tokenizer run (its teacher reads its own tokens, `vocab_map` in the run). It
     holds no method setting, so every run of a pair and seed on the same data has the same spec;
     `gpus` says where the job runs (a GPU from 1 on) and how many ranks' shares of the stream it holds."""
     tr, method = run["training"], run["method"]
-    if not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy" or run.get("teacher_zero3"):
+    if not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy" or run.get("teacher_zero3") \
+            or run.get("vocab_map"):
         return None
     return {"pair": run["run"]["pair"], "seed": run["run"]["seed"], "teacher": run["teacher"],
             "teacher_dtype": run["teacher_dtype"], "tokenizer": run["tokenizer"], "prompt_format": run["prompt_format"],

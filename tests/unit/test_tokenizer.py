@@ -115,3 +115,19 @@ def test_bad_arguments_are_user_errors(corpus: list[Path], tmp_path: Path) -> No
 def test_cli(corpus: list[Path], tmp_path: Path) -> None:
     assert main(["--data", str(corpus[0]), str(corpus[1]), "--vocab-size", "400", "--out", str(tmp_path)]) == 0
     assert len(AutoTokenizer.from_pretrained(tmp_path)) <= 400
+
+
+def test_unigram_kind_is_metaspace_with_byte_fallback(corpus: list[Path], tmp_path: Path) -> None:
+    """The second generated kind (cross-tokenizer pairs): `▁` word markers where the BPE has `Ġ`, any
+    text representable through `<0xNN>` byte tokens, and every corpus text decoded back as it was."""
+    main(["--data", *map(str, corpus), "--vocab-size", "600", "--kind", "unigram", "--out", str(tmp_path)])
+    uni = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    assert uni.is_fast and uni.eos_token == EOS_TOKEN and uni.pad_token == PAD_TOKEN
+    assert any(t.startswith("▁") for t in uni.get_vocab()) and "<0xF0>" in uni.get_vocab()
+    assert not any(t.startswith("Ġ") for t in uni.get_vocab())
+    for text in list(corpus_texts(corpus))[:200]:
+        assert uni.decode(uni(text)["input_ids"]) == text
+    odd = "Ünïcode 🙂\n\ttabs  and   spaces"
+    assert uni.decode(uni(odd)["input_ids"]) == odd
+    with pytest.raises(KDBenchError, match="kind 'wordpiece'"):
+        train_tokenizer(corpus, tmp_path / "x", kind="wordpiece")

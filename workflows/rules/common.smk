@@ -160,12 +160,13 @@ def prepare_args(w):
 
 
 def init_model_inputs(w):
-    """The pair file, and the generated tokenizer for a random-init model (a loaded one brings its
-    own), or the teacher's initial model for a student copied (and pruned) from it."""
+    """The pair file, and the tokenizer of a random-init model (a generated one or the directory its
+    pair file names; a loaded one brings its own), or the teacher's initial model for a student
+    copied (and pruned) from it."""
     inputs = {"pair": portable(GRID.pair_file(w.pair))}
     init = GRID.pairs[w.pair][w.role]["init"]
     if init == "random":
-        inputs["tokenizer"] = f"{RES}/tokenizer"
+        inputs["tokenizer"] = GRID.tokenizer_dir(w.pair, w.role)
     elif init == "teacher":
         inputs["teacher"] = f"{RES}/models/{w.pair}/teacher-init"
     return inputs

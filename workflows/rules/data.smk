@@ -51,6 +51,24 @@ rule tokenizer:
         "kdbench tokenizer --data {input:q} --vocab-size {params.vocab_size:q} --out {output:q} > {log:q} 2>&1"
 
 
+rule tokenizer_unigram:
+    """The second generated tokenizer (Unigram, Metaspace `▁`), for a random-init role of a
+    cross-tokenizer pair that asks for it (`tokenizer: {generated: unigram}`)."""
+    input:
+        GRID.data_files["train"],
+    output:
+        directory(f"{RES}/tokenizer-unigram"),
+    params:
+        vocab_size=CFG["tokenizer"]["vocab_size"],
+    log:
+        f"{RES}/logs/tokenizer-unigram.log",
+    conda:
+        ENV
+    shell:
+        "kdbench tokenizer --kind unigram --data {input:q} --vocab-size {params.vocab_size:q} --out {output:q}"
+        " > {log:q} 2>&1"
+
+
 rule init_model:
     input:
         unpack(init_model_inputs),

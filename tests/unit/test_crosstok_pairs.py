@@ -1,0 +1,124 @@
+"""Cross-tokenizer pairs in the grid: a tokenizer per role, the plugin kind `crosstok`, and each
+refusal before any job (a same-vocabulary method on a cross-tokenizer pair, a cross-tokenizer method
+on a one-tokenizer pair, a missing tokenizer), with the pair file and key in the message."""
+
+import shutil
+
+import pytest
+import yaml
+
+from kdbench.config import Grid
+from kdbench.errors import KDBenchError
+from kdbench.registry import read_method_file
+
+PAIR = "gpt2-tiny-s_from_gpt2-tiny-t"
+PLUGIN = '''
+import torch
+from kdbench.registry import crosstok
+
+
+@crosstok(alignment="{alignment}"{space})
+def {key}(student_logp, teacher_logp, *, common_student, common_teacher, kd_ratio=0.5, beta: float = 1.0):
+    """A test plugin."""
+    return beta * (student_logp[:, common_student].exp() - teacher_logp[:, common_teacher].exp()).abs().sum(-1)
+'''
+
+
+def _plugin(folder, key, alignment="pairs", space=None):
+    (folder / f"{key}.py").write_text(PLUGIN.format(key=key, alignment=alignment,
+                                                    space=f", space={space!r}" if space else ""))
+
+
+@pytest.fixture
+def work(repo, tmp_path):
+    """A workflow directory with two test cross-tokenizer plugins (ctk composes with a policy, ctu not)
+    and the tiny GPT-2 pair, plus `cross`: that pair with a Unigram student."""
+    for folder in ("config", "methods", "workflows"):
+        shutil.copytree(repo / folder, tmp_path / folder)
+    for name in ("ctkd_test", "uld_test"):
+        (tmp_path / "methods" / f"{name}.py").unlink(missing_ok=True)
+    _plugin(tmp_path / "methods", "ctk", space="common")
+    _plugin(tmp_path / "methods", "ctu", alignment="position")
+    spec = yaml.safe_load((repo / "config/pairs" / f"{PAIR}.yaml").read_text())
+    spec["student"]["tokenizer"] = {"generated": "unigram"}
+    (tmp_path / "config/pairs/cross.yaml").write_text(yaml.safe_dump(spec))
+    return tmp_path
+
+
+def _grid(repo, work, pairs, methods):
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text())
+    cfg["tables"] = [{"name": "main", "pairs": pairs, "methods": methods}]
+    return Grid(cfg, "test.yaml", work)
+
+
+def test_the_registry_reads_a_crosstok_plugin_without_running_it(work):
+    m = read_method_file(work / "methods/ctk.py")
+    assert m.kind == "crosstok" and m.params == {"beta": 1.0}  # artifact arrays and kd_ratio are not hyper-parameters
+    assert m.crosstok == {"alignment": "pairs", "space": "common", "needs": ["common_student", "common_teacher"],
+                          "kd_ratio": 0.5}
+    (work / "methods/bad.py").write_text(PLUGIN.format(key="bad", alignment="diagonal", space=""))
+    with pytest.raises(KDBenchError, match=r"bad.py: crosstok bad: @crosstok\(alignment=\.\.\., space=\.\.\.\) takes"):
+        read_method_file(work / "methods/bad.py")
+
+
+def test_a_cross_tokenizer_run_reads_both_tokenizers_and_the_vocab_map(repo, work):
+    g = _grid(repo, work, ["cross"], ["sft", "ctk", "ctk+adakd"])
+    assert g.cross_tokenizer("cross")
+    run = g.resolve_run("cross", "ctk", 1)
+    assert run["tokenizer"] == "results/tokenizer-unigram" and run["teacher_tokenizer"] == "results/tokenizer"
+    assert run["vocab_map"] == "results/vocab_maps/cross/vocab_map.safetensors"
+    assert run["method"]["kd_ratio"] == 0.5 and run["method"]["divergence"]["hp"] == {"beta": 1.0}
+    assert "vocab_map" not in g.resolve_run("cross", "sft", 1)  # no teacher, nothing to align
+    teacher_sft = g.resolve_run("cross", "teacher", 0)
+    assert teacher_sft["tokenizer"] == "results/tokenizer" and "vocab_map" not in teacher_sft
+    assert "vocab_map" not in _grid(repo, work, [PAIR], ["fkl"]).resolve_run(PAIR, "fkl", 1)  # as before
+
+
+def test_a_same_vocabulary_method_on_a_cross_tokenizer_pair_is_refused(repo, work):
+    with pytest.raises(KDBenchError) as err:
+        _grid(repo, work, ["cross"], ["ctk", "fkl"])
+    message = str(err.value)
+    assert message.startswith(str(work / "config/pairs/cross.yaml"))
+    assert "different tokenizers (teacher: generated bpe, student: generated unigram)" in message
+    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu" in message
+
+
+def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work):
+    with pytest.raises(KDBenchError, match=rf"^{work}/config/pairs/{PAIR}.yaml: teacher and student read one "
+                                           r"tokenizer .*cross-tokenizer method 'ctk' has nothing to align"):
+        _grid(repo, work, [PAIR], ["fkl", "ctk"])
+
+
+def test_a_policy_composes_only_where_the_plugin_names_its_space(repo, work):
+    assert _grid(repo, work, ["cross"], ["ctk+adakd"]).method("ctk+adakd")["policies"][0]["key"] == "adakd"
+    with pytest.raises(KDBenchError, match=r"label 'ctu\+adakd': token policy 'adakd' cannot act on cross-tokenizer "
+                                           r"method 'ctu': .*composes with: ctk\."):
+        _grid(repo, work, ["cross"], ["ctu+adakd"])
+
+
+@pytest.mark.parametrize("role, tokenizer, init, needle", [
+    ("student", {"path": "no/such/dir"}, None,
+     r"key 'student.tokenizer.path': no tokenizer in no/such/dir \(a directory with tokenizer.json"),
+    ("teacher", {"generated": "unigram"}, {"init": "pretrained", "path": "openai-community/gpt2"},
+     r"key 'teacher.tokenizer': a pretrained model reads its own, saved beside its weights"),
+    ("student", {"generated": "wordpiece"}, None, r"key 'student.tokenizer.generated': 'wordpiece' is not one of"),
+    ("student", {"generated": "bpe", "path": "x"}, None, r"key 'student.tokenizer'"),
+])
+def test_a_bad_or_missing_tokenizer_names_the_pair_file_and_key(repo, work, role, tokenizer, init, needle):
+    path = work / "config/pairs/cross.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec[role] = {**(init or spec[role]), "tokenizer": tokenizer}
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(KDBenchError, match=rf"^{path}: {needle}"):
+        _grid(repo, work, ["cross"], ["ctk"])
+
+
+def test_a_tokenizer_directory_is_taken_as_it_is(repo, work, tmp_path):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok/tokenizer.json").write_text("{}")
+    path = work / "config/pairs/cross.yaml"
+    spec = yaml.safe_load(path.read_text())
+    spec["student"]["tokenizer"] = {"path": str(tmp_path / "tok")}
+    path.write_text(yaml.safe_dump(spec))
+    g = _grid(repo, work, ["cross"], ["ctk"])
+    assert g.resolve_run("cross", "ctk", 1)["tokenizer"] == str(tmp_path / "tok")
