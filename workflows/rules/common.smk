@@ -115,7 +115,7 @@ def pair_resource(job, key, times=1):
 
 def train_inputs(w):
     """What a run reads: its run.yaml, start weights, teacher, tokenizer, data (training and
-    validation) and method files."""
+    validation) and method files; a cross-tokenizer run also the teacher's tokenizer and the vocab_map."""
     run = resolved_run(w)
     inputs = {
         "run": f"{run_dir(w)}/run.yaml",
@@ -127,6 +127,8 @@ def train_inputs(w):
     }
     if run["teacher"]:
         inputs["teacher"] = run["teacher"]
+    if "vocab_map" in run:  # a cross-tokenizer method: the teacher's own tokenizer and the pair's vocab_map
+        inputs.update(teacher_tokenizer=run["teacher_tokenizer"], vocab_map=run["vocab_map"])
     states = GRID.teacher_states(w.pair, w.method, int(w.seed))
     if states:  # teacher_cache: the teacher's hidden states, shared with the runs that read the same batches
         inputs["teacher_states"] = states
@@ -170,6 +172,12 @@ def init_model_inputs(w):
     elif init == "teacher":
         inputs["teacher"] = f"{RES}/models/{w.pair}/teacher-init"
     return inputs
+
+
+def vocab_map_inputs(w):
+    """The two tokenizer directories of a cross-tokenizer pair: generated ones, a pair file's, or
+    a loaded model's initial directory (init-model saves its tokenizer there)."""
+    return {role: GRID.tokenizer_dir(w.pair, role) for role in ("student", "teacher")}
 
 
 def eval_model(w):

@@ -1,6 +1,7 @@
 # The grid's inputs: generated instruction data (the embedded default) or the real sets prepared
-# from the public releases (data.source: releases), a local tokenizer, initial models (random-init,
-# copied from the hub, converted once from a GGUF file, or cut from the teacher's).
+# from the public releases (data.source: releases), local tokenizers, initial models (random-init,
+# copied from the hub, converted once from a GGUF file, or cut from the teacher's), and a
+# cross-tokenizer pair's vocab_map.
 
 
 rule data:
@@ -87,3 +88,19 @@ rule init_model:
     shell:
         "kdbench init-model --pair {input.pair:q} --role {wildcards.role:q} {params.sources:q}"
         " --out {output:q} > {log:q} 2>&1"
+
+
+rule vocab_map:
+    """A cross-tokenizer pair's vocabulary artifact (common sub-vocabulary, X-Token projection) from
+    its two tokenizers alone, read by the runs of cross-tokenizer methods (docs/METHODS.md §6)."""
+    input:
+        unpack(vocab_map_inputs),
+    output:
+        map=f"{RES}/vocab_maps/{{pair}}/vocab_map.safetensors",
+        report=f"{RES}/vocab_maps/{{pair}}/vocab_map.json",
+    log:
+        f"{RES}/logs/vocab_map/{{pair}}.log",
+    conda:
+        ENV
+    shell:
+        "kdbench vocab-map --student {input.student:q} --teacher {input.teacher:q} --out {output.map:q} > {log:q} 2>&1"
