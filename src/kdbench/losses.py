@@ -52,6 +52,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 IGNORE = -100
 NEG_FLOOR = -1e30  # -inf vocabulary padding → a finite floor: exp() is still 0, but 0·(−inf) NaNs vanish
@@ -216,6 +217,47 @@ def objective(
         kd_sum, n_selected, temps = _features_and_selection(plan, policy, h_s, h_t, kd_sum)
     loss, kd_mean = total(ce_sum, kd_sum)
     return LossParts(loss, ce_sum.item(), kd_mean.item(), n, n_selected, temps)
+
+
+def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor,
+                    student_rows: torch.Tensor, teacher_rows: torch.Tensor, *, method: Callable[..., torch.Tensor],
+                    hparams: dict[str, Any], arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int,
+                    kd_ratio: float, n_global: int, world_size: int = 1, student_head: Callable | None = None,
+                    teacher_head: Callable | None = None, chunk_size: int | None = None) -> LossParts:
+    """The micro-batch loss of a cross-tokenizer method (docs/METHODS.md §6): the cross-entropy over
+    every valid student token (`objective` at kd_ratio 0) and the method's per-unit values over the
+    aligned rows (flat indices into each side's (B·T) outputs, kdbench.crosstok.data), each side's
+    log-probabilities over its own vocabulary (padding rows dropped, −inf floored), τ = 1:
+
+        KD_mb   = Σ_u D_u / U_mb        (U_mb: the aligned units of the micro-batch)
+        loss_mb = (1 − kd_ratio)·world/N_global·Σ_i CE_i + kd_ratio·world/N_global·n_mb·KD_mb
+
+    so a micro-batch's KD mean counts by its share of the step's tokens, as under a token policy.
+    Rows are taken `chunk_size` at a time, each chunk's logits recomputed in backward (checkpointed),
+    so no more than a chunk of either side's (units × vocabulary) logits is alive at once."""
+    ce = objective(student_out, None, labels, vocab_size=student_vocab, kd_ratio=0.0, n_global=n_global,
+                   world_size=world_size, student_head=student_head, chunk_size=chunk_size)
+    units = int(student_rows.numel())
+    kd_sum = student_out.new_zeros((), dtype=torch.float32)
+    if kd_ratio > 0 and units:
+        h_s = student_out.flatten(0, 1)[student_rows]
+        h_t = teacher_out.flatten(0, 1)[teacher_rows].detach()
+        step = chunk_size or units
+        for i in range(0, units, step):
+            kd_sum = kd_sum + checkpoint(
+                _cross_chunk, h_s[i:i + step], h_t[i:i + step], student_head, teacher_head, method, hparams, arrays,
+                student_vocab, teacher_vocab, use_reentrant=False)
+    kd_mean = kd_sum / max(units, 1)
+    loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
+    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, units, None)
+
+
+def _cross_chunk(h_s, h_t, student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab):
+    """Σ of a cross-tokenizer method's values over one chunk of aligned rows."""
+    logp_s = F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1)
+    with torch.no_grad():
+        logp_t = F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1)
+    return method(logp_s, logp_t, **arrays, **hparams).sum()
 
 
 def _total(ce_sum, kd_sum, *, kd_ratio: float, n: int, n_global: int, world_size: int,

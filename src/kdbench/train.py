@@ -116,8 +116,10 @@ class Session:
     divergence: Any
     policy: Composed | None
     shapes: dict  # provenance
+    cross: Any = None  # kdbench.crosstok.data.CrossTok: a cross-tokenizer method's run, else None
     checkpoints: Checkpoints | None = None
     stream: Stream | None = None
+    collate: Any = None  # examples → a micro-batch (kdbench.sft_data.collate, or crosstok.data.collate_pair)
     source: Any = None
     selector: BestByValidRouge | None = None
     metrics: Any = None  # metrics.jsonl, open for appending (rank 0 alone writes it)
@@ -144,6 +146,8 @@ class Session:
     def micro_batch_loss(self, mb: dict, n_global: int, progress: float) -> losses.LossParts:
         """Teacher without grad, student with grad (final hidden states), then the harness."""
         mb = {k: v.to(self.engine.device) for k, v in mb.items()}
+        if self.cross is not None:
+            return self.cross_loss(mb, n_global)
         with torch.no_grad():
             if self.teacher_states is not None:  # stored where they hold this micro-batch, else live
                 t_hidden = self.teacher_states(mb)
@@ -159,6 +163,20 @@ class Session:
             hparams=self.method["divergence"]["hp"] if self.divergence else None, policy=self.policy,
             progress=progress, student_head=student_head, teacher_head=teacher_head,
             chunk_size=self.tr.loss_chunk_size)
+
+    def cross_loss(self, mb: dict, n_global: int) -> losses.LossParts:
+        """A cross-tokenizer method's micro-batch: the teacher on its own tokens, the student on its
+        own, and the harness over the aligned rows (kdbench.losses.cross_objective)."""
+        with torch.no_grad():
+            t_hidden = self.teacher_forward(mb["teacher_input_ids"], mb["teacher_attention_mask"])
+        s_hidden = self.engine(mb["input_ids"], mb["attention_mask"])
+        student_head, teacher_head = self.heads.gather()
+        c = self.cross
+        return losses.cross_objective(
+            s_hidden, t_hidden, mb["labels"], mb["student_rows"], mb["teacher_rows"], method=c.fn, hparams=c.hp,
+            arrays=c.arrays, student_vocab=c.student_vocab, teacher_vocab=c.teacher_vocab,
+            kd_ratio=self.method["kd_ratio"], n_global=n_global, world_size=self.engine.world_size,
+            student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size)
 
     def validation_loss(self) -> float:
         """The student's token-mean cross-entropy on the validation set in eval mode (DistiLLM's)."""
@@ -187,6 +205,10 @@ def build_session(run: dict) -> Session:
     random.seed(run["run"]["seed"])
     torch.manual_seed(run["run"]["seed"])
     s = _build_models(run, tr)
+    if run.get("vocab_map"):  # a cross-tokenizer method (kdbench.crosstok.data)
+        from kdbench.crosstok.data import load
+
+        s.cross = load(run, s.tokenizer, s.engine.device)
     s.teacher_states = _teacher_states(s)
     _build_data(s)
     s.start = time.perf_counter()  # the clock starts at the first step, as tokens_per_s and provenance count
@@ -207,9 +229,10 @@ def _build_models(run: dict, tr: Training) -> Session:
     vocab_size, teacher = len(tokenizer), None
     if run["teacher"]:
         teacher_lm = load_causal_lm(run["teacher"], dtype=run["teacher_dtype"])
-        vocab_size = check_vocab(AutoTokenizer.from_pretrained(run["teacher"]), tokenizer,
-                                 teacher_lm.get_output_embeddings().weight.shape[0],
-                                 student_lm.get_output_embeddings().weight.shape[0], where=run["pair_file"])
+        if not run.get("vocab_map"):  # one tokenizer (a cross-tokenizer run compares over a vocab_map)
+            vocab_size = check_vocab(AutoTokenizer.from_pretrained(run["teacher"]), tokenizer,
+                                     teacher_lm.get_output_embeddings().weight.shape[0],
+                                     student_lm.get_output_embeddings().weight.shape[0], where=run["pair_file"])
         teacher = LastHidden(teacher_lm).eval().requires_grad_(False)
     shapes = {"student": model_shape(student_lm), "teacher": model_shape(teacher_lm) if teacher else None}
     if run["lora"]:
@@ -283,7 +306,17 @@ def _build_data(s: Session) -> None:
     from kdbench.jsonl import read_jsonl
 
     tr, engine, tokenizer, prompt_format = s.tr, s.engine, s.tokenizer, s.run["prompt_format"]
-    examples = [encode_example(r, tokenizer, tr.max_length, prompt_format) for r in read_jsonl(s.run["data"]["train"])]
+    records = read_jsonl(s.run["data"]["train"])
+    if s.cross is None:
+        examples = [encode_example(r, tokenizer, tr.max_length, prompt_format) for r in records]
+        s.collate = partial(collate, pad_id=tokenizer.pad_token_id)
+    else:  # both tokenizations and the aligned rows (kdbench.crosstok.data)
+        from kdbench.crosstok.data import collate_pair, encode_pair
+
+        examples = [encode_pair(r, tokenizer, s.cross.teacher_tokenizer, tr.max_length, prompt_format, s.cross.alignment)
+                    for r in records]
+        s.collate = partial(collate_pair, student_pad=tokenizer.pad_token_id,
+                            teacher_pad=s.cross.teacher_tokenizer.pad_token_id)
     s.out.mkdir(parents=True, exist_ok=True)
     s.checkpoints = Checkpoints(s.out, s.run, keep=tr.keep_checkpoints)
     state = s.checkpoints.resume(engine) or {"step": 0, "micro_batches": 0, "tokens_seen": 0}
@@ -317,7 +350,7 @@ def train_step(s: Session, step: int) -> None:
     tr, engine = s.tr, s.engine
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
     lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
-    micro = [collate(s.source.next(step), s.tokenizer.pad_token_id) for _ in range(tr.gradient_accumulation_steps)]
+    micro = [s.collate(s.source.next(step)) for _ in range(tr.gradient_accumulation_steps)]
     n_global = int(_all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device))
     end_step(s, step, lr, n_global, micro_batches(s, step, micro, n_global))
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from kdbench.errors import KDBenchError
-from kdbench.registry import HARNESS_ARGS, discover, load_method_file, lookup
+from kdbench.registry import ARTIFACT_ARRAYS, CROSSTOK_KD_RATIO, HARNESS_ARGS, discover, load_method_file, lookup
 
 PLUGIN = '''
 import torch
@@ -97,9 +97,15 @@ def test_the_signature_read_from_the_file_is_the_imported_ones(plugins):
         target = method.obj.__init__ if inspect.isclass(method.obj) else method.obj
         imported = {n: p.default for n, p in inspect.signature(target).parameters.items()
                     if p.kind == p.KEYWORD_ONLY and n not in HARNESS_ARGS}
+        if method.kind == "crosstok":  # the artifact arrays it takes and its kd_ratio are not hyper-parameters
+            assert method.crosstok["needs"] == [n for n in ARTIFACT_ARRAYS if n in imported], method.key
+            assert method.crosstok["kd_ratio"] == imported.pop(CROSSTOK_KD_RATIO), method.key
+            assert {k: method.crosstok[k] for k in ("alignment", "space")} == method.obj.crosstok, method.key
+            imported = {n: v for n, v in imported.items() if n not in ARTIFACT_ARRAYS}
         assert method.params == imported, method.key
         assert method.base_divergence == getattr(method.obj, "base_divergence", None)
     assert plugins["egad"].base_divergence == "fkl"
+    assert plugins["simple_ctkd"].crosstok["needs"] == ["common_student", "common_teacher"]
 
 
 def test_bind_fills_defaults_and_rejects_unknown_names(plugins, tmp_path: Path):
