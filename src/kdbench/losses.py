@@ -219,45 +219,66 @@ def objective(
     return LossParts(loss, ce_sum.item(), kd_mean.item(), n, n_selected, temps)
 
 
+UNIT_KEYS = ("student_rows", "student_units", "teacher_rows", "teacher_units")  # kdbench.crosstok.data.collate_pair
+
+
 def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor,
-                    student_rows: torch.Tensor, teacher_rows: torch.Tensor, *, method: Callable[..., torch.Tensor],
-                    hparams: dict[str, Any], arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int,
-                    kd_ratio: float, n_global: int, world_size: int = 1, student_head: Callable | None = None,
+                    units: dict[str, torch.Tensor], *, method: Callable[..., torch.Tensor], hparams: dict[str, Any],
+                    arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int, kd_ratio: float,
+                    n_global: int, world_size: int = 1, student_head: Callable | None = None,
                     teacher_head: Callable | None = None, chunk_size: int | None = None) -> LossParts:
     """The micro-batch loss of a cross-tokenizer method (docs/METHODS.md §6): the cross-entropy over
     every valid student token (`objective` at kd_ratio 0) and the method's per-unit values over the
-    aligned rows (flat indices into each side's (B·T) outputs, kdbench.crosstok.data), each side's
-    log-probabilities over its own vocabulary (padding rows dropped, −inf floored), τ = 1:
+    aligned units. `units` (UNIT_KEYS) gives per side the rows of each unit as flat indices into its
+    (B·T) outputs, in unit order (kdbench.crosstok.data). Each side's log-probabilities are over its
+    own vocabulary (padding rows dropped, −inf floored), τ = 1; a unit of several rows (X-Token's
+    chunks) is one row per side: the log of the mean of the student's probabilities, the mean of the
+    teacher's log-probabilities. With U_mb units in the micro-batch:
 
-        KD_mb   = Σ_u D_u / U_mb        (U_mb: the aligned units of the micro-batch)
+        KD_mb   = Σ_u D_u / U_mb
         loss_mb = (1 − kd_ratio)·world/N_global·Σ_i CE_i + kd_ratio·world/N_global·n_mb·KD_mb
 
     so a micro-batch's KD mean counts by its share of the step's tokens, as under a token policy.
-    Rows are taken `chunk_size` at a time, each chunk's logits recomputed in backward (checkpointed),
-    so no more than a chunk of either side's (units × vocabulary) logits is alive at once."""
+    Units are taken about `chunk_size` rows at a time, each chunk's logits recomputed in backward
+    (checkpointed), so no more than a chunk of either side's (rows × vocabulary) logits is alive at once."""
     ce = objective(student_out, None, labels, vocab_size=student_vocab, kd_ratio=0.0, n_global=n_global,
                    world_size=world_size, student_head=student_head, chunk_size=chunk_size)
-    units = int(student_rows.numel())
+    s_units, t_units = units["student_units"], units["teacher_units"]
+    n_units = int(s_units[-1]) + 1 if s_units.numel() else 0
     kd_sum = student_out.new_zeros((), dtype=torch.float32)
-    if kd_ratio > 0 and units:
-        h_s = student_out.flatten(0, 1)[student_rows]
-        h_t = teacher_out.flatten(0, 1)[teacher_rows].detach()
-        step = chunk_size or units
-        for i in range(0, units, step):
+    if kd_ratio > 0 and n_units:
+        h_s = student_out.flatten(0, 1)[units["student_rows"]]
+        h_t = teacher_out.flatten(0, 1)[units["teacher_rows"]].detach()
+        step = max(1, (chunk_size or s_units.numel()) * n_units // s_units.numel())  # units per chunk
+        for u in range(0, n_units, step):
+            s0, s1, t0, t1 = (int(x) for x in (*torch.searchsorted(s_units, torch.tensor([u, u + step], device=s_units.device)),
+                                               *torch.searchsorted(t_units, torch.tensor([u, u + step], device=t_units.device))))
             kd_sum = kd_sum + checkpoint(
-                _cross_chunk, h_s[i:i + step], h_t[i:i + step], student_head, teacher_head, method, hparams, arrays,
-                student_vocab, teacher_vocab, use_reentrant=False)
-    kd_mean = kd_sum / max(units, 1)
+                _cross_chunk, h_s[s0:s1], h_t[t0:t1], s_units[s0:s1] - u, t_units[t0:t1] - u, min(step, n_units - u),
+                student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab, use_reentrant=False)
+    kd_mean = kd_sum / max(n_units, 1)
     loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
-    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, units, None)
+    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_units, None)
 
 
-def _cross_chunk(h_s, h_t, student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab):
-    """Σ of a cross-tokenizer method's values over one chunk of aligned rows."""
-    logp_s = F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1)
+def _cross_chunk(h_s, h_t, s_units, t_units, n, student_head, teacher_head, method, hparams, arrays,
+                 student_vocab, teacher_vocab):
+    """Σ of a cross-tokenizer method's values over one chunk of `n` units (each side's rows merged per unit)."""
+    logp_s = _per_unit(F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1), s_units, n, True)
     with torch.no_grad():
-        logp_t = F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1)
+        logp_t = _per_unit(F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1), t_units, n, False)
     return method(logp_s, logp_t, **arrays, **hparams).sum()
+
+
+def _per_unit(logp: torch.Tensor, unit: torch.Tensor, n: int, mean_probs: bool) -> torch.Tensor:
+    """One row per unit: the row itself where each unit has one, else the log of the mean probability
+    (`mean_probs`) or the mean log-probability over the unit's rows."""
+    if logp.shape[0] == n:
+        return logp
+    count = torch.zeros(n, 1, dtype=logp.dtype, device=logp.device).index_add_(0, unit, logp.new_ones(len(unit), 1))
+    values = logp.exp() if mean_probs else logp
+    merged = torch.zeros(n, logp.shape[1], dtype=logp.dtype, device=logp.device).index_add(0, unit, values) / count
+    return merged.log() if mean_probs else merged
 
 
 def _total(ce_sum, kd_sum, *, kd_ratio: float, n: int, n_global: int, world_size: int,

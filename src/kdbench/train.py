@@ -173,7 +173,7 @@ class Session:
         student_head, teacher_head = self.heads.gather()
         c = self.cross
         return losses.cross_objective(
-            s_hidden, t_hidden, mb["labels"], mb["student_rows"], mb["teacher_rows"], method=c.fn, hparams=c.hp,
+            s_hidden, t_hidden, mb["labels"], {k: mb[k] for k in losses.UNIT_KEYS}, method=c.fn, hparams=c.hp,
             arrays=c.arrays, student_vocab=c.student_vocab, teacher_vocab=c.teacher_vocab,
             kd_ratio=self.method["kd_ratio"], n_global=n_global, world_size=self.engine.world_size,
             student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size)

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from kdbench.crosstok import vocab
-from kdbench.crosstok.data import collate_pair, encode_pair, response_pairs
+from kdbench.crosstok.data import collate_pair, encode_pair, response_units
 from kdbench.crosstok.losses import simple_ctkd
 from kdbench.datagen import generate
 from kdbench.jsonl import read_jsonl
-from kdbench.losses import IGNORE, cross_objective
+from kdbench.losses import IGNORE, UNIT_KEYS, cross_objective
 from kdbench.tokenizer import train_tokenizer
 
 
@@ -27,56 +27,76 @@ def tiny(tmp_path_factory):
 
 def test_aligned_rows_predict_the_same_text_on_both_sides(tiny):
     records, student, teacher = tiny
-    for record in records:
-        e = encode_pair(record, student, teacher, 512, "minillm", "pairs")
-        assert e["rows"] and e["rows"][-1] == (len(e["input_ids"]) - 2, len(e["teacher_input_ids"]) - 2)  # eos ↔ eos
-        for i, j in e["rows"][:-1]:
-            s_text = student.decode([e["input_ids"][i + 1]]).replace("▁", " ")
-            t_text = teacher.decode([e["teacher_input_ids"][j + 1]])
-            assert s_text.strip() == t_text.strip() and e["labels"][i + 1] != IGNORE
+    for alignment in ("pairs", "chunks"):
+        for record in records:
+            e = encode_pair(record, student, teacher, 512, "minillm", alignment)
+            n_s, n_t = len(e["input_ids"]), len(e["teacher_input_ids"])
+            assert e["units"] and e["units"][-1] == ((n_s - 2,), (n_t - 2,))  # eos ↔ eos
+            for rows_s, rows_t in e["units"][:-1]:
+                s_text = student.decode([e["input_ids"][i + 1] for i in rows_s]).replace("▁", " ")
+                t_text = teacher.decode([e["teacher_input_ids"][j + 1] for j in rows_t])
+                assert s_text.strip() == t_text.strip() and e["labels"][rows_s[0] + 1] != IGNORE
+                assert alignment == "chunks" or len(rows_s) == len(rows_t) == 1
+    chunks = encode_pair(records[0], student, teacher, 512, "minillm", "chunks")["units"]
+    assert any(len(s) > 1 or len(t) > 1 for s, t in chunks)  # several tokens of a side over one text
 
 
-def test_position_alignment_pairs_the_ith_tokens_and_truncation_drops_pairs(tiny):
+def test_position_alignment_pairs_the_ith_tokens_and_truncation_drops_units(tiny):
     records, student, teacher = tiny
     e = encode_pair(records[0], student, teacher, 512, "minillm", "position")
     s_start = e["labels"].index(next(x for x in e["labels"] if x != IGNORE))
-    assert e["rows"][0][0] == s_start - 1 and [i - e["rows"][0][0] for i, _ in e["rows"]] == list(range(len(e["rows"])))
+    first = e["units"][0][0][0]
+    body = e["units"][:-1]  # then the end of sequence of each side
+    assert first == s_start - 1 and [u[0][0] - first for u in body] == [u[1][0] - body[0][1][0] for u in body] \
+        == list(range(len(body)))
     short = encode_pair(records[0], student, teacher, s_start + 3, "minillm", "position")
-    assert len(short["rows"]) == 3 and all(i < s_start + 3 for i, _ in short["rows"])
-    with pytest.raises(Exception, match="alignment 'chunks' is not wired"):
-        response_pairs(None, None, "chunks")
+    assert len(short["units"]) == 3 and all(u[0][0] < s_start + 3 for u in short["units"])
+    with pytest.raises(Exception, match="alignment 'mined' is not wired"):
+        response_units(None, None, "mined")
 
 
 def test_rows_index_the_flattened_padded_batch(tiny):
     records, student, teacher = tiny
-    examples = [encode_pair(r, student, teacher, 512, "minillm", "pairs") for r in records[:3]]
+    examples = [encode_pair(r, student, teacher, 512, "minillm", "chunks") for r in records[:3]]
     mb = collate_pair(examples, student.pad_token_id, teacher.pad_token_id)
-    width = mb["input_ids"].shape[1]
-    assert mb["student_rows"].numel() == sum(len(e["rows"]) for e in examples)
-    b, i = divmod(int(mb["student_rows"][len(examples[0]["rows"])]), width)
-    assert (b, i) == (1, examples[1]["rows"][0][0])
+    width, first = mb["input_ids"].shape[1], len(examples[0]["units"])
+    assert int(mb["student_units"][-1]) + 1 == sum(len(e["units"]) for e in examples)
+    assert mb["student_rows"].numel() == sum(len(u[0]) for e in examples for u in e["units"])
+    k = int(torch.searchsorted(mb["student_units"], torch.tensor(first)))
+    assert divmod(int(mb["student_rows"][k]), width) == (1, examples[1]["units"][0][0][0])
     assert mb["teacher_attention_mask"].sum() == sum(len(e["teacher_input_ids"]) for e in examples)
 
 
-def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny):
+def _plain(z_s, z_t, mb, fn, arrays, n_global, kd_ratio):
+    """The loss written out: every unit's rows merged (student: mean probability, teacher: mean log-probability)."""
+    valid = mb["labels"][:, 1:] != IGNORE
+    ce = F.cross_entropy(z_s[:, :-1][valid], mb["labels"][:, 1:][valid], reduction="sum")
+    logp_s = F.log_softmax(z_s.flatten(0, 1)[mb["student_rows"]], -1)
+    logp_t = F.log_softmax(z_t.flatten(0, 1)[mb["teacher_rows"]], -1)
+    n_units = int(mb["student_units"][-1]) + 1
+    rows_s = torch.stack([logp_s[mb["student_units"] == u].exp().mean(0).log() for u in range(n_units)])
+    rows_t = torch.stack([logp_t[mb["teacher_units"] == u].mean(0) for u in range(n_units)])
+    kd = fn(rows_s, rows_t, **arrays).mean()
+    n = int(valid.sum())
+    return (1 - kd_ratio) * ce / n_global + kd_ratio * kd * n / n_global
+
+
+@pytest.mark.parametrize("alignment", ["pairs", "chunks"])
+def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny, alignment):
     records, student, teacher = tiny
     arrays, _ = vocab.build(student, teacher)
     common = {k: torch.as_tensor(arrays[k]) for k in ("common_student", "common_teacher")}
-    mb = collate_pair([encode_pair(r, student, teacher, 512, "minillm", "pairs") for r in records[:3]],
+    mb = collate_pair([encode_pair(r, student, teacher, 512, "minillm", alignment) for r in records[:3]],
                       student.pad_token_id, teacher.pad_token_id)
     g = torch.Generator().manual_seed(0)
     z_s = torch.randn(*mb["input_ids"].shape, len(student), generator=g, dtype=torch.float64, requires_grad=True)
     z_t = torch.randn(*mb["teacher_input_ids"].shape, len(teacher), generator=g, dtype=torch.float64)
-    valid = mb["labels"][:, 1:] != IGNORE
-    n = int(valid.sum())
-    ce = F.cross_entropy(z_s[:, :-1][valid], mb["labels"][:, 1:][valid], reduction="sum")
-    kd = simple_ctkd(F.log_softmax(z_s.flatten(0, 1)[mb["student_rows"]], -1),
-                     F.log_softmax(z_t.flatten(0, 1)[mb["teacher_rows"]], -1), **common).mean()
-    expected = 0.5 * ce / (2 * n) + 0.5 * kd * n / (2 * n)  # n_global = 2n: another micro-batch of the step
+    n_global = 2 * int((mb["labels"][:, 1:] != IGNORE).sum())  # another micro-batch of the step as large
+    expected = _plain(z_s, z_t, mb, simple_ctkd, common, n_global, 0.5)
     want = torch.autograd.grad(expected, z_s)[0]
     for chunk in (None, 7):
-        parts = cross_objective(z_s, z_t, mb["labels"], mb["student_rows"], mb["teacher_rows"], method=simple_ctkd,
+        parts = cross_objective(z_s, z_t, mb["labels"], {k: mb[k] for k in UNIT_KEYS}, method=simple_ctkd,
                                 hparams={}, arrays=common, student_vocab=len(student), teacher_vocab=len(teacher),
-                                kd_ratio=0.5, n_global=2 * n, chunk_size=chunk)
-        assert torch.allclose(parts.loss, expected) and parts.n_selected == mb["student_rows"].numel()
+                                kd_ratio=0.5, n_global=n_global, chunk_size=chunk)
+        assert torch.allclose(parts.loss, expected) and parts.n_selected == int(mb["student_units"][-1]) + 1
         assert torch.allclose(torch.autograd.grad(parts.loss, z_s)[0], want)

@@ -78,7 +78,7 @@ def test_a_same_vocabulary_method_on_a_cross_tokenizer_pair_is_refused(repo, wor
     message = str(err.value)
     assert message.startswith(str(work / "config/pairs/cross.yaml"))
     assert "different tokenizers (teacher: generated bpe, student: generated unigram)" in message
-    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, simple_ctkd, uld" in message
+    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, simple_ctkd, uld, xtoken, xtoken_hkl" in message
 
 
 def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work):
@@ -89,7 +89,7 @@ def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work)
 
 def test_a_policy_composes_only_where_the_plugin_names_its_space(repo, work):
     with pytest.raises(KDBenchError, match=r"label 'ctu\+adakd': token policy 'adakd' cannot act on cross-tokenizer "
-                                           r"method 'ctu': .*composes with: ctk, simple_ctkd\."):
+                                           r"method 'ctu': .*composes with: ctk, simple_ctkd, xtoken\."):
         _grid(repo, work, ["cross"], ["ctu+adakd"])
     with pytest.raises(KDBenchError, match=r"label 'uld\+adakd': token policy 'adakd' cannot act"):
         _grid(repo, work, ["cross"], ["uld+adakd"])

@@ -5,17 +5,20 @@ Each side renders the prompt and tokenizes prompt and response as `kdbench.sft_d
 does for one tokenizer (its own template with `prompt_format: chat`; the response text is shared),
 so the student's ids and labels are exactly those of a same-tokenizer run and the teacher reads its
 own tokens. The response is tokenized once more per side with character offsets
-(`kdbench.crosstok.align.encode`, the same ids) to pair response positions:
+(`kdbench.crosstok.align.encode`, the same ids) to form the units of the loss, each a tuple of
+student positions and a tuple of teacher positions:
 
 - `pairs`: the one-to-one exact groups (one student and one teacher token over the same text,
   `align.exact_pairs`), then the end-of-sequence token of each side;
 - `position`: the i-th response token (and end of sequence) of each side with the i-th, the first
-  min(n_s, n_t) of them (ULD's code).
+  min(n_s, n_t) of them (ULD's code);
+- `chunks`: every exact group (the tokens between two common cuts: the same text on both sides, one
+  or several tokens per side; X-Token's chunks), then the end of sequence.
 
-A paired label position k predicts its token from the logits at k − 1, so a pair (k_s, k_t) becomes
-the row k_s − 1 of the student's outputs and k_t − 1 of the teacher's. Pairs cut off by
-`training.max_length` on either side are dropped. Student response positions without a pair get no
-distillation term; the cross-entropy covers every one (kdbench.losses.cross_objective).
+A label position k predicts its token from the logits at k − 1, so a unit's positions become rows
+k − 1 of each side's outputs. A unit with a position cut off by `training.max_length` on either side
+is dropped. Student response positions in no unit get no distillation term; the cross-entropy
+covers every one (kdbench.losses.cross_objective, which also merges a unit's rows).
 """
 
 from __future__ import annotations
@@ -72,21 +75,29 @@ def _prompt_length(labels: list[int], total: int) -> int:
     return next((k for k, label in enumerate(labels) if label != IGNORE), total)
 
 
-def response_pairs(student: align.Encoded, teacher: align.Encoded, alignment: str) -> list[tuple[int, int]]:
-    """(student, teacher) response positions paired by `alignment`, the end of sequence (position
-    len(response) on each side) included."""
-    if alignment not in ("pairs", "position"):
-        raise KDBenchError(f"cross-tokenizer alignment {alignment!r} is not wired; known: pairs, position.")
+ALIGNMENTS = ("pairs", "position", "chunks")
+Unit = tuple[tuple[int, ...], tuple[int, ...]]
+
+
+def response_units(student: align.Encoded, teacher: align.Encoded, alignment: str) -> list[Unit]:
+    """(student positions, teacher positions) of each unit of the response under `alignment`, the
+    end of sequence (position len(response) on each side) the last."""
+    if alignment not in ALIGNMENTS:
+        raise KDBenchError(f"cross-tokenizer alignment {alignment!r} is not wired; known: {', '.join(ALIGNMENTS)}.")
     n_s, n_t = len(student.ids), len(teacher.ids)
     if alignment == "pairs":
-        return [*align.exact_pairs(align.exact_groups(student, teacher)), (n_s, n_t)]
-    return [(k, k) for k in range(min(n_s, n_t) + 1)]
+        units = [((i,), (j,)) for i, j in align.exact_pairs(align.exact_groups(student, teacher))]
+    elif alignment == "chunks":
+        units = [(g.student, g.teacher) for g in align.exact_groups(student, teacher)]
+    else:
+        units = [((k,), (k,)) for k in range(min(n_s, n_t))]
+    return [*units, ((n_s,), (n_t,))]
 
 
 def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_format: str,
                 alignment: str) -> dict[str, list]:
     """One example for both models: the student's `input_ids`/`labels`, the teacher's
-    `teacher_input_ids`, and `rows`: (student row, teacher row) of each aligned pair."""
+    `teacher_input_ids`, and `units`: (student rows, teacher rows) of each aligned unit."""
     sides = []
     for tok in (student_tok, teacher_tok):
         encoded = encode_example(record, tok, max_length, prompt_format)
@@ -98,20 +109,25 @@ def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_
                                "tokenized with offsets; cross-tokenizer alignment needs the same ids.")
         sides.append((encoded, offsets, start))
     (s, s_enc, s_start), (t, t_enc, t_start) = sides
-    rows = [(s_start + i - 1, t_start + j - 1) for i, j in response_pairs(s_enc, t_enc, alignment)
-            if 0 < s_start + i < len(s["input_ids"]) and 0 < t_start + j < len(t["input_ids"])]
-    return {**s, "teacher_input_ids": t["input_ids"], "rows": rows}
+    units = [(tuple(s_start + i - 1 for i in si), tuple(t_start + j - 1 for j in tj))
+             for si, tj in response_units(s_enc, t_enc, alignment)
+             if all(0 < s_start + i < len(s["input_ids"]) for i in si)
+             and all(0 < t_start + j < len(t["input_ids"]) for j in tj)]
+    return {**s, "teacher_input_ids": t["input_ids"], "units": units}
 
 
 def collate_pair(examples: list[dict], student_pad: int, teacher_pad: int) -> dict[str, torch.Tensor]:
     """The student's right-padded batch (kdbench.sft_data.collate), the teacher's ids and mask, and
-    the aligned rows as flat indices into each side's (batch × length) outputs."""
+    per side the units' rows as flat indices into its (batch × length) outputs (`student_rows`,
+    `teacher_rows`) with the unit of each row (`student_units`, `teacher_units`: 0, 1, ... in order)."""
     batch = collate(examples, student_pad)
     teacher = collate([{"input_ids": e["teacher_input_ids"], "labels": e["teacher_input_ids"]} for e in examples],
                       teacher_pad)
-    width_s, width_t = batch["input_ids"].shape[1], teacher["input_ids"].shape[1]
-    rows = [(b * width_s + i, b * width_t + j) for b, e in enumerate(examples) for i, j in e["rows"]]
-    batch.update(teacher_input_ids=teacher["input_ids"], teacher_attention_mask=teacher["attention_mask"],
-                 student_rows=torch.tensor([r[0] for r in rows], dtype=torch.long),
-                 teacher_rows=torch.tensor([r[1] for r in rows], dtype=torch.long))
+    batch.update(teacher_input_ids=teacher["input_ids"], teacher_attention_mask=teacher["attention_mask"])
+    units = [(b, unit) for b, e in enumerate(examples) for unit in e["units"]]
+    for side, width in ((0, batch["input_ids"].shape[1]), (1, teacher["input_ids"].shape[1])):
+        name = ("student", "teacher")[side]
+        pairs = [(b * width + row, u) for u, (b, unit) in enumerate(units) for row in unit[side]]
+        batch[f"{name}_rows"] = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        batch[f"{name}_units"] = torch.tensor([p[1] for p in pairs], dtype=torch.long)
     return batch

@@ -8,6 +8,8 @@ safetensors file (numpy arrays, the report in its metadata) and the report besid
   a byte-level BPE token (`Ġthe`, `Ċ`, `Ã©`) is read through the GPT-2 byte table, a SentencePiece
   one turns `▁` into a space and a byte-fallback token `<0xNN>` into that byte. Special tokens never
   match. Where one side has several ids with the same text, the lowest id stands for them.
+- `relaxed_student`, `relaxed_teacher` (int64, paired): X-Token H-KL's common pairs, read off the
+  projection by `exact_map(relaxed=True)` (NeMo-RL's `build_exact_token_map` on its H-KL path).
 - `projection_indices` (int64, -1 = none) and `projection_weights` (float32), both (V_student, k):
   X-Token's sparse student->teacher projection, as NVIDIA NeMo-RL builds it
   (tools/x_token: minimal_projection_via_multitoken, reapply_exact_map, sort_and_cut_projection_matrix):
@@ -163,12 +165,13 @@ def build(student, teacher, *, runtime_top_k: int = RUNTIME_TOP_K) -> tuple[dict
     started = time.perf_counter()
     common = common_vocab(student, teacher)
     indices, weights = xtoken_projection(student, teacher, common, runtime_top_k=runtime_top_k)
+    relaxed = exact_map(indices, weights, relaxed=True)  # X-Token H-KL's common pairs
     arrays = {"common_student": common[0], "common_teacher": common[1], "projection_indices": indices,
-              "projection_weights": weights}
+              "projection_weights": weights, "relaxed_student": relaxed[0], "relaxed_teacher": relaxed[1]}
     report = {"student_vocab": len(student), "teacher_vocab": len(teacher), "common": int(len(common[0])),
               "overlap_ratio": round(len(common[0]) / min(len(student), len(teacher)), 4),
               "projection_top_k": runtime_top_k, "projection_entries": int((indices >= 0).sum()),
-              "student_rows_projected": int((indices[:, 0] >= 0).sum()),
+              "student_rows_projected": int((indices[:, 0] >= 0).sum()), "relaxed_common": int(len(relaxed[0])),
               "build_seconds": round(time.perf_counter() - started, 2)}
     return arrays, report
 
