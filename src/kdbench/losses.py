@@ -45,6 +45,7 @@ Inputs in fp64 are computed in fp64 throughout; anything narrower in fp32.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -219,21 +220,25 @@ def objective(
     return LossParts(loss, ce_sum.item(), kd_mean.item(), n, n_selected, temps)
 
 
-UNIT_KEYS = ("student_rows", "student_units", "teacher_rows", "teacher_units")  # kdbench.crosstok.data.collate_pair
+# kdbench.crosstok.data.collate_pair: per side, the rows of the units, their unit, the token each predicts
+UNIT_KEYS = ("student_rows", "student_units", "student_tokens", "teacher_rows", "teacher_units", "teacher_tokens")
+MERGE_FLOOR = 1e-8  # GOLD's clamp of the observed tokens' probabilities in a merged group
 
 
 def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels: torch.Tensor,
                     units: dict[str, torch.Tensor], *, method: Callable[..., torch.Tensor], hparams: dict[str, Any],
                     arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int, kd_ratio: float,
                     n_global: int, world_size: int = 1, student_head: Callable | None = None,
-                    teacher_head: Callable | None = None, chunk_size: int | None = None) -> LossParts:
+                    teacher_head: Callable | None = None, chunk_size: int | None = None, merge: str = "mean") -> LossParts:
     """The micro-batch loss of a cross-tokenizer method (docs/METHODS.md §6): the cross-entropy over
     every valid student token (`objective` at kd_ratio 0) and the method's per-unit values over the
     aligned units. `units` (UNIT_KEYS) gives per side the rows of each unit as flat indices into its
     (B·T) outputs, in unit order (kdbench.crosstok.data). Each side's log-probabilities are over its
-    own vocabulary (padding rows dropped, −inf floored), τ = 1; a unit of several rows (X-Token's
-    chunks) is one row per side: the log of the mean of the student's probabilities, the mean of the
-    teacher's log-probabilities. With U_mb units in the micro-batch:
+    own vocabulary (padding rows dropped, −inf floored), τ = 1; a unit of several rows is one row per
+    side: with `merge` "mean" (X-Token's chunks) the log of the mean of the student's probabilities and
+    the mean of the teacher's log-probabilities; with "observed" (GOLD's groups, TRL's default) on each
+    side the first row's log-probabilities plus the log-probabilities (clamped at log 1e-8) of the
+    tokens the other rows predict, not renormalised. With U_mb units in the micro-batch:
 
         KD_mb   = Σ_u D_u / U_mb
         loss_mb = (1 − kd_ratio)·world/N_global·Σ_i CE_i + kd_ratio·world/N_global·n_mb·KD_mb
@@ -254,20 +259,35 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
             s0, s1, t0, t1 = (int(x) for x in (*torch.searchsorted(s_units, torch.tensor([u, u + step], device=s_units.device)),
                                                *torch.searchsorted(t_units, torch.tensor([u, u + step], device=t_units.device))))
             kd_sum = kd_sum + checkpoint(
-                _cross_chunk, h_s[s0:s1], h_t[t0:t1], s_units[s0:s1] - u, t_units[t0:t1] - u, min(step, n_units - u),
+                _cross_chunk, h_s[s0:s1], h_t[t0:t1], (s_units[s0:s1] - u, units["student_tokens"][s0:s1]),
+                (t_units[t0:t1] - u, units["teacher_tokens"][t0:t1]), min(step, n_units - u), merge,
                 student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab, use_reentrant=False)
     kd_mean = kd_sum / max(n_units, 1)
     loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
     return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_units, None)
 
 
-def _cross_chunk(h_s, h_t, s_units, t_units, n, student_head, teacher_head, method, hparams, arrays,
+def _cross_chunk(h_s, h_t, s_units, t_units, n, merge, student_head, teacher_head, method, hparams, arrays,
                  student_vocab, teacher_vocab):
-    """Σ of a cross-tokenizer method's values over one chunk of `n` units (each side's rows merged per unit)."""
-    logp_s = _per_unit(F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1), s_units, n, True)
+    """Σ of a cross-tokenizer method's values over one chunk of `n` units (each side's rows merged per
+    unit); `s_units`/`t_units`: (unit, predicted token) of each row."""
+    logp_s = F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1)
+    logp_s = _observed(logp_s, *s_units, n) if merge == "observed" else _per_unit(logp_s, s_units[0], n, True)
     with torch.no_grad():
-        logp_t = _per_unit(F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1), t_units, n, False)
+        logp_t = F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1)
+        logp_t = _observed(logp_t, *t_units, n) if merge == "observed" else _per_unit(logp_t, t_units[0], n, False)
     return method(logp_s, logp_t, **arrays, **hparams).sum()
+
+
+def _observed(logp: torch.Tensor, unit: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """GOLD's "observed" merge (kdbench.crosstok.losses.merge_group) in log space: per unit, its first
+    row plus Σ log(max(p_k(token_k), 1e-8)) over its other rows."""
+    if logp.shape[0] == n:
+        return logp
+    first = torch.ones_like(unit, dtype=torch.bool)
+    first[1:] = unit[1:] != unit[:-1]
+    observed = logp.gather(1, tokens[:, None]).squeeze(1).clamp_min(math.log(MERGE_FLOOR)) * ~first
+    return logp[first] + torch.zeros(n, dtype=logp.dtype, device=logp.device).index_add(0, unit, observed)[:, None]
 
 
 def _per_unit(logp: torch.Tensor, unit: torch.Tensor, n: int, mean_probs: bool) -> torch.Tensor:

@@ -176,7 +176,8 @@ class Session:
             s_hidden, t_hidden, mb["labels"], {k: mb[k] for k in losses.UNIT_KEYS}, method=c.fn, hparams=c.hp,
             arrays=c.arrays, student_vocab=c.student_vocab, teacher_vocab=c.teacher_vocab,
             kd_ratio=self.method["kd_ratio"], n_global=n_global, world_size=self.engine.world_size,
-            student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size)
+            student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size,
+            merge="observed" if c.alignment == "groups" else "mean")
 
     def validation_loss(self) -> float:
         """The student's token-mean cross-entropy on the validation set in eval mode (DistiLLM's)."""

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from kdbench.crosstok import vocab
 from kdbench.crosstok.data import collate_pair, encode_pair, response_units
-from kdbench.crosstok.losses import simple_ctkd
+from kdbench.crosstok.losses import merge_group, simple_ctkd
 from kdbench.datagen import generate
 from kdbench.jsonl import read_jsonl
 from kdbench.losses import IGNORE, UNIT_KEYS, cross_objective
@@ -60,6 +60,8 @@ def test_rows_index_the_flattened_padded_batch(tiny):
     examples = [encode_pair(r, student, teacher, 512, "minillm", "chunks") for r in records[:3]]
     mb = collate_pair(examples, student.pad_token_id, teacher.pad_token_id)
     width, first = mb["input_ids"].shape[1], len(examples[0]["units"])
+    assert torch.equal(mb["student_tokens"], mb["input_ids"].flatten()[mb["student_rows"] + 1])
+    assert (mb["student_tokens"] != student.pad_token_id).all()
     assert int(mb["student_units"][-1]) + 1 == sum(len(e["units"]) for e in examples)
     assert mb["student_rows"].numel() == sum(len(u[0]) for e in examples for u in e["units"])
     k = int(torch.searchsorted(mb["student_units"], torch.tensor(first)))
@@ -67,21 +69,34 @@ def test_rows_index_the_flattened_padded_batch(tiny):
     assert mb["teacher_attention_mask"].sum() == sum(len(e["teacher_input_ids"]) for e in examples)
 
 
-def _plain(z_s, z_t, mb, fn, arrays, n_global, kd_ratio):
-    """The loss written out: every unit's rows merged (student: mean probability, teacher: mean log-probability)."""
+def _merged(logp, units, tokens, n_units, mean_probs):
+    """One row per unit: "mean" (student: mean probability, teacher: mean log-probability), or GOLD's
+    observed merge through kdbench.crosstok.losses.merge_group (mean_probs None)."""
+    out = []
+    for u in range(n_units):
+        rows = logp[units == u]
+        if mean_probs is None:
+            out.append(merge_group(rows.exp(), tokens[units == u].tolist()).log())
+        else:
+            out.append(rows.exp().mean(0).log() if mean_probs else rows.mean(0))
+    return torch.stack(out)
+
+
+def _plain(z_s, z_t, mb, fn, arrays, n_global, kd_ratio, observed=False):
+    """The loss written out, every unit's rows merged."""
     valid = mb["labels"][:, 1:] != IGNORE
     ce = F.cross_entropy(z_s[:, :-1][valid], mb["labels"][:, 1:][valid], reduction="sum")
     logp_s = F.log_softmax(z_s.flatten(0, 1)[mb["student_rows"]], -1)
     logp_t = F.log_softmax(z_t.flatten(0, 1)[mb["teacher_rows"]], -1)
     n_units = int(mb["student_units"][-1]) + 1
-    rows_s = torch.stack([logp_s[mb["student_units"] == u].exp().mean(0).log() for u in range(n_units)])
-    rows_t = torch.stack([logp_t[mb["teacher_units"] == u].mean(0) for u in range(n_units)])
+    rows_s = _merged(logp_s, mb["student_units"], mb["student_tokens"], n_units, None if observed else True)
+    rows_t = _merged(logp_t, mb["teacher_units"], mb["teacher_tokens"], n_units, None if observed else False)
     kd = fn(rows_s, rows_t, **arrays).mean()
     n = int(valid.sum())
     return (1 - kd_ratio) * ce / n_global + kd_ratio * kd * n / n_global
 
 
-@pytest.mark.parametrize("alignment", ["pairs", "chunks"])
+@pytest.mark.parametrize("alignment", ["pairs", "chunks", "groups"])
 def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny, alignment):
     records, student, teacher = tiny
     arrays, _ = vocab.build(student, teacher)
@@ -92,11 +107,13 @@ def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny, alignment):
     z_s = torch.randn(*mb["input_ids"].shape, len(student), generator=g, dtype=torch.float64, requires_grad=True)
     z_t = torch.randn(*mb["teacher_input_ids"].shape, len(teacher), generator=g, dtype=torch.float64)
     n_global = 2 * int((mb["labels"][:, 1:] != IGNORE).sum())  # another micro-batch of the step as large
-    expected = _plain(z_s, z_t, mb, simple_ctkd, common, n_global, 0.5)
+    observed = alignment == "groups"
+    expected = _plain(z_s, z_t, mb, simple_ctkd, common, n_global, 0.5, observed)
     want = torch.autograd.grad(expected, z_s)[0]
     for chunk in (None, 7):
         parts = cross_objective(z_s, z_t, mb["labels"], {k: mb[k] for k in UNIT_KEYS}, method=simple_ctkd,
                                 hparams={}, arrays=common, student_vocab=len(student), teacher_vocab=len(teacher),
-                                kd_ratio=0.5, n_global=n_global, chunk_size=chunk)
+                                kd_ratio=0.5, n_global=n_global, chunk_size=chunk,
+                                merge="observed" if observed else "mean")
         assert torch.allclose(parts.loss, expected) and parts.n_selected == int(mb["student_units"][-1]) + 1
         assert torch.allclose(torch.autograd.grad(parts.loss, z_s)[0], want)

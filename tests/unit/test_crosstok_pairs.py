@@ -78,7 +78,7 @@ def test_a_same_vocabulary_method_on_a_cross_tokenizer_pair_is_refused(repo, wor
     message = str(err.value)
     assert message.startswith(str(work / "config/pairs/cross.yaml"))
     assert "different tokenizers (teacher: generated bpe, student: generated unigram)" in message
-    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, simple_ctkd, uld, xtoken, xtoken_hkl" in message
+    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, gold, simple_ctkd, uld, xtoken, xtoken_hkl" in message
 
 
 def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work):

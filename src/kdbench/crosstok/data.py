@@ -13,7 +13,8 @@ student positions and a tuple of teacher positions:
 - `position`: the i-th response token (and end of sequence) of each side with the i-th, the first
   min(n_s, n_t) of them (ULD's code);
 - `chunks`: every exact group (the tokens between two common cuts: the same text on both sides, one
-  or several tokens per side; X-Token's chunks), then the end of sequence.
+  or several tokens per side; X-Token's chunks), then the end of sequence;
+- `groups`: the same units, merged as GOLD merges them (the harness's `cross_objective`).
 
 A label position k predicts its token from the logits at k − 1, so a unit's positions become rows
 k − 1 of each side's outputs. A unit with a position cut off by `training.max_length` on either side
@@ -75,7 +76,7 @@ def _prompt_length(labels: list[int], total: int) -> int:
     return next((k for k, label in enumerate(labels) if label != IGNORE), total)
 
 
-ALIGNMENTS = ("pairs", "position", "chunks")
+ALIGNMENTS = ("pairs", "position", "chunks", "groups")
 Unit = tuple[tuple[int, ...], tuple[int, ...]]
 
 
@@ -87,7 +88,7 @@ def response_units(student: align.Encoded, teacher: align.Encoded, alignment: st
     n_s, n_t = len(student.ids), len(teacher.ids)
     if alignment == "pairs":
         units = [((i,), (j,)) for i, j in align.exact_pairs(align.exact_groups(student, teacher))]
-    elif alignment == "chunks":
+    elif alignment in ("chunks", "groups"):
         units = [(g.student, g.teacher) for g in align.exact_groups(student, teacher)]
     else:
         units = [((k,), (k,)) for k in range(min(n_s, n_t))]
@@ -119,7 +120,8 @@ def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_
 def collate_pair(examples: list[dict], student_pad: int, teacher_pad: int) -> dict[str, torch.Tensor]:
     """The student's right-padded batch (kdbench.sft_data.collate), the teacher's ids and mask, and
     per side the units' rows as flat indices into its (batch × length) outputs (`student_rows`,
-    `teacher_rows`) with the unit of each row (`student_units`, `teacher_units`: 0, 1, ... in order)."""
+    `teacher_rows`) with the unit of each row (`student_units`, `teacher_units`: 0, 1, ... in order)
+    and the token each row predicts (`student_tokens`, `teacher_tokens`: the id at row + 1)."""
     batch = collate(examples, student_pad)
     teacher = collate([{"input_ids": e["teacher_input_ids"], "labels": e["teacher_input_ids"]} for e in examples],
                       teacher_pad)
@@ -130,4 +132,6 @@ def collate_pair(examples: list[dict], student_pad: int, teacher_pad: int) -> di
         pairs = [(b * width + row, u) for u, (b, unit) in enumerate(units) for row in unit[side]]
         batch[f"{name}_rows"] = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         batch[f"{name}_units"] = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        ids = (batch["input_ids"], teacher["input_ids"])[side].flatten()
+        batch[f"{name}_tokens"] = ids[batch[f"{name}_rows"] + 1]
     return batch
