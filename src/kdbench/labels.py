@@ -84,11 +84,12 @@ class Labels:
                     f"{spec['divergence']}'s formula has none (@crosstok without space=; docs/METHODS.md §6). "
                     "The cross-tokenizer methods a policy composes with: "
                     f"{', '.join(self.crosstok_methods(composable=True)) or 'none'}.")
-            if cross:  # declared (`space`), but the cross-tokenizer loss does not apply a plan yet
+            policy = self.plugins.get(self.policy_defs.get(policy_label, {}).get("policy", policy_label))
+            if cross and policy is not None and {"student_dim", "teacher_dim"} & set(policy.harness):
                 raise KDBenchError(
-                    f"{where}: token policy '{policy_label}' over cross-tokenizer method '{spec['divergence']}' (its "
-                    f"{cross['space']} space) is not wired into training yet (docs/crosstok-plan.md); run "
-                    f"'{spec['divergence']}' alone.")
+                    f"{where}: token policy '{policy_label}' takes the models' hidden sizes for a feature loss on "
+                    "hidden states, which a cross-tokenizer method has no aligned positions for; it composes "
+                    "with same-vocabulary methods only.")
             policy_hp = spec.get("policy_hp", {}) if policy_label == suffix else {}
             method["policies"].append(self._policy_entry(policy_label, where, policy_hp))
         if method["policies"] and method["kd_ratio"] == 0:

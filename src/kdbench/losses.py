@@ -229,7 +229,8 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
                     units: dict[str, torch.Tensor], *, method: Callable[..., torch.Tensor], hparams: dict[str, Any],
                     arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int, kd_ratio: float,
                     n_global: int, world_size: int = 1, student_head: Callable | None = None,
-                    teacher_head: Callable | None = None, chunk_size: int | None = None, merge: str = "mean") -> LossParts:
+                    teacher_head: Callable | None = None, chunk_size: int | None = None, merge: str = "mean",
+                    policy: Any = None, progress: float = 0.0, space: str | None = None) -> LossParts:
     """The micro-batch loss of a cross-tokenizer method (docs/METHODS.md §6): the cross-entropy over
     every valid student token (`objective` at kd_ratio 0) and the method's per-unit values over the
     aligned units. `units` (UNIT_KEYS) gives per side the rows of each unit as flat indices into its
@@ -245,13 +246,25 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
 
     so a micro-batch's KD mean counts by its share of the step's tokens, as under a token policy.
     Units are taken about `chunk_size` rows at a time, each chunk's logits recomputed in backward
-    (checkpointed), so no more than a chunk of either side's (rows × vocabulary) logits is alive at once."""
+    (checkpointed), so no more than a chunk of either side's (rows × vocabulary) logits is alive at once.
+    With a token `policy`, the method's `space` (kdbench.registry.crosstok) gives the one distribution
+    pair per unit the policy reads (`_space`); its plan's weights, temperatures (on each side's
+    logits) and scales apply per unit, KD_mb = Σ_u w_u c_u D_u / Σ_u w_u, and the whole micro-batch
+    is one chunk (`_cross_policy_sums`; a temperature's gradient reaches the student as in
+    kdbench.reference_loss)."""
     ce = objective(student_out, None, labels, vocab_size=student_vocab, kd_ratio=0.0, n_global=n_global,
                    world_size=world_size, student_head=student_head, chunk_size=chunk_size)
     s_units, t_units = units["student_units"], units["teacher_units"]
     n_units = int(s_units[-1]) + 1 if s_units.numel() else 0
-    kd_sum = student_out.new_zeros((), dtype=torch.float32)
-    if kd_ratio > 0 and n_units:
+    kd_sum, weight_sum, temps = student_out.new_zeros((), dtype=torch.float32), float(n_units), None
+    chunk = (student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab)
+    if kd_ratio > 0 and n_units and policy is not None:
+        rows = (units["student_rows"], units["teacher_rows"])
+        kd_sum, weight_sum, temps = _cross_policy_sums(
+            student_out.flatten(0, 1)[rows[0]], teacher_out.flatten(0, 1)[rows[1]].detach(),
+            (s_units, units["student_tokens"]), (t_units, units["teacher_tokens"]), n_units, merge, policy, progress,
+            space, *chunk)
+    elif kd_ratio > 0 and n_units:
         h_s = student_out.flatten(0, 1)[units["student_rows"]]
         h_t = teacher_out.flatten(0, 1)[units["teacher_rows"]].detach()
         step = max(1, (chunk_size or s_units.numel()) * n_units // s_units.numel())  # units per chunk
@@ -261,22 +274,64 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
             kd_sum = kd_sum + checkpoint(
                 _cross_chunk, h_s[s0:s1], h_t[t0:t1], (s_units[s0:s1] - u, units["student_tokens"][s0:s1]),
                 (t_units[t0:t1] - u, units["teacher_tokens"][t0:t1]), min(step, n_units - u), merge,
-                student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab, use_reentrant=False)
-    kd_mean = kd_sum / max(n_units, 1)
+                *chunk, use_reentrant=False)
+    kd_mean = kd_sum / max(weight_sum, 1e-12) if n_units else kd_sum
     loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
-    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_units, None)
+    n_selected = n_units if temps is None else int(temps.numel())
+    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_selected, temps)
 
 
 def _cross_chunk(h_s, h_t, s_units, t_units, n, merge, student_head, teacher_head, method, hparams, arrays,
                  student_vocab, teacher_vocab):
     """Σ of a cross-tokenizer method's values over one chunk of `n` units (each side's rows merged per
     unit); `s_units`/`t_units`: (unit, predicted token) of each row."""
-    logp_s = F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1)
-    logp_s = _observed(logp_s, *s_units, n) if merge == "observed" else _per_unit(logp_s, s_units[0], n, True)
+    logp_s = _merge(F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1), s_units, n, merge, True)
     with torch.no_grad():
-        logp_t = F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1)
-        logp_t = _observed(logp_t, *t_units, n) if merge == "observed" else _per_unit(logp_t, t_units[0], n, False)
+        logp_t = _merge(F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1), t_units, n, merge, False)
     return method(logp_s, logp_t, **arrays, **hparams).sum()
+
+
+def _merge(logp: torch.Tensor, rows: tuple, n: int, merge: str, student: bool) -> torch.Tensor:
+    return _observed(logp, *rows, n) if merge == "observed" else _per_unit(logp, rows[0], n, student)
+
+
+def _space(z_s: torch.Tensor, z_t: torch.Tensor, s_units: tuple, t_units: tuple, n: int, merge: str, space: str,
+           arrays: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per unit, logits whose log_softmax is the distribution pair a token policy reads in `space`:
+    "common" (both restricted to the common pairs and renormalised, SimpleCTKD's p̃, q̃) or "teacher"
+    (the student's merged probabilities projected into the teacher's vocabulary, X-Token's r, and the teacher's)."""
+    from kdbench.crosstok.losses import PKL_EPS, project
+
+    logp_s, logp_t = _merge(F.log_softmax(z_s, -1), s_units, n, merge, True), _merge(F.log_softmax(z_t, -1), t_units, n,
+                                                                                      merge, False)
+    if space == "common":
+        return logp_s[:, arrays["common_student"]], logp_t[:, arrays["common_teacher"]]
+    projected = project(logp_s.exp(), arrays["projection_indices"], arrays["projection_weights"], logp_t.shape[-1])
+    return (projected + PKL_EPS).log(), logp_t
+
+
+def _cross_policy_sums(h_s, h_t, s_units, t_units, n, merge, policy, progress, space, student_head, teacher_head,
+                       method, hparams, arrays, student_vocab, teacher_vocab):
+    """(Σ_u w_u c_u D_u, Σ_u w_u, the kept units' student τ) over all `n` units under a token policy's
+    plan, read from the units' distributions in the method's `space` at τ = 1 (labels None)."""
+    z_s = _aligned(_logits(h_s, student_head), student_vocab)
+    z_t = _aligned(_logits(h_t, teacher_head), teacher_vocab).detach()
+    with torch.no_grad():
+        pair = _space(z_s.detach(), z_t, s_units, t_units, n, merge, space, arrays)
+        plan = policy.plan(policy.token_stats(*(F.log_softmax(z, -1) for z in pair), None), progress)
+    if plan.feature_weight is not None:
+        raise ValueError("a token policy with a feature loss (hidden states of aligned positions) does not "
+                         "compose with a cross-tokenizer method.")
+    tau_s, tau_t, factor = plan.tau_student, plan.tau_teacher, plan.weight * plan.scale
+    if plan.tau_grads:  # τ_i·exp(δ_i): the plan's values, with the gradient of log τ_i (kdbench.reference_loss)
+        everyone = torch.ones(n, dtype=torch.bool, device=z_s.device)
+        delta = tau_change(plan.tau_grads, everyone, *_space(z_s, z_t, s_units, t_units, n, merge, space, arrays), None)
+        tau_s, tau_t, factor = tau_s * delta.exp(), tau_t * delta.exp(), factor * (2 * delta).exp()
+    logp_s = _merge(F.log_softmax(z_s / tau_s[s_units[0]][:, None], -1), s_units, n, merge, True)
+    logp_t = _merge(F.log_softmax(z_t / tau_t[t_units[0]][:, None], -1), t_units, n, merge, False)
+    values = method(logp_s, logp_t, **arrays, **hparams)
+    kept = plan.weight > 0
+    return (factor * values)[kept].sum(), float(plan.weight.sum()), plan.tau_student[kept]
 
 
 def _observed(logp: torch.Tensor, unit: torch.Tensor, tokens: torch.Tensor, n: int) -> torch.Tensor:
@@ -299,6 +354,18 @@ def _per_unit(logp: torch.Tensor, unit: torch.Tensor, n: int, mean_probs: bool) 
     values = logp.exp() if mean_probs else logp
     merged = torch.zeros(n, logp.shape[1], dtype=logp.dtype, device=logp.device).index_add(0, unit, values) / count
     return merged.log() if mean_probs else merged
+
+
+def tau_change(tau_grads, sel, z_s, z_t, y):
+    """δ_i = Σ_k ∂logτ_k/∂s_i·(s_ki − s̄_ki) + ∂logτ_k/∂m·(m_k − m̄_k) over the kept tokens (`sel`),
+    s_k the factor's score of the student's untempered log-probs (with grad; s̄ the same, detached),
+    m_k = Σ_j share_kj·s_kj its median: 0 in value, with the gradient of log τ_i at the plan's point."""
+    s_logp, t_logp, delta = F.log_softmax(z_s, -1), F.log_softmax(z_t, -1), 0.0
+    for tg in tau_grads:
+        s = tg.score(s_logp, t_logp, y)
+        m = (tg.median_share[sel] * s).sum()
+        delta = delta + tg.dlogtau_ds[sel] * (s - s.detach()) + tg.dlogtau_dm[sel] * (m - m.detach())
+    return delta
 
 
 def _total(ce_sum, kd_sum, *, kd_ratio: float, n: int, n_global: int, world_size: int,

@@ -4,14 +4,14 @@ numbers (to the bit for one chunk) chunk by chunk with its gradient in the forwa
 neither model's (tokens × vocab) logits ever exist whole. Tests and benchmarks/kd_loss.py check the
 fused loss against this one. A token policy's plan is computed without a gradient; where it lets
 its temperatures pass one to the student (`TokenPlan.tau_grads`, AdaKD's `tau_grad`), τ and the
-scale carry it through the plan's own derivatives (`tau_change`)."""
+scale carry it through the plan's own derivatives (`kdbench.losses.tau_change`)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kdbench.losses import NEG_FLOOR, valid_positions
+from kdbench.losses import NEG_FLOOR, tau_change, valid_positions
 
 
 def reference_loss(h_s, h_t, labels, *, student_head, teacher_head, vocab_size, kd_ratio, divergence=None,
@@ -48,15 +48,3 @@ def reference_loss(h_s, h_t, labels, *, student_head, teacher_head, vocab_size, 
                             F.log_softmax(aligned(z_t) / tau_t[:, None], -1))
         kd_mean = (factor * values).sum() / w.sum()
     return world_size / n * ((1 - kd_ratio) * ce + kd_ratio * n * kd_mean), ce, kd_mean
-
-
-def tau_change(tau_grads, sel, z_s, z_t, y):
-    """δ_i = Σ_k ∂logτ_k/∂s_i·(s_ki − s̄_ki) + ∂logτ_k/∂m·(m_k − m̄_k) over the kept tokens (`sel`),
-    s_k the factor's score of the student's untempered log-probs (with grad; s̄ the same, detached),
-    m_k = Σ_j share_kj·s_kj its median: 0 in value, with the gradient of log τ_i at the plan's point."""
-    s_logp, t_logp, delta = F.log_softmax(z_s, -1), F.log_softmax(z_t, -1), 0.0
-    for tg in tau_grads:
-        s = tg.score(s_logp, t_logp, y)
-        m = (tg.median_share[sel] * s).sum()
-        delta = delta + tg.dlogtau_ds[sel] * (s - s.detach()) + tg.dlogtau_dm[sel] * (m - m.detach())
-    return delta

@@ -54,6 +54,8 @@ SPACES = (None, "common", "teacher")
 ARTIFACT_ARRAYS = ("common_student", "common_teacher", "projection_indices", "projection_weights", "relaxed_student",
                    "relaxed_teacher")
 CROSSTOK_KD_RATIO = "kd_ratio"
+# The arrays the harness reads to put a unit's two distributions into a space (a plugin with that space takes them).
+SPACE_ARRAYS = {"common": ("common_student", "common_teacher"), "teacher": ("projection_indices", "projection_weights")}
 
 
 def divergence(fn: Callable) -> Callable:
@@ -92,6 +94,7 @@ class Method:
     base_divergence: str | None = None  # a token policy's divergence when its label names no base
     # crosstok only: alignment, space, needs (the artifact arrays it takes), kd_ratio (its default)
     crosstok: dict | None = None
+    harness: tuple[str, ...] = ()  # a token policy's harness arguments (student_dim/teacher_dim: a feature loss)
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -152,8 +155,11 @@ def read_method_file(path: Path) -> Method:
     else:
         _check_members(node, f"method file {path}")
         params, base = _hyper_parameters(_init(node), where, inputs=("self",)), _class_literal(node, "base_divergence")
+    init = _init(node) if kind == "token_policy" else None
+    harness = tuple(a.arg for a in init.args.kwonlyargs if a.arg in HARNESS_ARGS) if init else ()
     return Method(key=path.stem, kind=kind, name=node.name, path=path, version=hashlib.sha256(source).hexdigest()[:12],
-                  params=params, doc=ast.get_docstring(node) or "", base_divergence=base, crosstok=options)
+                  params=params, doc=ast.get_docstring(node) or "", base_divergence=base, crosstok=options,
+                  harness=harness)
 
 
 def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str) -> dict:
@@ -167,6 +173,10 @@ def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str)
     needs = [name for name in ARTIFACT_ARRAYS if name in params]
     for name in needs:
         del params[name]
+    missing = [name for name in SPACE_ARRAYS.get(given.get("space"), ()) if name not in needs]
+    if missing:
+        raise KDBenchError(f"{where}: space={given['space']!r} puts a unit's distributions into that space with "
+                           f"the vocab_map's {', '.join(missing)}; take them as keyword-only parameters.")
     kd_ratio = params.pop(CROSSTOK_KD_RATIO, REQUIRED)
     if isinstance(kd_ratio, bool) or not isinstance(kd_ratio, (int, float)) or not 0 < kd_ratio <= 1:
         raise KDBenchError(f"{where}: a cross-tokenizer method declares `kd_ratio=<its default weight of the "

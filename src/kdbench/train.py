@@ -147,7 +147,7 @@ class Session:
         """Teacher without grad, student with grad (final hidden states), then the harness."""
         mb = {k: v.to(self.engine.device) for k, v in mb.items()}
         if self.cross is not None:
-            return self.cross_loss(mb, n_global)
+            return self.cross_loss(mb, n_global, progress)
         with torch.no_grad():
             if self.teacher_states is not None:  # stored where they hold this micro-batch, else live
                 t_hidden = self.teacher_states(mb)
@@ -164,7 +164,7 @@ class Session:
             progress=progress, student_head=student_head, teacher_head=teacher_head,
             chunk_size=self.tr.loss_chunk_size)
 
-    def cross_loss(self, mb: dict, n_global: int) -> losses.LossParts:
+    def cross_loss(self, mb: dict, n_global: int, progress: float) -> losses.LossParts:
         """A cross-tokenizer method's micro-batch: the teacher on its own tokens, the student on its
         own, and the harness over the aligned rows (kdbench.losses.cross_objective)."""
         with torch.no_grad():
@@ -177,7 +177,8 @@ class Session:
             arrays=c.arrays, student_vocab=c.student_vocab, teacher_vocab=c.teacher_vocab,
             kd_ratio=self.method["kd_ratio"], n_global=n_global, world_size=self.engine.world_size,
             student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size,
-            merge="observed" if c.alignment == "groups" else "mean")
+            merge="observed" if c.alignment == "groups" else "mean", policy=self.policy, progress=progress,
+            space=c.space)
 
     def validation_loss(self) -> float:
         """The student's token-mean cross-entropy on the validation set in eval mode (DistiLLM's)."""

@@ -21,7 +21,11 @@ from kdbench.tokenizer import train_tokenizer
 from tests.conftest import REPO, grid_config, run_cli
 
 CROSS = "gpt2-tiny-unigram-s_from_gpt2-tiny-t"
-CROSSTOK = sorted(k for k, m in discover(REPO / "methods").items() if m.kind == "crosstok")
+LABEL = "simple_ctkd+adakd"
+PLUGINS = discover(REPO / "methods")
+CROSSTOK = sorted(k for k, m in PLUGINS.items() if m.kind == "crosstok")
+# each plugin alone, and under AdaKD where it names the space a token policy reads
+CASES = [(k, None) for k in CROSSTOK] + [(k, "adakd") for k in CROSSTOK if PLUGINS[k].crosstok["space"]]
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +47,13 @@ def tiny_lm(vocab_size, n_layer, n_embd, seed):
     return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=vocab_size, n_positions=256))
 
 
-@pytest.mark.parametrize("key", CROSSTOK)
-def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key):
+@pytest.mark.parametrize("key, policy_key", CASES, ids=lambda x: x or "alone")
+def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key):
+    from kdbench.policies import Composed
+
     torch.set_num_threads(1)
-    plugin = discover(REPO / "methods")[key]
+    plugin = PLUGINS[key]
+    policy = Composed([PLUGINS[policy_key].instantiate({}, total_steps=20)]) if policy_key else None
     examples = [encode_pair(r, tiny["student"], tiny["teacher"], 192, "minillm", plugin.crosstok["alignment"])
                 for r in tiny["records"]]
     mb = collate_pair(examples, tiny["student"].pad_token_id, tiny["teacher"].pad_token_id)
@@ -57,31 +64,34 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key):
     arrays = {name: tiny["arrays"][name] for name in plugin.crosstok["needs"]}
     n = int((mb["labels"][:, 1:] != -100).sum())
 
-    def step_loss():
+    def step_loss(step=0):
         with torch.no_grad():
             t_hidden = teacher(mb["teacher_input_ids"], mb["teacher_attention_mask"])
         return cross_objective(student(mb["input_ids"], mb["attention_mask"]), t_hidden, mb["labels"],
                                {k: mb[k] for k in UNIT_KEYS}, method=plugin.obj, hparams=plugin.defaults,
                                arrays=arrays, student_vocab=len(tiny["student"]), teacher_vocab=len(tiny["teacher"]),
                                kd_ratio=1.0, n_global=n, student_head=student.head, teacher_head=teacher.head,
-                               chunk_size=64)
+                               chunk_size=64, merge="observed" if plugin.crosstok["alignment"] == "groups" else "mean",
+                               policy=policy, progress=step / 20, space=plugin.crosstok["space"])
 
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     first = None
-    for _ in range(20):
+    for step in range(20):
         opt.zero_grad()
-        parts = step_loss()
+        parts = step_loss(step)
         first = parts.kd_mean if first is None else first
         parts.loss.backward()
         opt.step()
-    last = step_loss().kd_mean
+        if policy is not None:
+            policy.observe(parts.kd_mean)
+    last = step_loss(19).kd_mean
     # at least 5%: X-Token P-KL's floor is high here (teacher ids no student token projects to keep r ≈ 1e-10)
     assert last < 0.95 * first, (key, first, last)
 
 
 def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
     """The real path: the workflow's commands (data, both tokenizers, init-model, vocab-map,
-    resolve, train) on the tiny cross-tokenizer pair, a few steps of simple_ctkd."""
+    resolve, train) on the tiny cross-tokenizer pair, a few steps of simple_ctkd under AdaKD."""
     import shutil
 
     for name in ("config", "methods", "workflows"):
@@ -90,7 +100,7 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
     spec["training"].update(steps=12, micro_batch_size=4, log_every=1, checkpoint_every=0, max_length=192)
     del spec["teacher"]["sft"]
     (tmp_path / f"config/pairs/{CROSS}.yaml").write_text(yaml.safe_dump(spec))
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid_config(tmp_path, pairs=[CROSS], methods=["simple_ctkd"])))
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid_config(tmp_path, pairs=[CROSS], methods=[LABEL])))
     init = [["init-model", "--pair", f"config/pairs/{CROSS}.yaml", "--role", role, "--tokenizer", tok, "--out",
              f"results/models/{CROSS}/{role}-init"] for role, tok in (("teacher", "results/tokenizer"),
                                                                        ("student", "results/tokenizer-unigram"))]
@@ -102,9 +112,9 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
                  f"results/vocab_maps/{CROSS}/vocab_map.safetensors"]):
         done = run_cli("kdbench", *cmd, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
-    resolved = run_cli("kdbench", "resolve", "grid.yaml", CROSS, "simple_ctkd", "1", cwd=tmp_path)
+    resolved = run_cli("kdbench", "resolve", "grid.yaml", CROSS, LABEL, "1", cwd=tmp_path)
     assert resolved.returncode == 0, resolved.stderr
-    run_dir = tmp_path / f"results/runs/{CROSS}/simple_ctkd/seed1"
+    run_dir = tmp_path / f"results/runs/{CROSS}/{LABEL}/seed1"
     run_dir.mkdir(parents=True)
     (run_dir / "run.yaml").write_text(resolved.stdout)
     done = run_cli("kdbench", "train", str(run_dir / "run.yaml"), "--threads", "1", cwd=tmp_path)
@@ -114,5 +124,6 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
     # 0.5·CE + 0.5·KD against a random-init teacher (no SFT here): the objective falls (the CE most)
     assert sum(r["loss"] for r in records[-3:]) < sum(r["loss"] for r in records[:3])
     assert all(r["kd_loss"] > 0 for r in records)
+    assert "latf_ratio" in records[-1] and records[-1]["tau_min"] < records[-1]["tau_max"]  # AdaKD acted
     assert (run_dir / "model/tokenizer.json").is_file()
     assert "▁" in (run_dir / "model/tokenizer.json").read_text()  # the student keeps its own (Unigram) tokenizer

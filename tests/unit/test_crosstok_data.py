@@ -117,3 +117,61 @@ def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny, alignment):
                                 merge="observed" if observed else "mean")
         assert torch.allclose(parts.loss, expected) and parts.n_selected == int(mb["student_units"][-1]) + 1
         assert torch.allclose(torch.autograd.grad(parts.loss, z_s)[0], want)
+
+
+class _Uniform:
+    """A token policy whose plan changes nothing (weights, temperatures, scales 1)."""
+
+    def token_stats(self, student_logp, teacher_logp, labels):
+        assert student_logp.shape == teacher_logp.shape and labels is None  # one distribution pair, one space
+        return {"n": torch.zeros(len(student_logp))}
+
+    def plan(self, stats, progress):
+        from kdbench.losses import TokenPlan
+
+        return TokenPlan.uniform(len(stats["n"]))
+
+
+def _cross_loss(tiny, alignment, policy=None, space=None, method=simple_ctkd, chunk=None, seed=0):
+    records, student, teacher = tiny
+    arrays, _ = vocab.build(student, teacher)
+    names = ("common_student", "common_teacher") if method is simple_ctkd else ("projection_indices", "projection_weights")
+    arrays = {k: torch.as_tensor(arrays[k]) for k in names}
+    mb = collate_pair([encode_pair(r, student, teacher, 512, "minillm", alignment) for r in records[:3]],
+                      student.pad_token_id, teacher.pad_token_id)
+    g = torch.Generator().manual_seed(seed)
+    z_s = torch.randn(*mb["input_ids"].shape, len(student), generator=g, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(*mb["teacher_input_ids"].shape, len(teacher), generator=g, dtype=torch.float64)
+    n = int((mb["labels"][:, 1:] != IGNORE).sum())
+    parts = cross_objective(z_s, z_t, mb["labels"], {k: mb[k] for k in UNIT_KEYS}, method=method, hparams={},
+                            arrays=arrays, student_vocab=len(student), teacher_vocab=len(teacher), kd_ratio=0.5,
+                            n_global=n, chunk_size=chunk, policy=policy, progress=0.5, space=space)
+    return parts, torch.autograd.grad(parts.loss, z_s)[0]
+
+
+def test_a_uniform_plan_changes_nothing(tiny):
+    plain, grad = _cross_loss(tiny, "pairs", chunk=7)
+    under, grad_under = _cross_loss(tiny, "pairs", policy=_Uniform(), space="common")
+    assert torch.allclose(plain.loss, under.loss) and torch.allclose(grad, grad_under)
+    assert under.n_selected == plain.n_selected and torch.equal(under.temperature, torch.ones(plain.n_selected))
+
+
+@pytest.mark.parametrize("alignment, space, method", [("pairs", "common", simple_ctkd), ("chunks", "teacher", None)])
+def test_adakd_composes_in_the_plugins_space(tiny, repo, alignment, space, method):
+    """AdaKD's plan on the space's distributions: temperatures and selection act (τ ≠ 1), and its
+    `tau_grad` changes the gradient, not the value (the gradient through τ, as kdbench.reference_loss)."""
+    from kdbench.crosstok.losses import xtoken_pkl
+    from kdbench.policies import Composed
+    from kdbench.registry import load_method_file
+
+    adakd = load_method_file(repo / "methods/adakd.py")
+    method = method or (lambda s, t, **a: xtoken_pkl(s, t, a["projection_indices"], a["projection_weights"]))
+    results = {}
+    for tau_grad in (True, False):
+        policy = Composed([adakd.instantiate({"tau_grad": tau_grad}, total_steps=10)])
+        results[tau_grad] = _cross_loss(tiny, alignment, policy=policy, space=space, method=method)
+    (with_grad, g_with), (detached, g_detached) = results[True], results[False]
+    plain, _ = _cross_loss(tiny, alignment, method=method)
+    assert torch.isfinite(with_grad.loss) and torch.allclose(with_grad.loss, detached.loss)
+    assert not torch.allclose(g_with, g_detached) and not torch.allclose(with_grad.loss, plain.loss)
+    assert (with_grad.temperature != 1).any() and with_grad.n_selected <= plain.n_selected

@@ -88,14 +88,20 @@ def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work)
 
 
 def test_a_policy_composes_only_where_the_plugin_names_its_space(repo, work):
+    g = _grid(repo, work, ["cross"], ["ctk+adakd", "simple_ctkd+adakd", "xtoken+adakd"])
+    assert [p["key"] for p in g.method("simple_ctkd+adakd")["policies"]] == ["adakd"]
     with pytest.raises(KDBenchError, match=r"label 'ctu\+adakd': token policy 'adakd' cannot act on cross-tokenizer "
                                            r"method 'ctu': .*composes with: ctk, simple_ctkd, xtoken\."):
         _grid(repo, work, ["cross"], ["ctu+adakd"])
-    with pytest.raises(KDBenchError, match=r"label 'uld\+adakd': token policy 'adakd' cannot act"):
-        _grid(repo, work, ["cross"], ["uld+adakd"])
-    # declared (space="common"), not yet applied by the cross-tokenizer loss: refused, not ignored
-    with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+adakd': .*\(its common space\) is not wired"):
-        _grid(repo, work, ["cross"], ["simple_ctkd+adakd"])
+    for label in ("uld+adakd", "gold+adakd", "xtoken_hkl+adakd"):
+        with pytest.raises(KDBenchError, match=rf"label '{label.replace('+', '.')}': token policy 'adakd' cannot act"):
+            _grid(repo, work, ["cross"], [label])
+    with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+egad': token policy 'egad' takes the models' hidden "
+                                           r"sizes for a feature loss"):
+        _grid(repo, work, ["cross"], ["simple_ctkd+egad"])
+    _plugin(work / "methods", "nospace", space="teacher")  # space teacher without the projection arrays
+    with pytest.raises(KDBenchError, match=r"nospace.py: crosstok nospace: space='teacher' .*projection_indices"):
+        _grid(repo, work, ["cross"], ["ctk"])
 
 
 @pytest.mark.parametrize("role, tokenizer, init, needle", [

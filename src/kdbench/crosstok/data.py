@@ -43,6 +43,7 @@ class CrossTok:
     fn: Any
     hp: dict
     alignment: str
+    space: str | None
     arrays: dict[str, torch.Tensor]
     student_vocab: int
     teacher_vocab: int
@@ -63,7 +64,8 @@ def load(run: dict, student_tokenizer, device) -> CrossTok:
     teacher_tokenizer = AutoTokenizer.from_pretrained(run["teacher_tokenizer"])
     found = vocab.load(run["vocab_map"])
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
-    return CrossTok(method.obj, run["method"]["divergence"]["hp"], method.crosstok["alignment"], arrays,
+    return CrossTok(method.obj, run["method"]["divergence"]["hp"], method.crosstok["alignment"],
+                    method.crosstok["space"], arrays,
                     len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer)
 
 
