@@ -86,9 +86,10 @@ def check(req: dict) -> dict:
         case = check_pair_vocab(pair, where)
         if case and case["cross_tokenizer"] and not cross_tokenizer(pair):
             raise KDBenchError(
-                f"{where}: the teacher's and the student's tokenizers differ ({case['teacher_vocab']:,} and "
-                f"{case['student_vocab']:,} tokens), but both are loaded models of one family, which a pair file "
-                "takes to share one tokenizer: the same-vocabulary methods cannot distil them, and a "
+                f"{where}: the teacher and student tokenizers differ: the teacher's vocabulary has "
+                f"{case['teacher_vocab']:,} tokens, the student's {case['student_vocab']:,}. Both are loaded models of "
+                "one family, which a pair file takes to share one tokenizer: the same-vocabulary methods cannot "
+                "distil them, and a "
                 "cross-tokenizer pair of two loaded models is not wired yet (docs/crosstok-plan.md). Pick a "
                 "teacher and a student with one tokenizer.")
         shapes[name] = {role: planned_shape(pair["family"], pair[role], req["vocab_size"], where, role)
