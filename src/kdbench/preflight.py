@@ -6,7 +6,8 @@
 - the shared vocabulary of a pair of local model directories (or that a pair of two loaded models
   does not hide two tokenizers);
 - every plugin the grid's labels name imported (a broken file names itself), each token policy's
-  protocol members, and its own range checks on the bound hyper-parameters;
+  protocol members, and its own range checks on the bound hyper-parameters (a cross-tokenizer
+  plugin's, by one call on a toy pair of vocabularies);
 - the shape init-model will build for each model (built on the meta device), which `kdbench check`
   prints.
 
@@ -105,11 +106,25 @@ def _check_plugin(entry: dict) -> None:
     from kdbench.registry import load_method_file
 
     method = load_method_file(Path(entry["path"]))
-    if method.kind == "token_policy":
-        try:
+    try:
+        if method.kind == "token_policy":
             method.instantiate(entry["hp"], total_steps=1, student_dim=1, teacher_dim=1)
-        except (ValueError, TypeError) as exc:
-            raise KDBenchError(f"{entry['where']}: {exc}") from exc
+        elif method.kind == "crosstok":  # its range checks run in the function: call it on 2 tokens of 4
+            _try_crosstok(method, entry["hp"])
+    except (ValueError, TypeError) as exc:
+        raise KDBenchError(f"{entry['where']}: {exc}") from exc
+
+
+def _try_crosstok(method: Any, hp: dict) -> None:
+    """A cross-tokenizer plugin called once with its bound hyper-parameters on a toy pair of
+    vocabularies (4 ids each, the first two common, the projection the identity)."""
+    import torch
+
+    logp = torch.log_softmax(torch.zeros(2, 4), -1)
+    toy = {"common_student": torch.arange(2), "common_teacher": torch.arange(2), "relaxed_student": torch.arange(2),
+           "relaxed_teacher": torch.arange(2), "projection_indices": torch.arange(4)[:, None],
+           "projection_weights": torch.ones(4, 1)}
+    method.obj(logp, logp, **{name: toy[name] for name in method.crosstok["needs"]}, **hp)
 
 
 def _local_files(pair: dict) -> list:

@@ -130,3 +130,17 @@ def test_a_tokenizer_directory_is_taken_as_it_is(repo, work, tmp_path):
     path.write_text(yaml.safe_dump(spec))
     g = _grid(repo, work, ["cross"], ["ctk"])
     assert g.resolve_run("cross", "ctk", 1)["tokenizer"] == str(tmp_path / "tok")
+
+
+def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
+    from kdbench import preflight
+
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text())
+    cfg["tables"] = [{"name": "main", "pairs": ["cross"], "methods": ["gold", "xtoken", "gold-b2"]}]
+    cfg["method_defs"] = {"gold-b2": {"divergence": "gold", "hp": {"beta": 2.0}}}
+    g = Grid(cfg, "test.yaml", work)
+    with pytest.raises(KDBenchError, match=r"label 'gold-b2'.*gold: beta 2.0 must be in \[0, 1\]"):
+        preflight.check(preflight.request(g))
+    cfg["method_defs"] = {}
+    cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "simple_ctkd+adakd"]
+    preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # the defaults pass
