@@ -41,11 +41,15 @@ def request(grid: Any) -> dict:
     pairs = {name: {"file": str(grid.pair_file(name)), "family": p["family"],
                     **{role: p[role] for role in ROLES}, "local": _local_files(p)} for name, p in grid.pairs.items()}
     plugins: dict[str, dict] = {}
+    cross = set(grid.labels.crosstok_methods())
     for label, method in grid.labels.resolved.items():
         for entry in (method["divergence"], *method["policies"]):
             if entry:
                 key = json.dumps([entry["path"], entry["hp"]], sort_keys=True)
-                plugins.setdefault(key, {**entry, "where": f"{grid.where}: key 'methods', label '{label}'"})
+                where = f"{grid.where}: key 'methods', label '{label}'"
+                plugins.setdefault(key, {**entry, "where": where})
+                if method["divergence"]["key"] in cross and entry is not method["divergence"]:  # reads no labels
+                    plugins[key]["without_labels"] = where
     return {"vocab_size": vocab, "pairs": pairs, "plugins": list(plugins.values())}
 
 
@@ -108,11 +112,26 @@ def _check_plugin(entry: dict) -> None:
     method = load_method_file(Path(entry["path"]))
     try:
         if method.kind == "token_policy":
-            method.instantiate(entry["hp"], total_steps=1, student_dim=1, teacher_dim=1)
+            policy = method.instantiate(entry["hp"], total_steps=1, student_dim=1, teacher_dim=1)
+            if "without_labels" in entry:  # over a cross-tokenizer method: its statistics come without labels
+                _try_without_labels(policy, entry["without_labels"])
         elif method.kind == "crosstok":  # its range checks run in the function: call it on 2 tokens of 4
             _try_crosstok(method, entry["hp"])
     except (ValueError, TypeError) as exc:
         raise KDBenchError(f"{entry['where']}: {exc}") from exc
+
+
+def _try_without_labels(policy: Any, where: str) -> None:
+    """A token policy over a cross-tokenizer method reads a unit's two distributions in the method's
+    space, where the student's token has no id: its statistics must not need labels."""
+    import torch
+
+    logp = torch.log_softmax(torch.zeros(2, 4), -1)
+    try:
+        policy.token_stats(logp, logp, None)
+    except (ValueError, TypeError) as exc:
+        raise KDBenchError(f"{where}: over a cross-tokenizer method the token policy gets no labels (the "
+                           f"student's token has no id in the method's space), and it refuses: {exc}") from exc
 
 
 def _try_crosstok(method: Any, hp: dict) -> None:

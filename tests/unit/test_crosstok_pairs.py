@@ -144,3 +144,14 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
     cfg["method_defs"] = {}
     cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "simple_ctkd+adakd"]
     preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # the defaults pass
+
+
+def test_a_policy_that_needs_labels_is_refused_over_a_cross_tokenizer_method(repo, work):
+    from kdbench import preflight
+
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text())
+    cfg["tables"] = [{"name": "main", "pairs": ["cross"], "methods": ["simple_ctkd+adakd-ce"]}]
+    cfg["policy_defs"] = {"adakd-ce": {"policy": "adakd", "hp": {"indicator": "ce"}}}
+    with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+adakd-ce': over a cross-tokenizer method the token "
+                                           r"policy gets no labels .* refuses: .*"):
+        preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
