@@ -82,7 +82,7 @@ def test_every_rule_that_loads_a_model_to_a_gpu_declares_gpu_and_claims_it(rules
 def test_cheap_rules_run_locally_and_cpu_rules_declare_no_gpu(workflow, rules):
     local = {name for name, rule in rules.items() if name in workflow._localrules or rule.norun}
     targets = {"all", "lm_eval_all", "main", "design"}  # rules without a job (main, design: config/tiny.yaml's tables)
-    assert local == {"resolve_run", "teacher_states_spec", "tables", "combine_table", "claims", "plots", *targets}
+    assert local == {"resolve_run", "eval_protocol", "teacher_states_spec", "tables", "combine_table", "claims", "plots", *targets}
     for name, rule in rules.items():
         if name not in GPU_RULES:
             assert "gpu" not in rule.resources, f"rule {name} declares a GPU it never uses"
