@@ -49,7 +49,9 @@ class Grid:
         self.tables = Tables(self.config, where, self.workdir, table_defaults, self.method, self._check_pair).build()
         self.axes = {axis: _unique(v for t in self.tables.values() for v in t[axis]) for axis in AXES}
         self.data = Data(self.config, where, self.workdir, self.axes["sets"], require_data)
-        self.pairs = {name: pairs.load_pair(self._check_pair(name), self.workdir) for name in self.axes["pairs"]}
+        validate.check_overrides(self.config["pair_overrides"], self.axes["pairs"], where)
+        self.pairs = {name: pairs.load_pair(self._check_pair(name), self.workdir, self.config["pair_overrides"].get(name))
+                      for name in self.axes["pairs"]}
         n_train = validate.train_size(self.config, self.data_files, self.workdir)  # known before any job, or None
         for name, pair in self.pairs.items():
             validate.check_pair(pair, str(self.pair_file(name)), self.workdir, self.config, n_train)

@@ -94,6 +94,14 @@ def check_grid(config: dict, where: str, workdir: Path, plugins: dict) -> None:
                                "shadow it; rename the file (a plugin's key is its file stem).")
 
 
+def check_overrides(overrides: dict, pairs: list[str], where: str) -> None:
+    """`pair_overrides` may only name pairs the grid's tables use (a misspelt name would change nothing)."""
+    for name in overrides:
+        if name not in pairs:
+            raise KDBenchError(f"{where}: key 'pair_overrides.{name}': no table of this grid uses pair '{name}'."
+                               f"{_nearest(name, pairs)} The grid's pairs: {', '.join(pairs)}.")
+
+
 def check_results(results: str, where: str, workdir: Path) -> None:
     """`results` must be a directory of its own: not empty, not `/`, not the checkout or a folder
     above it, not inside the checkout's sources."""
