@@ -38,7 +38,7 @@ def load_pair(path: Path, workdir: Path | None = None, overrides: dict | None = 
     workdir = Path(workdir or Path.cwd())
     pair = _merged(load_yaml(path), overrides or {})
     schema = load_schema(workdir, "pair")
-    check_schema(pair, schema, str(path))
+    check_schema(pair, schema, f"{path}, with the grid's pair_overrides.{Path(path).stem}" if overrides else str(path))
     fill_defaults(pair, schema, skip=frozenset({TRAINING_REF}))
     for role in ("teacher", "student"):
         _check_model(pair[role], role, path)

@@ -404,9 +404,10 @@ def c_claims_unknown_label(cfg, ctx):
 
 def c_pair_duplicate_key(cfg, ctx):
     cfg["tables"][0]["pairs"] = [name := "dup-key_from_gpt2-tiny-t"]
-    text = (ctx["root"] / "config/pairs" / f"{PAIR}.yaml").read_text().replace("  steps: 400\n", "  steps: 400\n  steps: 40\n")
+    text = (ctx["root"] / "config/pairs" / f"{PAIR}.yaml").read_text().replace("  max_length: 128\n", "  max_length: 128\n  max_length: 64\n")
+    assert text.count("max_length") == 2, "the GPT-2 tiny pair's max_length line changed: update this case"
     file = _write_pair(ctx["root"], name, text)
-    return [file, "key 'steps' is given twice", "line"]
+    return [file, "key 'max_length' is given twice", "line"]
 
 
 def _deepspeed_pair(cfg, ctx, name: str, text: str) -> str:
