@@ -135,8 +135,8 @@ def check_pair(pair: dict, where: str, workdir: Path, config: dict, n_train: int
         spec = pair[role]
         if spec["init"] == "pretrained" and Path(spec["path"]).is_dir():
             _check_weights(Path(spec["path"]), where, role)
-        if spec["init"] == "gguf" and "package" not in spec["gguf"] and Path(spec["gguf"]["file"]).is_file():
-            check_gguf_magic(Path(spec["gguf"]["file"]), f"{where}: key '{role}.gguf.file'")
+        if spec["init"] == "gguf":  # a local file, or one among an installed package's files
+            check_gguf(spec, role, where)
         _check_lora(pair, role, where)
     _check_layers(pair, where)
     _check_positions(pair, where, config["evaluation"])
@@ -158,6 +158,17 @@ def check_deepspeed(path: Path, where: str) -> dict | None:
         raise KDBenchError(f"{where}: key 'training.deepspeed': {path}: zero_optimization.stage is {stage!r}; "
                            f"DeepSpeed's ZeRO stages are {', '.join(map(str, ZERO_STAGES))}.")
     return ds
+
+
+def check_gguf(spec: dict, role: str, where: str) -> None:
+    """The GGUF file a spec names starts with the GGUF magic: a local `gguf.file`, or `gguf.file`
+    among the files of the installed `gguf.package` (found through its metadata; 4 bytes read)."""
+    from kdbench.modelspec import gguf_path
+
+    path = gguf_path(spec, f"{where}: key '{role}.gguf'")
+    package = spec["gguf"].get("package")
+    if path.is_file():
+        check_gguf_magic(path, f"{where}: key '{role}.gguf.file'" + (f" (in package {package})" if package else ""))
 
 
 def check_gguf_magic(path: Path, where: str) -> None:
