@@ -57,13 +57,26 @@ def spec(run: dict) -> dict | None:
     on-policy sources, a ZeRO-3 teacher (partitioned over the ranks: no single device holds it). It
     holds no method setting, so every run of a pair and seed on the same data has the same spec;
     `gpus` says where the job runs (a GPU from 1 on) and how many ranks' shares of the stream it holds."""
-    tr, method = run["training"], run["method"]
-    if not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy" or run.get("teacher_zero3"):
+    if unservable(run):
         return None
+    tr = run["training"]
     return {"pair": run["run"]["pair"], "seed": run["run"]["seed"], "teacher": run["teacher"],
             "teacher_dtype": run["teacher_dtype"], "tokenizer": run["tokenizer"], "prompt_format": run["prompt_format"],
             "data": run["data"]["train"], "max_length": tr["max_length"], "micro_batch_size": tr["micro_batch_size"],
             "micro_batches": tr["steps"] * tr["gradient_accumulation_steps"], "gpus": tr["gpus"]}
+
+
+def unservable(run: dict) -> str | None:
+    """Why stored teacher states cannot serve a resolved run, in words (None: they can)."""
+    method = run["method"]
+    if not run["teacher"] or method["kd_ratio"] <= 0:
+        return "it trains without a teacher (kd_ratio 0: SFT)"
+    if method["source"] != "off_policy":
+        return (f"its micro-batches come from the {method['source']} source, sampled while it trains, so no "
+                "stored states can match them")
+    if run.get("teacher_zero3"):
+        return "its teacher is a ZeRO-3 engine (teacher.zero3), partitioned over the ranks, so no single device holds it"
+    return None
 
 
 def states_path(run: dict) -> Path | None:

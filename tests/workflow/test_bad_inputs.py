@@ -496,6 +496,14 @@ def c_lora_unknown_module(cfg, ctx):
     return [file, "key 'student.lora.target_modules'", "a gpt2 model has no linear layer 'q_proj'", "c_attn"]
 
 
+def c_teacher_cache_unused(cfg, ctx):
+    cfg["teacher_cache"] = True
+    cfg["tables"][0]["methods"] = ["sft", "gkd"]
+    return ["{cfg}", "key 'teacher_cache': true, but no run of the grid can read stored teacher states",
+            f"sft on {PAIR}: it trains without a teacher", f"gkd on {PAIR}: its micro-batches come from the "
+            "on_policy_mixed source", "Set teacher_cache: false"]
+
+
 CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}
 # `kdbench check` lists an absent data file instead of failing (the config itself is valid); the
 # workflow refuses it. Every other case fails the same way in both.
