@@ -155,11 +155,14 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
     from kdbench.jsonl import read_jsonl
     from kdbench.losses import valid_positions
     from kdbench.models import LastHidden, load_causal_lm
+    from kdbench.prompts import check_prompt_room, template_tokens
     from kdbench.sft_data import collate, encode_example
     from kdbench.stream import Stream
 
-    device = device or torch.device("cpu")
+    device, where = device or torch.device("cpu"), f"config/pairs/{what['pair']}.yaml"
     tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
+    check_prompt_room(template_tokens(tokenizer, what["prompt_format"]), {"training.max_length": what["max_length"]},
+                      where, f"the run's tokenizer ({what['tokenizer']})")
     teacher = LastHidden(load_causal_lm(what["teacher"], dtype=what["teacher_dtype"])).eval().requires_grad_(False)
     teacher.to(device)
     examples = [encode_example(r, tokenizer, what["max_length"], what["prompt_format"]) for r in read_jsonl(what["data"])]

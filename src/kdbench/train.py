@@ -40,6 +40,7 @@ from kdbench.checkpoints import Checkpoints
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.policies import Composed
+from kdbench.prompts import check_prompt_room, template_tokens
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
@@ -283,6 +284,9 @@ def _build_data(s: Session) -> None:
     from kdbench.jsonl import read_jsonl
 
     tr, engine, tokenizer, prompt_format = s.tr, s.engine, s.tokenizer, s.run["prompt_format"]
+    key = "teacher.sft.max_length" if s.run["run"]["method"] == "teacher" else "training.max_length"
+    check_prompt_room(template_tokens(tokenizer, prompt_format), {key: tr.max_length}, s.run["pair_file"],
+                      f"the run's tokenizer ({s.run['tokenizer']})")  # a hub id's or GGUF file's: first known here
     examples = [encode_example(r, tokenizer, tr.max_length, prompt_format) for r in read_jsonl(s.run["data"]["train"])]
     s.out.mkdir(parents=True, exist_ok=True)
     s.checkpoints = Checkpoints(s.out, s.run, keep=tr.keep_checkpoints)
