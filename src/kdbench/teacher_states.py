@@ -154,7 +154,7 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
 
     from kdbench.jsonl import read_jsonl
     from kdbench.losses import valid_positions
-    from kdbench.models import LastHidden, load_causal_lm
+    from kdbench.models import LastHidden, check_head, load_causal_lm
     from kdbench.prompts import check_prompt_room, template_tokens
     from kdbench.sft_data import collate, encode_example
     from kdbench.stream import Stream
@@ -165,6 +165,7 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
                       where, f"the run's tokenizer ({what['tokenizer']})")
     teacher = LastHidden(load_causal_lm(what["teacher"], dtype=what["teacher_dtype"])).eval().requires_grad_(False)
     teacher.to(device)
+    check_head(teacher.lm, where, "teacher")  # the students apply its head to these states
     examples = [encode_example(r, tokenizer, what["max_length"], what["prompt_format"]) for r in read_jsonl(what["data"])]
     world = max(what["gpus"], 1)
     rows, digests, offsets = [], [], [0]

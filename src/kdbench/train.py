@@ -199,15 +199,17 @@ def _build_models(run: dict, tr: Training) -> Session:
     divergence and token policies, and the DeepSpeed engine around the student."""
     from transformers import AutoTokenizer
 
-    from kdbench.models import (Heads, LastHidden, apply_lora, check_vocab, enable_gradient_checkpointing,
+    from kdbench.models import (Heads, LastHidden, apply_lora, check_head, check_vocab, enable_gradient_checkpointing,
                                 load_causal_lm, model_shape)
 
     tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
     # Under DeepSpeed bf16 the engine casts the student to bf16 and builds its fp32 masters from that copy.
     student_lm = load_causal_lm(run["student"], dtype="bf16" if tr.bf16 else "fp32")
+    check_head(student_lm, run["pair_file"], "teacher" if run["run"]["method"] == "teacher" else "student")
     vocab_size, teacher = len(tokenizer), None
     if run["teacher"]:
         teacher_lm = load_causal_lm(run["teacher"], dtype=run["teacher_dtype"])
+        check_head(teacher_lm, run["pair_file"], "teacher")  # the loss reads its logits through its head, too
         vocab_size = check_vocab(AutoTokenizer.from_pretrained(run["teacher"]), tokenizer,
                                  teacher_lm.get_output_embeddings().weight.shape[0],
                                  student_lm.get_output_embeddings().weight.shape[0], where=run["pair_file"])
