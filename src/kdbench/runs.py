@@ -77,7 +77,7 @@ def check_teacher_cache(grid: Any) -> None:
     otherwise it is refused, naming the key and why each kind of run cannot use the states."""
     if not grid.config["teacher_cache"]:
         return
-    why: dict[str, list[str]] = {}
+    why: dict[str, tuple[dict, dict]] = {}  # reason → the labels and pairs of its runs, in order
     for table in grid.tables.values():
         cells = table["all"]
         for pair in (p for p in cells["pairs"] if p in grid.pairs):
@@ -85,8 +85,9 @@ def check_teacher_cache(grid: Any) -> None:
                 reason = unservable(resolve(grid, pair, label, cells["seeds"][0]))
                 if reason is None:
                     return
-                why.setdefault(reason, []).append(f"{label} on {pair}")
-    said = "; ".join(f"{', '.join(dict.fromkeys(runs))}: {reason}" for reason, runs in why.items())
+                labels, pairs = why.setdefault(reason, ({}, {}))
+                labels[label], pairs[pair] = None, None
+    said = "; ".join(f"{', '.join(labels)} (on {', '.join(pairs)}): {reason}" for reason, (labels, pairs) in why.items())
     raise KDBenchError(f"{grid.where}: key 'teacher_cache': true, but no run of the grid can read stored teacher "
                        f"states ({said}); they serve dataset-source students with a teacher (fkl, rkl, … ± a token "
                        "policy). Set teacher_cache: false, or add such a method to a table.")

@@ -65,7 +65,7 @@ def test_the_default_grid_is_valid(repo):
     (lambda c: c.update(method_defs={"d": {"divergence": "srkl", "init_from": "sftt"}}, methods=["d"]),
      "label 'sftt': unknown method 'sftt'"),
     (lambda c: c.update(methods=["sft"]),  # config/tiny.yaml sets teacher_cache: true
-     r"key 'teacher_cache': true, but no run of the grid can read stored teacher states \(sft on .*: it trains "
+     r"key 'teacher_cache': true, but no run of the grid can read stored teacher states \(sft \(on .*\): it trains "
      "without a teacher"),
 ])
 def test_bad_configs_name_the_problem(tiny, repo, edit, needle):

@@ -525,7 +525,7 @@ def c_teacher_cache_unused(cfg, ctx):
     cfg["teacher_cache"] = True
     cfg["tables"][0]["methods"] = ["sft", "gkd"]
     return ["{cfg}", "key 'teacher_cache': true, but no run of the grid can read stored teacher states",
-            f"sft on {PAIR}: it trains without a teacher", f"gkd on {PAIR}: its micro-batches come from the "
+            f"sft (on {PAIR}): it trains without a teacher", f"gkd (on {PAIR}): its micro-batches come from the "
             "on_policy_mixed source", "Set teacher_cache: false"]
 
 

@@ -57,8 +57,8 @@ def test_a_cache_no_run_can_read_is_refused_before_any_job(root):
     assert dry.returncode != 0 and "Traceback" not in out, out[-3000:]
     assert re.search(r"nothing\.yaml\S*( config/variants\.yaml)?: key 'teacher_cache': true, but no run of the grid "
                      "can read stored teacher states", out), out[-2000:]
-    assert f"sft on {PAIR}: it trains without a teacher" in out
-    assert f"gkd on {PAIR}: its micro-batches come from the on_policy_mixed source" in out
+    assert f"sft (on {PAIR}): it trains without a teacher" in out
+    assert f"gkd (on {PAIR}): its micro-batches come from the on_policy_mixed source" in out
     grid["teacher_cache"] = False
     (root / "nothing.yaml").write_text(yaml.safe_dump(grid))
     assert run_cli("snakemake", "-n", "--configfile", "nothing.yaml", cwd=root, timeout=300).returncode == 0
