@@ -55,6 +55,7 @@ class Grid:
         n_train = validate.train_size(self.config, self.data_files, self.workdir)  # known before any job, or None
         for name, pair in self.pairs.items():
             validate.check_pair(pair, str(self.pair_file(name)), self.workdir, self.config, n_train)
+        runs.check_teacher_cache(self)  # `teacher_cache: true` where no run could read the states
 
     @property
     def results(self) -> str:

@@ -74,7 +74,7 @@ def test_selection_by_validation_rouge_keeps_the_best_step(root):
                             select_every=3, select_examples=4, sample_max_new_tokens=8)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
     (root / "grid.yaml").write_text(yaml.safe_dump(
-        grid_config(root, pairs=[pair], methods=["sft"])))
+        {**grid_config(root, pairs=[pair], methods=["sft"]), "teacher_cache": False}))
     for role in ("teacher", "student"):
         init = root / f"results/models/{pair}/{role}-init"
         if not init.exists():

@@ -64,6 +64,9 @@ def test_the_default_grid_is_valid(repo):
      "unknown source_hp prob for data source 'on_policy_mixed'. It accepts: p"),
     (lambda c: c.update(method_defs={"d": {"divergence": "srkl", "init_from": "sftt"}}, methods=["d"]),
      "label 'sftt': unknown method 'sftt'"),
+    (lambda c: c.update(methods=["sft"]),  # config/tiny.yaml sets teacher_cache: true
+     r"key 'teacher_cache': true, but no run of the grid can read stored teacher states \(sft \(on .*\): it trains "
+     "without a teacher"),
 ])
 def test_bad_configs_name_the_problem(tiny, repo, edit, needle):
     cfg = copy.deepcopy(tiny)
@@ -162,7 +165,7 @@ def test_gkd_and_distillm_distil_with_reverse_kl_under_adakd(repo):
 
 
 def test_distillm_starts_from_the_sft_run(tiny, repo):
-    g = grid({**tiny, "methods": ["distillm", "gkd+adakd"], "method_defs": {
+    g = grid({**tiny, "teacher_cache": False, "methods": ["distillm", "gkd+adakd"], "method_defs": {
         "distillm": {"divergence": "srkl", "source": "adaptive_replay", "init_from": "sft"},
         "gkd": {"divergence": "js", "source": "on_policy_mixed"}}}, repo)
     distillm = g.resolve_run(PAIR, "distillm", 2)
