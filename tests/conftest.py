@@ -106,7 +106,7 @@ def prepare_run(root: Path, pair: str, label: str, edit_pair, n_train: int = 60)
     spec = yaml.safe_load((root / "config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml").read_text())
     edit_pair(spec)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
-    grid = grid_config(root, pairs=[pair], methods=[label])
+    grid = {**grid_config(root, pairs=[pair], methods=[label]), "teacher_cache": False}  # the run alone: no states
     (root / "grid.yaml").write_text(yaml.safe_dump(grid))
     for cmd in (["data", "--out", "results/data", "--n-train", str(n_train), "--n-valid", "5", "--n-eval", "5"],
                 ["tokenizer", "--data", "results/data/train.jsonl", "--vocab-size", "400", "--out", "results/tokenizer"],

@@ -10,6 +10,7 @@ transformers: what needs them runs before the first job in kdbench.preflight.
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 from kdbench import eval_protocol, pairs, registry, runs, validate
@@ -48,13 +49,16 @@ class Grid:
         self.tables = Tables(self.config, where, self.workdir, table_defaults, self.method, self._check_pair).build()
         self.axes = {axis: _unique(v for t in self.tables.values() for v in t[axis]) for axis in AXES}
         self.data = Data(self.config, where, self.workdir, self.axes["sets"], require_data)
-        self.pairs = {name: pairs.load_pair(self._check_pair(name), self.workdir) for name in self.axes["pairs"]}
+        validate.check_overrides(self.config["pair_overrides"], self.axes["pairs"], where)
+        self.pairs = {name: pairs.load_pair(self._check_pair(name), self.workdir, self.config["pair_overrides"].get(name))
+                      for name in self.axes["pairs"]}
         n_train = validate.train_size(self.config, self.data_files, self.workdir)  # known before any job, or None
         for name, pair in self.pairs.items():
             validate.check_pair(pair, str(self.pair_file(name)), self.workdir, self.config, n_train)
         for pair, label, _ in self.runs():
             pairs.check_method(str(self.pair_file(pair)), self.pairs[pair], label, self.method(label),
                                self.labels.crosstok_methods())
+        runs.check_teacher_cache(self)  # `teacher_cache: true` where no run could read the states
 
     @property
     def results(self) -> str:
@@ -156,6 +160,21 @@ class Grid:
         """What one job of `pair` asks a cluster for (runtime minutes, mem_mb, cpus): the pair file's
         `resources.<job>` (job: init, train, evaluate, lm_eval, generate), its defaults filled."""
         return self.pairs[pair]["resources"][job]
+
+    def evaluation_runtime(self, pair: str, data: list[str]) -> int:
+        """Minutes for one evaluation job of `pair` over the sets in `data` (their JSONL files): the
+        pair's `resources.evaluate.runtime` per set (loading, start-up) plus `runtime_per_1k` per
+        1,000 sampled responses (examples × decoding seeds), so a UnNI job asks for more than a Vicuna one."""
+        job = self.job_resources(pair, "evaluate")
+        responses = sum(_records(Path(path)) for path in data) * len(self.config["evaluation"]["decoding_seeds"])
+        return job["runtime"] * len(data) + math.ceil(job["runtime_per_1k"] * responses / 1000)
+
+
+def _records(path: Path) -> int:
+    """The examples in a JSONL set file: its non-blank lines (a file not there yet raises
+    FileNotFoundError, which Snakemake takes as "evaluate when the file exists")."""
+    with path.open(encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def _unique(items) -> list:

@@ -192,12 +192,61 @@ class LastHidden(torch.nn.Module):
 
     @property
     def head(self) -> torch.nn.Module:
-        return self.lm.get_output_embeddings()
+        """The output head as the model's own forward applies it: with Gemma-2's logit soft-capping
+        (`config.final_logit_softcapping`) where the model has it (`check_head` probes the rest)."""
+        head, cap = self.lm.get_output_embeddings(), getattr(hf_model(self.lm).config, "final_logit_softcapping", None)
+        return SoftCappedHead(head, cap) if cap else head
 
     @property
     def hidden_size(self) -> int:
         weight = self.head.weight
         return getattr(weight, "ds_shape", weight.shape)[1]  # under ZeRO-3 the local weight is an empty partition
+
+
+class SoftCappedHead(torch.nn.Module):
+    """`cap * tanh(head(h) / cap)`: the logits of a model whose forward soft-caps them after its head
+    (Gemma-2: `final_logit_softcapping`, 30). Not a plain linear map, so `kdbench.losses`
+    differentiates it by autograd, chunk by chunk."""
+
+    def __init__(self, head, cap: float):
+        super().__init__()
+        self.inner, self.cap = head, float(cap)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.cap * torch.tanh(self.inner(h) / self.cap)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.inner.weight
+
+
+PROBE_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}  # × max(1, largest logit); half dtypes: 2e-2
+
+
+def check_head(lm, where: str, role: str) -> None:
+    """The loss applies `LastHidden.head` to the final hidden states itself; a model whose own forward
+    computes its logits otherwise (scaled, capped or biased after its head) would train on other
+    logits than it samples from. Both are computed on a probe input of 8 tokens, on the model's own
+    device and dtype; a difference beyond rounding is refused, naming the model's family. Handled:
+    Gemma-2's soft-capping (`SoftCappedHead`)."""
+    model, cfg = LastHidden(lm), hf_model(lm).config
+    param = next(lm.parameters())
+    ids = (torch.arange(8, device=param.device) * 7919 % cfg.vocab_size).unsqueeze(0)
+    mask, training = torch.ones_like(ids), lm.training
+    lm.eval()  # no dropout: both passes must be the same computation
+    try:
+        with torch.no_grad():
+            own = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits.double()
+            ours = model.head(model(ids, mask)).double()
+    finally:
+        lm.train(training)
+    gap, scale = (own - ours).abs().max().item(), own.abs().max().item()
+    if not gap <= PROBE_TOLERANCE.get(param.dtype, 2e-2) * max(1.0, scale):
+        raise KDBenchError(
+            f"{where}: the {role} ({cfg.model_type}) computes its logits otherwise than its output head on its final "
+            f"hidden states (a gap of {gap:.3g} on a probe input, logits up to {scale:.3g}); kdbench's loss applies "
+            "the head itself, so it would train on other logits than the model samples from. Handled: Gemma-2's "
+            f"final_logit_softcapping; use a model of a family kdbench supports ({', '.join(FAMILIES)}).")
 
 
 class Heads:
@@ -221,6 +270,11 @@ class Heads:
         self.modules = [m.head if m is not None else None for m in models]
         self.partitioned = [h is not None and hasattr(h.weight, "ds_id") for h in self.modules]
         for head, partitioned in zip(self.modules, self.partitioned):
+            if partitioned and isinstance(head, SoftCappedHead):
+                raise KDBenchError("under ZeRO-3 kdbench applies the gathered output-head weight as a plain linear "
+                                   "layer, but this model soft-caps its logits after the head (Gemma-2's "
+                                   "final_logit_softcapping); train with config/deepspeed/zero2.json and without "
+                                   "teacher.zero3.")
             if partitioned and type(head) is not torch.nn.Linear:
                 raise KDBenchError(
                     f"under ZeRO-3 kdbench applies the gathered output-head weight as a plain linear layer, but "

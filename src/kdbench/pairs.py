@@ -6,6 +6,7 @@ config keys and values, shared vocabularies, model shapes) is kdbench.preflight'
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from kdbench.errors import KDBenchError
@@ -34,12 +35,13 @@ def read_pair(path: Path, workdir: Path | None = None) -> dict:
                          skip=frozenset({TRAINING_REF}))
 
 
-def load_pair(path: Path, workdir: Path | None = None) -> dict:
-    """The pair file at `path`, validated, with its schema's defaults filled in and its models checked."""
+def load_pair(path: Path, workdir: Path | None = None, overrides: dict | None = None) -> dict:
+    """The pair file at `path`, validated, with its schema's defaults filled in and its models checked;
+    `overrides` (a grid's `pair_overrides.<pair>`: training settings) are merged in first."""
     workdir = Path(workdir or Path.cwd())
-    pair = load_yaml(path)
+    pair = _merged(load_yaml(path), overrides or {})
     schema = load_schema(workdir, "pair")
-    check_schema(pair, schema, str(path))
+    check_schema(pair, schema, f"{path}, with the grid's pair_overrides.{Path(path).stem}" if overrides else str(path))
     fill_defaults(pair, schema, skip=frozenset({TRAINING_REF}))
     for role in ("teacher", "student"):
         _check_model(pair[role], role, path)
@@ -56,6 +58,14 @@ def load_pair(path: Path, workdir: Path | None = None) -> dict:
     if not ds.is_file():
         raise KDBenchError(f"{path}: key 'training.deepspeed': file {ds} not found.")
     return pair
+
+
+def _merged(base: dict, override: dict) -> dict:
+    """`base` with `override`'s keys set, nested mappings merged key by key."""
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        base[key] = _merged(base[key], value) if both else copy.deepcopy(value)
+    return base
 
 
 def _check_model(spec: dict, role: str, path: Path) -> None:

@@ -4,7 +4,8 @@
 - each random-init model's `config` keys and values against its family's transformers config class
   (a misspelt key would be kept as an unused attribute and the model built with the default);
 - the shared vocabulary of a pair of local model directories (or that a pair of two loaded models
-  does not hide two tokenizers);
+  does not hide two tokenizers), and that each `max_length` holds the prompt template as their
+  tokenizer counts it;
 - every plugin the grid's labels name imported (a broken file names itself), each token policy's
   protocol members, and its own range checks on the bound hyper-parameters (a cross-tokenizer
   plugin's, by one call on a toy pair of vocabularies);
@@ -32,14 +33,18 @@ from kdbench.errors import KDBenchError
 
 ROLES = ("teacher", "student")
 # kdbench's own files whose code decides the verdict: a change to one invalidates the cache.
-CODE = ("preflight.py", "models.py", "modelspec.py", "registry.py", "policies.py", "losses.py")
+CODE = ("preflight.py", "models.py", "modelspec.py", "registry.py", "policies.py", "losses.py", "prompts.py",
+        "validate.py")
 
 
 def request(grid: Any) -> dict:
     """What the child checks, as JSON: each pair's models and every plugin instance the grid's labels bind."""
+    from kdbench.validate import max_lengths
+
     vocab = grid.config["tokenizer"]["vocab_size"]
     pairs = {name: {"file": str(grid.pair_file(name)), "family": p["family"],
-                    **{role: p[role] for role in ROLES}, "local": _local_files(p)} for name, p in grid.pairs.items()}
+                    **{role: p[role] for role in ROLES}, "local": _local_files(p),
+                    "max_lengths": {role: max_lengths(p, role) for role in ROLES}} for name, p in grid.pairs.items()}
     plugins: dict[str, dict] = {}
     cross = set(grid.labels.crosstok_methods())
     for label, method in grid.labels.resolved.items():
@@ -50,7 +55,8 @@ def request(grid: Any) -> dict:
                 plugins.setdefault(key, {**entry, "where": where})
                 if method["divergence"]["key"] in cross and entry is not method["divergence"]:  # reads no labels
                     plugins[key]["without_labels"] = where
-    return {"vocab_size": vocab, "pairs": pairs, "plugins": list(plugins.values())}
+    return {"vocab_size": vocab, "pairs": pairs, "plugins": list(plugins.values()),
+            "prompt_format": grid.config["evaluation"]["prompt_format"]}
 
 
 def run(grid: Any) -> dict:
@@ -97,11 +103,31 @@ def check(req: dict) -> dict:
                 "distil them, and a "
                 "cross-tokenizer pair of two loaded models is not wired yet (docs/crosstok-plan.md). Pick a "
                 "teacher and a student with one tokenizer.")
+        _check_prompt_room(pair, req["prompt_format"])
         shapes[name] = {role: planned_shape(pair["family"], pair[role], req["vocab_size"], where, role)
                         for role in ROLES}
     for entry in req["plugins"]:
         _check_plugin(entry)
     return {"shapes": shapes}
+
+
+def _check_prompt_room(pair: dict, prompt_format: str) -> None:
+    """Each `max_length` holds the prompt template and a response token, counted by the tokenizer of
+    a local model directory (random-init models: kdbench.validate, from the pre-tokenizer; hub ids
+    and GGUF files: the training job, once its tokenizer is saved)."""
+    from transformers import AutoTokenizer
+
+    from kdbench.prompts import check_prompt_room, template_tokens
+    from kdbench.validate import tokenizer_spec
+
+    for role in ROLES:
+        spec = tokenizer_spec(pair, role)
+        if spec["init"] != "pretrained" or not Path(spec["path"]).is_dir() or not pair["max_lengths"][role]:
+            continue
+        tokenizer = AutoTokenizer.from_pretrained(spec["path"], trust_remote_code=spec["trust_remote_code"],
+                                                  local_files_only=True)
+        check_prompt_room(template_tokens(tokenizer, prompt_format), pair["max_lengths"][role], pair["file"],
+                          f"the {role}'s tokenizer ({spec['path']})")
 
 
 def _check_plugin(entry: dict) -> None:

@@ -62,3 +62,21 @@ def render_prompt(prompt_format: str, tokenizer: PreTrainedTokenizerBase, instru
     if prompt_format == "minillm":
         return build_prompt(instruction, input)
     raise KDBenchError(f"prompt format {prompt_format!r}; known: {', '.join(PROMPT_FORMATS)}")
+
+
+def template_tokens(tokenizer: PreTrainedTokenizerBase, prompt_format: str) -> int:
+    """The tokens `tokenizer` gives `prompt_format`'s prompt with an empty instruction and no input:
+    the template alone, which every training example's prompt holds (as `sft_data.encode_example`
+    encodes it: no special tokens added)."""
+    return len(tokenizer(render_prompt(prompt_format, tokenizer, ""), add_special_tokens=False)["input_ids"])
+
+
+def check_prompt_room(template: int, max_lengths: dict[str, int], where: str, whose: str) -> None:
+    """Each `max_length` (key → value) must hold the prompt template (`template` tokens) and one
+    response token: below that every example is cut inside its prompt, so no token is trained on.
+    `whose` says which tokenizer counted the template, for the message."""
+    for key, length in max_lengths.items():
+        if length <= template:
+            raise KDBenchError(f"{where}: key '{key}': {length} leaves no room for a response: the prompt template "
+                               f"alone (an empty instruction) is {template} tokens of {whose}, and real instructions "
+                               f"add more; give at least {template + 1}, better several times that.")

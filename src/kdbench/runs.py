@@ -13,7 +13,7 @@ from kdbench.errors import KDBenchError
 from kdbench.schemas import load_yaml
 from kdbench.spec import Method, accumulation_steps
 from kdbench.teacher_states import spec as stream_spec
-from kdbench.teacher_states import states_path
+from kdbench.teacher_states import states_path, unservable
 
 
 def teacher_path(grid: Any, pair: str) -> str:
@@ -79,6 +79,28 @@ def teacher_states(grid: Any, pair: str, label: str, seed: int) -> str | None:
         return None
     path = states_path(grid.resolve_run(pair, label, seed))
     return str(path) if path else None
+
+
+def check_teacher_cache(grid: Any) -> None:
+    """`teacher_cache: true` needs a run that stored teacher states can serve, among the full cells of
+    the grid's tables (a top-level selection narrowing them to SFT alone plans no states, silently);
+    otherwise it is refused, naming the key and why each kind of run cannot use the states."""
+    if not grid.config["teacher_cache"]:
+        return
+    why: dict[str, tuple[dict, dict]] = {}  # reason → the labels and pairs of its runs, in order
+    for table in grid.tables.values():
+        cells = table["all"]
+        for pair in (p for p in cells["pairs"] if p in grid.pairs):
+            for label in cells["methods"]:
+                reason = unservable(resolve(grid, pair, label, cells["seeds"][0]))
+                if reason is None:
+                    return
+                labels, pairs = why.setdefault(reason, ({}, {}))
+                labels[label], pairs[pair] = None, None
+    said = "; ".join(f"{', '.join(labels)} (on {', '.join(pairs)}): {reason}" for reason, (labels, pairs) in why.items())
+    raise KDBenchError(f"{grid.where}: key 'teacher_cache': true, but no run of the grid can read stored teacher "
+                       f"states ({said}); they serve dataset-source students with a teacher (fkl, rkl, … ± a token "
+                       "policy). Set teacher_cache: false, or add such a method to a table.")
 
 
 def teacher_states_spec(grid: Any, pair: str, seed: int, key: str) -> dict:

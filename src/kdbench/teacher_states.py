@@ -58,14 +58,28 @@ def spec(run: dict) -> dict | None:
     cross-tokenizer run (its teacher reads its own tokens, `vocab_map` in the run). It
     holds no method setting, so every run of a pair and seed on the same data has the same spec;
     `gpus` says where the job runs (a GPU from 1 on) and how many ranks' shares of the stream it holds."""
-    tr, method = run["training"], run["method"]
-    if not run["teacher"] or method["kd_ratio"] <= 0 or method["source"] != "off_policy" or run.get("teacher_zero3") \
-            or run.get("vocab_map"):
+    if unservable(run):
         return None
+    tr = run["training"]
     return {"pair": run["run"]["pair"], "seed": run["run"]["seed"], "teacher": run["teacher"],
             "teacher_dtype": run["teacher_dtype"], "tokenizer": run["tokenizer"], "prompt_format": run["prompt_format"],
             "data": run["data"]["train"], "max_length": tr["max_length"], "micro_batch_size": tr["micro_batch_size"],
             "micro_batches": tr["steps"] * tr["gradient_accumulation_steps"], "gpus": tr["gpus"]}
+
+
+def unservable(run: dict) -> str | None:
+    """Why stored teacher states cannot serve a resolved run, in words (None: they can)."""
+    method = run["method"]
+    if not run["teacher"] or method["kd_ratio"] <= 0:
+        return "it trains without a teacher (kd_ratio 0: SFT)"
+    if method["source"] != "off_policy":
+        return (f"its micro-batches come from the {method['source']} source, sampled while it trains, so no "
+                "stored states can match them")
+    if run.get("teacher_zero3"):
+        return "its teacher is a ZeRO-3 engine (teacher.zero3), partitioned over the ranks, so no single device holds it"
+    if run.get("vocab_map"):
+        return "it is a cross-tokenizer run: its teacher reads its own tokens, not the student's micro-batches"
+    return None
 
 
 def states_path(run: dict) -> Path | None:
@@ -143,14 +157,18 @@ def write(what: dict, out: Path, n: int, device=None) -> None:
 
     from kdbench.jsonl import read_jsonl
     from kdbench.losses import valid_positions
-    from kdbench.models import LastHidden, load_causal_lm
+    from kdbench.models import LastHidden, check_head, load_causal_lm
+    from kdbench.prompts import check_prompt_room, template_tokens
     from kdbench.sft_data import collate, encode_example
     from kdbench.stream import Stream
 
-    device = device or torch.device("cpu")
+    device, where = device or torch.device("cpu"), f"config/pairs/{what['pair']}.yaml"
     tokenizer = AutoTokenizer.from_pretrained(what["tokenizer"])
+    check_prompt_room(template_tokens(tokenizer, what["prompt_format"]), {"training.max_length": what["max_length"]},
+                      where, f"the run's tokenizer ({what['tokenizer']})")
     teacher = LastHidden(load_causal_lm(what["teacher"], dtype=what["teacher_dtype"])).eval().requires_grad_(False)
     teacher.to(device)
+    check_head(teacher.lm, where, "teacher")  # the students apply its head to these states
     examples = [encode_example(r, tokenizer, what["max_length"], what["prompt_format"]) for r in read_jsonl(what["data"])]
     world = max(what["gpus"], 1)
     rows, digests, offsets = [], [], [0]

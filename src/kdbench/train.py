@@ -40,6 +40,7 @@ from kdbench.checkpoints import Checkpoints
 from kdbench.errors import KDBenchError
 from kdbench.gpus import pinned
 from kdbench.policies import Composed
+from kdbench.prompts import check_prompt_room, template_tokens
 from kdbench.registry import load_method_file
 from kdbench.sft_data import collate, encode_example
 from kdbench.sources import make_source, sample_responses
@@ -222,15 +223,17 @@ def _build_models(run: dict, tr: Training) -> Session:
     divergence and token policies, and the DeepSpeed engine around the student."""
     from transformers import AutoTokenizer
 
-    from kdbench.models import (Heads, LastHidden, apply_lora, check_vocab, enable_gradient_checkpointing,
+    from kdbench.models import (Heads, LastHidden, apply_lora, check_head, check_vocab, enable_gradient_checkpointing,
                                 load_causal_lm, model_shape)
 
     tokenizer = AutoTokenizer.from_pretrained(run["tokenizer"])
     # Under DeepSpeed bf16 the engine casts the student to bf16 and builds its fp32 masters from that copy.
     student_lm = load_causal_lm(run["student"], dtype="bf16" if tr.bf16 else "fp32")
+    check_head(student_lm, run["pair_file"], "teacher" if run["run"]["method"] == "teacher" else "student")
     vocab_size, teacher = len(tokenizer), None
     if run["teacher"]:
         teacher_lm = load_causal_lm(run["teacher"], dtype=run["teacher_dtype"])
+        check_head(teacher_lm, run["pair_file"], "teacher")  # the loss reads its logits through its head, too
         if not run.get("vocab_map"):  # one tokenizer (a cross-tokenizer run compares over a vocab_map)
             vocab_size = check_vocab(AutoTokenizer.from_pretrained(run["teacher"]), tokenizer,
                                      teacher_lm.get_output_embeddings().weight.shape[0],
@@ -308,6 +311,9 @@ def _build_data(s: Session) -> None:
     from kdbench.jsonl import read_jsonl
 
     tr, engine, tokenizer, prompt_format = s.tr, s.engine, s.tokenizer, s.run["prompt_format"]
+    key = "teacher.sft.max_length" if s.run["run"]["method"] == "teacher" else "training.max_length"
+    check_prompt_room(template_tokens(tokenizer, prompt_format), {key: tr.max_length}, s.run["pair_file"],
+                      f"the run's tokenizer ({s.run['tokenizer']})")  # a hub id's or GGUF file's: first known here
     records = read_jsonl(s.run["data"]["train"])
     if s.cross is None:
         examples = [encode_example(r, tokenizer, tr.max_length, prompt_format) for r in records]

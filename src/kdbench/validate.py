@@ -7,6 +7,7 @@ and raises KDBenchError naming the file, the key and what is allowed; kdbench.co
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,14 @@ def check_grid(config: dict, where: str, workdir: Path, plugins: dict) -> None:
                                "shadow it; rename the file (a plugin's key is its file stem).")
 
 
+def check_overrides(overrides: dict, pairs: list[str], where: str) -> None:
+    """`pair_overrides` may only name pairs the grid's tables use (a misspelt name would change nothing)."""
+    for name in overrides:
+        if name not in pairs:
+            raise KDBenchError(f"{where}: key 'pair_overrides.{name}': no table of this grid uses pair '{name}'."
+                               f"{_nearest(name, pairs)} The grid's pairs: {', '.join(pairs)}.")
+
+
 def check_results(results: str, where: str, workdir: Path) -> None:
     """`results` must be a directory of its own: not empty, not `/`, not the checkout or a folder
     above it, not inside the checkout's sources."""
@@ -135,14 +144,16 @@ def check_pair(pair: dict, where: str, workdir: Path, config: dict, n_train: int
         spec = pair[role]
         if spec["init"] == "pretrained" and Path(spec["path"]).is_dir():
             _check_weights(Path(spec["path"]), where, role)
-        if spec["init"] == "gguf" and "package" not in spec["gguf"] and Path(spec["gguf"]["file"]).is_file():
-            check_gguf_magic(Path(spec["gguf"]["file"]), f"{where}: key '{role}.gguf.file'")
+        if spec["init"] == "gguf":  # a local file, or one among an installed package's files
+            check_gguf(spec, role, where)
         _check_lora(pair, role, where)
     _check_layers(pair, where)
     _check_positions(pair, where, config["evaluation"])
     _check_micro_batch(pair, where, n_train, config)
     if config["evaluation"]["prompt_format"] == "chat":
         _check_chat_template(pair, where)
+    else:
+        _check_prompt_room(pair, where)
 
 
 def check_deepspeed(path: Path, where: str) -> dict | None:
@@ -158,6 +169,17 @@ def check_deepspeed(path: Path, where: str) -> dict | None:
         raise KDBenchError(f"{where}: key 'training.deepspeed': {path}: zero_optimization.stage is {stage!r}; "
                            f"DeepSpeed's ZeRO stages are {', '.join(map(str, ZERO_STAGES))}.")
     return ds
+
+
+def check_gguf(spec: dict, role: str, where: str) -> None:
+    """The GGUF file a spec names starts with the GGUF magic: a local `gguf.file`, or `gguf.file`
+    among the files of the installed `gguf.package` (found through its metadata; 4 bytes read)."""
+    from kdbench.modelspec import gguf_path
+
+    path = gguf_path(spec, f"{where}: key '{role}.gguf'")
+    package = spec["gguf"].get("package")
+    if path.is_file():
+        check_gguf_magic(path, f"{where}: key '{role}.gguf.file'" + (f" (in package {package})" if package else ""))
 
 
 def check_gguf_magic(path: Path, where: str) -> None:
@@ -216,6 +238,48 @@ def _check_positions(pair: dict, where: str, evaluation: dict) -> None:
         if evaluation["max_new_tokens"] >= positions:
             raise KDBenchError(f"{where}: the grid's evaluation.max_new_tokens {evaluation['max_new_tokens']} leaves no "
                                f"room for a prompt within the {role}'s {positions} positions; give fewer new tokens.")
+
+
+def max_lengths(pair: dict, role: str) -> dict[str, int]:
+    """The resolved `max_length` of the runs that train `role`, by key: the student's `training`, the
+    teacher's `teacher.sft` (over training) where it has an SFT stage."""
+    if role == "student":
+        return {"training.max_length": Training.resolve(pair["training"])["max_length"]}
+    sft = pair["teacher"].get("sft")
+    if sft is None:
+        return {}
+    key = "teacher.sft.max_length" if "max_length" in sft else "training.max_length"  # where its value is given
+    return {key: Training.resolve({**pair["training"], **sft})["max_length"]}
+
+
+def tokenizer_spec(pair: dict, role: str) -> dict:
+    """The model spec whose tokenizer `role`'s runs use: the teacher's for a student cut from it."""
+    return pair["teacher"] if pair[role]["init"] == "teacher" else pair[role]
+
+
+@functools.lru_cache(maxsize=1)
+def generated_template_tokens() -> int:
+    """A lower bound on the tokens the generated tokenizer (kdbench.tokenizer: byte-level BPE after
+    GPT-2's byte-level pre-tokenizer) gives the minillm prompt template with an empty instruction:
+    its pre-tokenizer pieces, since BPE never merges across them (whatever the training data).
+    Reads no tokenizer: `tokenizers` alone, not transformers."""
+    from tokenizers import pre_tokenizers
+
+    from kdbench.prompts import build_prompt
+
+    return len(pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(build_prompt("")))
+
+
+def _check_prompt_room(pair: dict, where: str) -> None:
+    """`max_length` must hold the minillm prompt template and a response token: for random-init
+    models, whose tokenizer is trained by a job, from `generated_template_tokens`; a local model
+    directory's own tokenizer is counted by kdbench.preflight, a hub id's or GGUF file's at job start."""
+    from kdbench.prompts import check_prompt_room
+
+    for role in ("teacher", "student"):
+        if tokenizer_spec(pair, role)["init"] == "random":
+            check_prompt_room(generated_template_tokens(), max_lengths(pair, role), where,
+                              "the generated tokenizer (at least: its pre-tokenizer's pieces)")
 
 
 def _check_micro_batch(pair: dict, where: str, n_train: int | None, config: dict) -> None:

@@ -26,7 +26,7 @@ PAIR = "gpt2-slurm-s_from_gpt2-slurm-t"
 CANCELLED = "fkl"  # the run whose training job is scancel'ed
 TRAIN_JOB = f"rule_train_wildcards_{PAIR}_{CANCELLED}_1"  # its SLURM job's comment (the plugin's: rule and wildcards)
 TABLES = ("main.md", "main.csv", f"main/{PAIR}/main.md", f"main/{PAIR}/main.csv")
-LOCAL_RULES = ("resolve_run", "tables", "combine_table", "claims", "plots")
+LOCAL_RULES = ("resolve_run", "eval_protocol", "teacher_states_spec", "tables", "combine_table", "claims", "plots")
 
 
 def tiny_grid(root):
@@ -101,8 +101,8 @@ def test_the_slurm_table_is_byte_identical_to_the_local_one(runs):
 
 def test_gpu_jobs_get_gpus_from_slurm_and_keep_them(runs):
     jobs = squeue(runs["env"], "JobID", "Comment", "Partition", "tres-per-job", "State")
-    gpu_jobs = [j for j in jobs if j["Comment"].startswith(("rule_train", "rule_evaluate"))]
-    assert {j["Comment"].split("_wildcards")[0] for j in gpu_jobs} == {"rule_train", "rule_evaluate_run"}
+    gpu_jobs = [j for j in jobs if j["Comment"].startswith(("rule_train", "rule_teacher_states", "rule_evaluate"))]
+    assert {j["Comment"].split("_wildcards")[0] for j in gpu_jobs} == {"rule_train", "rule_teacher_states", "rule_evaluate_run"}
     assert all(j["Partition"] == "gpu" and "gpu:1" in j["tres-per-job"] for j in gpu_jobs), gpu_jobs
     cpu_jobs = [j for j in jobs if j not in gpu_jobs]
     assert cpu_jobs and all(j["Partition"] == "cpu" and "gpu" not in j["tres-per-job"] for j in cpu_jobs), cpu_jobs

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from kdbench.models import planned_shape
+from kdbench.pairs import read_pair
 
 from tests.conftest import grid_config, run_cli, workflow_copy
 
@@ -53,6 +54,7 @@ def test_tiny_pair_trains(root, pair):
     assert len(metrics) == 12 and all(m["kd_loss"] < 1e3 for m in metrics)
     vocab = len(AutoTokenizer.from_pretrained(root / "results/tokenizer"))
     shapes = json.loads((run_dir / "provenance.json").read_text())["shapes"]  # what was built, as check plans it
+    spec = read_pair(root / f"config/pairs/{pair}.yaml", root)  # with its defaults, as the grid's check reads it
     assert shapes == {role: planned_shape(spec["family"], spec[role], vocab, "p.yaml", role) for role in shapes}
     merged = load_file(run_dir / "model/model.safetensors")
     init = load_file(root / f"results/models/{pair}/student-init/model.safetensors")
@@ -72,7 +74,7 @@ def test_selection_by_validation_rouge_keeps_the_best_step(root):
                             select_every=3, select_examples=4, sample_max_new_tokens=8)
     (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
     (root / "grid.yaml").write_text(yaml.safe_dump(
-        grid_config(root, pairs=[pair], methods=["sft"])))
+        {**grid_config(root, pairs=[pair], methods=["sft"]), "teacher_cache": False}))
     for role in ("teacher", "student"):
         init = root / f"results/models/{pair}/{role}-init"
         if not init.exists():

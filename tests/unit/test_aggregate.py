@@ -35,6 +35,11 @@ def _write_result(root: Path, method: str, train_seed: int, set_name: str, *, pa
     per_seed = {str(s): {"rougeL": _score(method, train_seed, set_name, s), "exact_match": 0.0} for s in seeds}
     result = {"set": set_name, "n_examples": 5, "protocol": protocol or PROTOCOL, "per_seed": per_seed}
     path.write_text(json.dumps(result))
+    # the predictions kdbench evaluate writes beside it: 5 examples per seed whose mean is the seed's score
+    offsets = [-2.0, -1.0, 0.0, 1.0, 2.0]
+    lines = [json.dumps({"seed": s, "idx": i, "rougeL": per_seed[str(s)]["rougeL"] + d}) for s in seeds
+             for i, d in enumerate(offsets)]
+    path.with_name(f"{set_name}.predictions.jsonl").write_text("\n".join(lines) + "\n")
     return path
 
 
@@ -163,3 +168,33 @@ def test_pooling_what_must_not_be_pooled_raises(tmp_path: Path) -> None:
     greedy = _write_result(tmp_path, "rkl", 1, "dolly", protocol={**PROTOCOL, "do_sample": False})
     with pytest.raises(KDBenchError, match="different protocols"):
         main_table(collect([good, greedy]), ["fkl", "rkl"], ["dolly"])
+
+
+def test_an_edited_result_never_reaches_the_tables(results: list[Path], tmp_path: Path) -> None:
+    """A result JSON edited after evaluation (valid, one score 20 higher: 25.14 for 5.14) stops
+    `kdbench aggregate` before any table, naming the file and both values; untouched, the same
+    files give the table."""
+    md = tmp_path / "tables" / "main.md"
+    argv = ["--results", *map(str, results), "--out-md", str(md)]
+    assert main(argv) == 0
+    md.unlink()
+    edited = results[-1]  # rkl on dolly
+    result = json.loads(edited.read_text())
+    true_score = result["per_seed"]["20"]["rougeL"]
+    result["per_seed"]["20"]["rougeL"] = true_score + 20
+    edited.write_text(json.dumps(result))
+    with pytest.raises(KDBenchError) as err:
+        main(argv)
+    assert str(err.value).startswith(f"{edited}: the ROUGE-L of decoding seed 20 is {true_score + 20:.4f}, but its "
+                                     f"predictions (dolly.predictions.jsonl, 5 examples) average {true_score:.4f}")
+    assert not md.exists()
+    result["per_seed"]["20"]["rougeL"] = true_score
+    result["rougeL_mean"] = 25.14  # the summary edited instead: no table reads it, but the file is refused
+    edited.write_text(json.dumps(result))
+    with pytest.raises(KDBenchError, match=r"dolly.json: rougeL_mean is 25.1400, but its per_seed scores average 2"):
+        main(argv)
+    (edited.with_name("dolly.predictions.jsonl")).unlink()
+    result.pop("rougeL_mean")
+    edited.write_text(json.dumps(result))
+    with pytest.raises(KDBenchError, match="no per-example predictions beside dolly.json; the tables check each score"):
+        main(argv)

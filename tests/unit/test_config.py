@@ -64,6 +64,9 @@ def test_the_default_grid_is_valid(repo):
      "unknown source_hp prob for data source 'on_policy_mixed'. It accepts: p"),
     (lambda c: c.update(method_defs={"d": {"divergence": "srkl", "init_from": "sftt"}}, methods=["d"]),
      "label 'sftt': unknown method 'sftt'"),
+    (lambda c: c.update(methods=["sft"]),  # config/tiny.yaml sets teacher_cache: true
+     r"key 'teacher_cache': true, but no run of the grid can read stored teacher states \(sft \(on .*\): it trains "
+     "without a teacher"),
 ])
 def test_bad_configs_name_the_problem(tiny, repo, edit, needle):
     cfg = copy.deepcopy(tiny)
@@ -162,7 +165,7 @@ def test_gkd_and_distillm_distil_with_reverse_kl_under_adakd(repo):
 
 
 def test_distillm_starts_from_the_sft_run(tiny, repo):
-    g = grid({**tiny, "methods": ["distillm", "gkd+adakd"], "method_defs": {
+    g = grid({**tiny, "teacher_cache": False, "methods": ["distillm", "gkd+adakd"], "method_defs": {
         "distillm": {"divergence": "srkl", "source": "adaptive_replay", "init_from": "sft"},
         "gkd": {"divergence": "js", "source": "on_policy_mixed"}}}, repo)
     distillm = g.resolve_run(PAIR, "distillm", 2)
@@ -358,3 +361,26 @@ def test_a_random_init_pair_may_not_name_published_numbers(tiny, repo, tmp_path)
                                                                                  "family": "gpt2"}))
     with pytest.raises(KDBenchError, match=rf"{path}: key 'reference': published numbers belong beside the paper's"):
         Grid(tiny, "test.yaml", tmp_path)
+
+
+def test_pair_overrides_set_a_pairs_training_for_one_grid(tiny, repo):
+    """config/tiny-large.yaml's mechanism: the grid's steps reach the resolved runs (student and
+    teacher SFT) while the pair file's other settings stay; a pair no table uses, or a key the
+    pair schema does not know, is refused before any job."""
+    pair = "gpt2-tiny-s_from_gpt2-tiny-t"
+    plain = grid(tiny, repo)
+    tiny["pair_overrides"] = {pair: {"training": {"steps": 77}, "teacher": {"sft": {"steps": 99}}}}
+    longer = grid(tiny, repo)
+    assert longer.resolve_run(pair, "fkl", 1)["training"]["steps"] == 77
+    assert longer.resolve_run(pair, "teacher", 0)["training"]["steps"] == 99
+    for key in ("lr", "max_length", "micro_batch_size"):
+        assert longer.resolve_run(pair, "fkl", 1)["training"][key] == plain.resolve_run(pair, "fkl", 1)["training"][key]
+    large = yaml.safe_load((repo / "config/tiny-large.yaml").read_text())["pair_overrides"]
+    default_pairs = {p for t in yaml.safe_load((repo / "config/tiny.yaml").read_text())["tables"] for p in t["pairs"]}
+    assert set(large) == default_pairs  # the larger grid lengthens every pair of the default
+    tiny["pair_overrides"] = {"gpt2-tiny-s_from_gpt2-tiny": {"training": {"steps": 77}}}
+    with pytest.raises(KDBenchError, match=r"pair_overrides.gpt2-tiny-s_from_gpt2-tiny'.*Did you mean 'gpt2-tiny-s_from_gpt2-tiny-t'"):
+        grid(tiny, repo)
+    tiny["pair_overrides"] = {pair: {"training": {"stepz": 77}}}
+    with pytest.raises(KDBenchError, match="stepz"):
+        grid(tiny, repo)

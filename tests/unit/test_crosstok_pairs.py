@@ -46,6 +46,7 @@ def work(repo, tmp_path):
 def _grid(repo, work, pairs, methods):
     cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text())
     cfg["tables"] = [{"name": "main", "pairs": pairs, "methods": methods}]
+    cfg["teacher_cache"] = False  # no cross-tokenizer run reads stored teacher states
     return Grid(cfg, "test.yaml", work)
 
 
@@ -135,7 +136,7 @@ def test_a_tokenizer_directory_is_taken_as_it_is(repo, work, tmp_path):
 def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
     from kdbench import preflight
 
-    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text())
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text()) | {"teacher_cache": False}
     cfg["tables"] = [{"name": "main", "pairs": ["cross"], "methods": ["gold", "xtoken", "gold-b2"]}]
     cfg["method_defs"] = {"gold-b2": {"divergence": "gold", "hp": {"beta": 2.0}}}
     g = Grid(cfg, "test.yaml", work)
@@ -149,7 +150,7 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
 def test_a_policy_that_needs_labels_is_refused_over_a_cross_tokenizer_method(repo, work):
     from kdbench import preflight
 
-    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text())
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text()) | {"teacher_cache": False}
     cfg["tables"] = [{"name": "main", "pairs": ["cross"], "methods": ["simple_ctkd+adakd-ce"]}]
     cfg["policy_defs"] = {"adakd-ce": {"policy": "adakd", "hp": {"indicator": "ce"}}}
     with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+adakd-ce': over a cross-tokenizer method the token "

@@ -54,7 +54,7 @@ def test_the_default_grid_is_read_only_without_a_config_file(repo, monkeypatch):
     tiny = yaml.safe_load((repo / "config/tiny.yaml").read_text())
     bare = workflow_grid()
     assert list(bare.tables) == [t["name"] for t in tiny["tables"]]
-    assert bare.config["teacher_cache"] is True and bare.config["evaluation"]["max_new_tokens"] == 48
+    assert bare.config["teacher_cache"] is True and bare.config["evaluation"]["max_new_tokens"] == 32
     paper = workflow_grid(repo / "config/config.yaml", require_data=False)
     assert paper.config["teacher_cache"] is False and paper.config["evaluation"]["max_new_tokens"] == 256
     assert paper.config["evaluation"]["job"] == "set" and "design" in paper.tables

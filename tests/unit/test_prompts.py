@@ -64,3 +64,32 @@ def test_training_examples_use_the_grid_prompt_format() -> None:
     assert encode_example(record, tok, 512, "chat") != encode_example(record, tok, 512, "minillm")
     with pytest.raises(KDBenchError, match="prompt format 'alpaca'; known: minillm, chat"):
         encode_example(record, tok, 512, "alpaca")
+
+
+def test_the_template_is_counted_in_the_format_the_runs_use() -> None:
+    from kdbench.prompts import template_tokens
+
+    tok = _tokenizer(QWEN2_TEMPLATE)
+    # the word-level tokenizer: one id per word or punctuation run, as its pre-tokenizer splits the text
+    assert template_tokens(tok, "minillm") == len(pre_tokenizers.Whitespace().pre_tokenize_str(build_prompt(""))) == 24
+    chat = tok(build_chat_prompt(tok, ""), add_special_tokens=False)["input_ids"]
+    assert template_tokens(tok, "chat") == len(chat) == 20  # the ChatML turns, its default system message included
+
+
+def test_a_teacher_states_job_refuses_a_max_length_without_room_before_loading_its_model(tmp_path) -> None:
+    """Where the tokenizer is first known at job start (a hub id, a GGUF file), the job checks it
+    before it loads any model (here the teacher's directory does not even exist)."""
+    from kdbench.datagen import generate
+    from kdbench.teacher_states import write
+    from kdbench.tokenizer import train_tokenizer
+
+    train = generate(tmp_path / "data", seed=0, n_train=50, n_valid=5, n_eval=5)["train"]
+    train_tokenizer([train], tmp_path / "tok", vocab_size=1000)
+    what = {"pair": "hub_from_hub", "seed": 1, "teacher": str(tmp_path / "no-model"), "teacher_dtype": "fp32",
+            "tokenizer": str(tmp_path / "tok"), "prompt_format": "minillm", "data": str(train), "max_length": 24,
+            "micro_batch_size": 2, "micro_batches": 1, "gpus": 0}
+    with pytest.raises(KDBenchError, match=r"^config/pairs/hub_from_hub.yaml: key 'training.max_length': 24 leaves no "
+                                           r"room for a response: the prompt template alone .* is 30 tokens of the run's "
+                                           r"tokenizer \(.*tok\), and real instructions add more; give at least 31"):
+        write(what, tmp_path / "states.safetensors", 1)
+    assert not (tmp_path / "states.safetensors").exists()

@@ -404,9 +404,10 @@ def c_claims_unknown_label(cfg, ctx):
 
 def c_pair_duplicate_key(cfg, ctx):
     cfg["tables"][0]["pairs"] = [name := "dup-key_from_gpt2-tiny-t"]
-    text = (ctx["root"] / "config/pairs" / f"{PAIR}.yaml").read_text().replace("  steps: 400\n", "  steps: 400\n  steps: 40\n")
+    text = (ctx["root"] / "config/pairs" / f"{PAIR}.yaml").read_text().replace("  max_length: 128\n", "  max_length: 128\n  max_length: 64\n")
+    assert text.count("max_length") == 2, "the GPT-2 tiny pair's max_length line changed: update this case"
     file = _write_pair(ctx["root"], name, text)
-    return [file, "key 'steps' is given twice", "line"]
+    return [file, "key 'max_length' is given twice", "line"]
 
 
 def _deepspeed_pair(cfg, ctx, name: str, text: str) -> str:
@@ -476,6 +477,31 @@ def c_max_length_beyond_positions(cfg, ctx):
     return [file, "key 'training.max_length'", "1024 is beyond the teacher's 512 positions"]
 
 
+def c_max_length_below_the_prompt(cfg, ctx):
+    pair = _pair(ctx["root"])
+    pair["training"]["max_length"] = 24  # the minillm template alone: 29 pieces of the generated tokenizer's pre-tokenizer
+    cfg["tables"][0]["pairs"] = [name := "short_from_gpt2-tiny-t"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, "key 'training.max_length': 24 leaves no room for a response", "is 29 tokens of the generated "
+            "tokenizer", "give at least 30"]
+
+
+def c_max_length_below_the_prompt_of_a_local_model(cfg, ctx):
+    from transformers import AutoTokenizer
+
+    from kdbench.prompts import template_tokens
+
+    local = ctx["models"]["teacher"]
+    template = template_tokens(AutoTokenizer.from_pretrained(local, local_files_only=True), "minillm")
+    pair = _pair(ctx["root"])
+    pair["teacher"] = pair["student"] = {"init": "pretrained", "path": str(local)}
+    pair["training"]["max_length"] = template  # the template fits, but no response token does
+    cfg["tables"][0]["pairs"] = [name := "short_from_local"]
+    file = _write_pair(ctx["root"], name, pair)
+    return [file, f"key 'training.max_length': {template} leaves no room", f"is {template} tokens of the student's "
+            f"tokenizer ({local})", f"give at least {template + 1}"]
+
+
 def c_max_new_tokens_beyond_positions(cfg, ctx):
     cfg["evaluation"]["max_new_tokens"] = 600
     return ["config/pairs/gpt2-tiny-s_from_gpt2-tiny-t.yaml", "evaluation.max_new_tokens 600",
@@ -494,6 +520,14 @@ def c_lora_unknown_module(cfg, ctx):
     cfg["tables"][0]["pairs"] = [name := "lora-q_from_gpt2-tiny-t"]
     file = _write_pair(ctx["root"], name, pair)
     return [file, "key 'student.lora.target_modules'", "a gpt2 model has no linear layer 'q_proj'", "c_attn"]
+
+
+def c_teacher_cache_unused(cfg, ctx):
+    cfg["teacher_cache"] = True
+    cfg["tables"][0]["methods"] = ["sft", "gkd"]
+    return ["{cfg}", "key 'teacher_cache': true, but no run of the grid can read stored teacher states",
+            f"sft (on {PAIR}): it trains without a teacher", f"gkd (on {PAIR}): its micro-batches come from the "
+            "on_policy_mixed source", "Set teacher_cache: false"]
 
 
 CASES = {name[2:]: fn for name, fn in list(globals().items()) if name.startswith("c_")}

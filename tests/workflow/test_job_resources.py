@@ -82,7 +82,7 @@ def test_every_rule_that_loads_a_model_to_a_gpu_declares_gpu_and_claims_it(rules
 def test_cheap_rules_run_locally_and_cpu_rules_declare_no_gpu(workflow, rules):
     local = {name for name, rule in rules.items() if name in workflow._localrules or rule.norun}
     targets = {"all", "lm_eval_all", "main", "design"}  # rules without a job (main, design: config/tiny.yaml's tables)
-    assert local == {"resolve_run", "teacher_states_spec", "tables", "combine_table", "claims", "plots", *targets}
+    assert local == {"resolve_run", "eval_protocol", "teacher_states_spec", "tables", "combine_table", "claims", "plots", *targets}
     for name, rule in rules.items():
         if name not in GPU_RULES:
             assert "gpu" not in rule.resources, f"rule {name} declares a GPU it never uses"
@@ -141,7 +141,42 @@ def test_a_pair_sets_some_job_resources_and_a_misspelt_key_fails_before_any_job(
     path.write_text(yaml.safe_dump({**spec, "resources": {"train": {"mem_mb": 123}}}))
     grid = Grid(cfg, "grid.yaml", tmp_path)
     assert grid.job_resources(pair, "train") == {"runtime": 60, "mem_mb": 123, "cpus": 1}
-    assert grid.job_resources(pair, "evaluate") == {"runtime": 60, "mem_mb": 4000, "cpus": 1}
+    assert grid.job_resources(pair, "evaluate") == {"runtime": 60, "runtime_per_1k": 2, "mem_mb": 4000, "cpus": 1}
     path.write_text(yaml.safe_dump({**spec, "resources": {"train": {"memory": 1}}}))
     with pytest.raises(KDBenchError, match=r"key 'resources.train': .*'memory' was unexpected.*allowed here: cpus, mem_mb, runtime"):
         Grid(cfg, "grid.yaml", tmp_path)
+
+
+def test_an_evaluation_job_asks_for_time_by_the_size_of_its_sets(repo, tmp_path):
+    """Through the SLURM profile: the pair's `runtime` per set plus `runtime_per_1k` per 1,000
+    sampled responses (examples × decoding seeds), read from the set files themselves."""
+    import json
+
+    import yaml
+
+    from tests.conftest import grid_config, run_cli, workflow_copy
+
+    root = workflow_copy(tmp_path)
+    rows = {"train": 30, "valid": 5, "dolly": 40, "vicuna": 400}
+    for name, n in rows.items():
+        (root / f"{name}.jsonl").write_text("".join(json.dumps({"instruction": f"Say {i}", "output": str(i)}) + "\n"
+                                                   for i in range(n)))
+    pair = "gpt2-tiny-s_from_gpt2-tiny-t"
+    spec = yaml.safe_load((root / f"config/pairs/{pair}.yaml").read_text())
+    spec["resources"] = {"evaluate": {"runtime": 10, "runtime_per_1k": 4}}
+    (root / f"config/pairs/{pair}.yaml").write_text(yaml.safe_dump(spec))
+    for job, expected in (("set", {"dolly": 10 + 1, "vicuna": 10 + 8}), ("run", {None: 2 * 10 + 9})):
+        grid = grid_config(root, pairs=[pair], methods=["fkl"], seeds=[1], sets=["dolly", "vicuna"])
+        grid["data"] = {"source": "files", "train": "train.jsonl", "valid": "valid.jsonl",
+                        "sets": {"dolly": "dolly.jsonl", "vicuna": "vicuna.jsonl"}}
+        grid["evaluation"] = {**grid.get("evaluation", {}), "job": job, "decoding_seeds": [1, 2, 3, 4, 5]}
+        (root / "grid.yaml").write_text(yaml.safe_dump(grid))
+        dry = run_cli("snakemake", "-n", "--profile", "workflows/profiles/slurm", "--configfile", "grid.yaml", cwd=root)
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        asked = {}
+        for block in re.split(r"^(?=(?:local)?rule \w+:)", dry.stdout + dry.stderr, flags=re.M):
+            if re.match(r"rule evaluate(_run)?:", block) and "method=fkl" in block:
+                eval_set = re.search(r"set=(\w+)", block)
+                asked[eval_set and eval_set.group(1)] = int(re.search(r"runtime=(\d+)", block).group(1))
+        # 40 × 5 = 200 responses: 0.8 min, rounded up; 400 × 5 = 2,000: 8 min; both in one job: 2,200: 9 min
+        assert asked == expected, (job, asked)

@@ -107,10 +107,15 @@ def resolved_run(w):
     return GRID.resolve_run(w.pair, w.method, int(w.seed))
 
 
-def pair_resource(job, key, times=1):
+def pair_resource(job, key):
     """A job's `runtime` (minutes), `mem_mb` or `cpus` on a cluster, from its pair file's
-    `resources.<job>` (Grid.job_resources); `times`: a job that does `times` such jobs' work."""
-    return lambda w: GRID.job_resources(w.pair, job)[key] * (times if key == "runtime" else 1)
+    `resources.<job>` (Grid.job_resources)."""
+    return lambda w: GRID.job_resources(w.pair, job)[key]
+
+
+def eval_runtime(w, input):
+    """An evaluation job's minutes from the sizes of its sets (Grid.evaluation_runtime)."""
+    return GRID.evaluation_runtime(w.pair, [input.data] if isinstance(input.data, str) else list(input.data))
 
 
 def train_inputs(w):

@@ -45,7 +45,7 @@ rule evaluate:
     threads: 1
     resources:  # one GPU, claimed by the job itself (kdbench.gpus); the rest from the pair file
         gpu=1,
-        runtime=pair_resource("evaluate", "runtime"),
+        runtime=eval_runtime,
         mem_mb=pair_resource("evaluate", "mem_mb"),
         cpus_per_task=pair_resource("evaluate", "cpus"),
     conda:
@@ -71,7 +71,7 @@ rule evaluate_run:
     threads: 1
     resources:
         gpu=1,
-        runtime=pair_resource("evaluate", "runtime", times=len(GRID.axes["sets"])),
+        runtime=eval_runtime,
         mem_mb=pair_resource("evaluate", "mem_mb"),
         cpus_per_task=pair_resource("evaluate", "cpus"),
     conda:

@@ -3,7 +3,7 @@ the published numbers beside ours, paired-bootstrap significance and the paper's
 
 - :mod:`~kdbench.aggregate.results`: reading the inputs (result JSONs at
   ``.../evals/{pair}/{method}/seed{train_seed}/{set}.json``, the ``{set}.predictions.jsonl`` beside
-  each, lm-eval results);
+  each, against which every result's scores are checked before a table is written, lm-eval results);
 - :mod:`~kdbench.aggregate.statistics`: mean ± std over (training seed × decoding seed), the Avg over
   sets, the paired and stratified bootstrap over examples;
 - :mod:`~kdbench.aggregate.tables`: the display tables, their headers, LaTeX;
@@ -52,6 +52,7 @@ from kdbench.aggregate.results import (
     collect,
     collect_lm_eval,
     load_predictions,
+    verify_results,
 )
 from kdbench.aggregate.statistics import (
     BOOTSTRAP_N,
@@ -81,5 +82,5 @@ __all__ = [
     "collect_lm_eval", "combine_main", "compare", "default_comparisons", "lm_eval_header", "lm_eval_main",
     "lm_eval_stats", "load_claims", "load_labels", "load_predictions", "main", "main_table", "match_published",
     "paired_bootstrap", "published", "read_reference", "significance_stats", "significance_table",
-    "stratified_bootstrap", "table_header", "to_latex",
+    "stratified_bootstrap", "table_header", "to_latex", "verify_results",
 ]

@@ -21,7 +21,7 @@ from kdbench.aggregate.reference import (
     match_published,
     published,
 )
-from kdbench.aggregate.results import collect, collect_lm_eval, load_predictions
+from kdbench.aggregate.results import collect, collect_lm_eval, load_predictions, verify_results
 from kdbench.aggregate.statistics import BOOTSTRAP_N, default_comparisons, significance_stats
 from kdbench.aggregate.tables import (
     _display,
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bootstrap_n < 1:
         raise KDBenchError(f"--bootstrap-n must be ≥ 1, got {args.bootstrap_n}")
     df, methods, sets = _selection(args)
+    verify_results(args.results)  # each score is its predictions' mean: an edited result never reaches a table
     _write_tables(args, df, methods, sets)
     significance = args.significance_md or args.significance_csv
     claims = args.claims_md or args.claims_csv

@@ -90,6 +90,10 @@ def _read_result(path: Path) -> list[dict[str, Any]]:
                 "protocol": protocol,
             }
         )
+    mean, of_seeds = result.get("rougeL_mean"), float(np.mean([row["rougeL"] for row in rows]))
+    if isinstance(mean, (int, float)) and not abs(mean - of_seeds) <= 1e-6:
+        raise KDBenchError(f"{path}: rougeL_mean is {mean:.4f}, but its per_seed scores average {of_seeds:.4f}; the "
+                           "file was edited. Delete it and its predictions and rerun the workflow (or kdbench evaluate).")
     return rows
 
 
@@ -117,43 +121,65 @@ def _predictions_path(result: Path) -> Path:
 
 def load_predictions(result_files: Iterable[Path], methods: Iterable[str] | None = None) -> pd.DataFrame:
     """Per-example scores from the ``{set}.predictions.jsonl`` beside each result JSON (only of
-    ``methods`` when given), one row per (pair, method, train_seed, set, decoding_seed, idx). Their
-    per-seed means must equal the result file's scores (a stale predictions file raises)."""
+    ``methods`` when given), one row per (pair, method, train_seed, set, decoding_seed, idx), each
+    file checked against its result (:func:`checked_predictions`)."""
     wanted = None if methods is None else set(methods)
     frames = []
     for result in map(Path, result_files):
         if wanted is not None and (len(result.parts) < 3 or result.parts[-3] not in wanted):
             continue
-        summary = pd.DataFrame(_read_result(result))
-        path = _predictions_path(result)
-        if not path.is_file():
-            raise KDBenchError(
-                f"{path}: no per-example predictions beside {result.name}; significance needs the "
-                "predictions file kdbench evaluate writes next to each result"
-            )
-        records = []
-        for where, rec in json_lines(path):
-            try:
-                records.append((int(rec["seed"]), int(rec["idx"]), float(rec["rougeL"])))
-            except (KeyError, TypeError, ValueError) as err:
-                raise KDBenchError(
-                    f"{where}: not a prediction record with seed, idx, rougeL ({err}); re-run kdbench evaluate"
-                ) from err
-        frame = pd.DataFrame(records, columns=["decoding_seed", "idx", "rougeL"])
-        means = frame.groupby("decoding_seed")["rougeL"].mean()
-        expected = summary.set_index("decoding_seed")["rougeL"]
-        if set(means.index) != set(expected.index) or not np.allclose(
-            means.reindex(expected.index).to_numpy(), expected.to_numpy(), rtol=0, atol=1e-6
-        ):
-            raise KDBenchError(f"{path}: its per-seed means differ from {result.name}; re-run kdbench evaluate")
-        if frame.duplicated(["decoding_seed", "idx"]).any():
-            raise KDBenchError(f"{path}: an (seed, idx) pair appears twice; re-run kdbench evaluate")
+        summary, frame = checked_predictions(result)
         for column in ("pair", "method", "train_seed", "set", "protocol"):
             frame[column] = summary[column].iloc[0]
         frames.append(frame[PREDICTION_COLUMNS])
     if not frames:
         return pd.DataFrame(columns=PREDICTION_COLUMNS)
     return pd.concat(frames, ignore_index=True)
+
+
+def verify_results(result_files: Iterable[Path]) -> None:
+    """Every result's scores are what its predictions file says (:func:`checked_predictions`): what
+    the tables show is cross-checked cell by cell, so an edited or stale result JSON stops them."""
+    for result in map(Path, result_files):
+        checked_predictions(result)
+
+
+def checked_predictions(result: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A result's rows (one per decoding seed) and the per-example scores of the predictions file
+    ``kdbench evaluate`` wrote beside it (``decoding_seed, idx, rougeL``). Each decoding seed's score
+    in the result must be the mean of its examples' scores there (within 1e-6); a result edited after
+    evaluation, or a predictions file of another evaluation, raises naming the file and both values."""
+    summary = pd.DataFrame(_read_result(result))
+    path = _predictions_path(result)
+    if not path.is_file():
+        raise KDBenchError(f"{path}: no per-example predictions beside {result.name}; the tables check each score "
+                           "against the predictions file kdbench evaluate writes next to its result")
+    records = []
+    for where, rec in json_lines(path):
+        try:
+            records.append((int(rec["seed"]), int(rec["idx"]), float(rec["rougeL"])))
+        except (KeyError, TypeError, ValueError) as err:
+            raise KDBenchError(
+                f"{where}: not a prediction record with seed, idx, rougeL ({err}); re-run kdbench evaluate"
+            ) from err
+    frame = pd.DataFrame(records, columns=["decoding_seed", "idx", "rougeL"])
+    if frame.duplicated(["decoding_seed", "idx"]).any():
+        raise KDBenchError(f"{path}: an (seed, idx) pair appears twice; re-run kdbench evaluate")
+    means = frame.groupby("decoding_seed")["rougeL"].agg(["mean", "size"])
+    for seed, score in summary.set_index("decoding_seed")["rougeL"].items():
+        if seed not in means.index:
+            raise KDBenchError(f"{result}: decoding seed {seed} has no predictions in {path.name}; re-run kdbench "
+                               "evaluate for this result")
+        mean, n = means.loc[seed, "mean"], int(means.loc[seed, "size"])
+        if not abs(mean - score) <= 1e-6:
+            raise KDBenchError(f"{result}: the ROUGE-L of decoding seed {seed} is {score:.4f}, but its predictions "
+                               f"({path.name}, {n} examples) average {mean:.4f}; the result was edited or belongs to "
+                               "another evaluation. Delete both files and rerun the workflow (or kdbench evaluate).")
+    extra = sorted(set(means.index) - set(summary["decoding_seed"]))
+    if extra:
+        raise KDBenchError(f"{path}: predictions of decoding seed {extra[0]}, which {result.name} does not score; "
+                           "re-run kdbench evaluate")
+    return summary, frame
 
 
 LM_EVAL_COLUMNS = ["pair", "method", "train_seed", "task", "decoding_seed", "score", "metric", "decoding"]
