@@ -46,6 +46,10 @@ def load_pair(path: Path, workdir: Path | None = None, overrides: dict | None = 
     for role in ("teacher", "student"):
         _check_model(pair[role], role, path)
         _check_tokenizer(pair[role], role, path)
+    if pair["cross_tokenizer"] and not {pair["teacher"]["init"], pair["student"]["init"]} <= {"pretrained", "gguf"}:
+        raise KDBenchError(f"{path}: key 'cross_tokenizer': it declares two loaded models (init pretrained or gguf) "
+                           "with tokenizers of their own; a random-init role chooses its tokenizer with "
+                           "<role>.tokenizer, and a copy of the teacher reads the teacher's. Remove cross_tokenizer.")
     if "reference" in pair and "random" in (pair["teacher"]["init"], pair["student"]["init"]):
         raise KDBenchError(f"{path}: key 'reference': published numbers belong beside the paper's own pretrained "
                            "teacher and student; beside a random-init model the difference would mean nothing, "
@@ -107,12 +111,12 @@ def tokenizer_source(pair: dict, role: str) -> str:
     """What a role's tokenizer is, as a name two roles share exactly when they share a tokenizer:
     `generated:<kind>` or `path:<dir>` (a random-init model), the teacher's (a copy of it), or
     `own` (a loaded model's, which the two roles of one family are taken to share; kdbench.preflight
-    and the training job check the files)."""
+    and the training job check the files), `own:<role>` where the pair declares `cross_tokenizer`."""
     spec = pair[role]
     if spec["init"] == "teacher":
         return tokenizer_source(pair, "teacher")
     if spec["init"] != "random":
-        return "own"
+        return f"own:{role}" if pair.get("cross_tokenizer") else "own"
     given = spec.get("tokenizer", DEFAULT_TOKENIZER)
     return f"path:{given['path']}" if "path" in given else f"generated:{given['generated']}"
 
@@ -134,7 +138,9 @@ def tokenizer_dir(results: str, name: str, pair: dict, role: str) -> str:
 
 def _describe(pair: dict, role: str) -> str:
     source = tokenizer_source(pair, role)
-    return {"own": "its model's own"}.get(source, source.replace("generated:", "generated ").replace("path:", ""))
+    if source.startswith("own"):
+        return "its model's own"
+    return source.replace("generated:", "generated ").replace("path:", "")
 
 
 def check_method(where: str, pair: dict, label: str, method: dict, crosstok: list[str]) -> None:

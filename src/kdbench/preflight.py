@@ -42,7 +42,7 @@ def request(grid: Any) -> dict:
     from kdbench.validate import max_lengths
 
     vocab = grid.config["tokenizer"]["vocab_size"]
-    pairs = {name: {"file": str(grid.pair_file(name)), "family": p["family"],
+    pairs = {name: {"file": str(grid.pair_file(name)), "family": p["family"], "cross_tokenizer": p["cross_tokenizer"],
                     **{role: p[role] for role in ROLES}, "local": _local_files(p),
                     "max_lengths": {role: max_lengths(p, role) for role in ROLES}} for name, p in grid.pairs.items()}
     plugins: dict[str, dict] = {}
@@ -95,20 +95,26 @@ def check(req: dict) -> dict:
                 check_model_config(pair["family"], pair[role]["config"], where, f"{role}.config",
                                    vocab_size=req["vocab_size"])
         case = check_pair_vocab(pair, where)
-        if case and case["cross_tokenizer"] and not cross_tokenizer(pair):
-            raise KDBenchError(
-                f"{where}: the teacher and student tokenizers differ: the teacher's vocabulary has "
-                f"{case['teacher_vocab']:,} tokens, the student's {case['student_vocab']:,}. Both are loaded models of "
-                "one family, which a pair file takes to share one tokenizer: the same-vocabulary methods cannot "
-                "distil them, and a "
-                "cross-tokenizer pair of two loaded models is not wired yet (docs/crosstok-plan.md). Pick a "
-                "teacher and a student with one tokenizer.")
+        if case and case["cross_tokenizer"] != cross_tokenizer(pair):
+            _refuse_tokenizer_case(case, where)
         _check_prompt_room(pair, req["prompt_format"])
         shapes[name] = {role: planned_shape(pair["family"], pair[role], req["vocab_size"], where, role)
                         for role in ROLES}
     for entry in req["plugins"]:
         _check_plugin(entry)
     return {"shapes": shapes}
+
+
+def _refuse_tokenizer_case(case: dict, where: str) -> None:
+    """The files of two local model directories contradict the pair's `cross_tokenizer`."""
+    if case["cross_tokenizer"]:
+        raise KDBenchError(
+            f"{where}: the teacher and student tokenizers differ: the teacher's vocabulary has "
+            f"{case['teacher_vocab']:,} tokens, the student's {case['student_vocab']:,}. Same-vocabulary methods "
+            "compare the two distributions id by id, so pick a teacher and a student with one tokenizer; or "
+            "declare the pair cross_tokenizer: true and distil it with cross-tokenizer methods (docs/METHODS.md §6).")
+    raise KDBenchError(f"{where}: key 'cross_tokenizer': true, but the teacher and the student read one tokenizer "
+                       f"({case['vocab']:,} ids); remove cross_tokenizer (same-vocabulary methods distil this pair).")
 
 
 def _check_prompt_room(pair: dict, prompt_format: str) -> None:

@@ -156,3 +156,54 @@ def test_a_policy_that_needs_labels_is_refused_over_a_cross_tokenizer_method(rep
     with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+adakd-ce': over a cross-tokenizer method the token "
                                            r"policy gets no labels .* refuses: .*"):
         preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
+
+
+def _loaded(work, teacher: dict, student: dict, **extra) -> None:
+    spec = yaml.safe_load((work / "config/pairs/cross.yaml").read_text())
+    spec.update(teacher=teacher, student=student, **extra)
+    (work / "config/pairs/cross.yaml").write_text(yaml.safe_dump(spec))
+
+
+def test_two_loaded_models_are_declared_cross_tokenizer(repo, work):
+    hub = ({"init": "pretrained", "path": "org/teacher"}, {"init": "pretrained", "path": "org/student"})
+    _loaded(work, *hub, cross_tokenizer=True)
+    g = _grid(repo, work, ["cross"], ["simple_ctkd"])
+    run = g.resolve_run("cross", "simple_ctkd", 1)
+    assert (run["tokenizer"], run["teacher_tokenizer"]) == ("results/models/cross/student-init",
+                                                           "results/models/cross/teacher-init")
+    with pytest.raises(KDBenchError, match=r"different tokenizers \(teacher: its model's own, student: its model's "
+                                           r"own\), so method 'fkl' cannot distil"):
+        _grid(repo, work, ["cross"], ["fkl"])
+    _loaded(work, *hub, cross_tokenizer=False)  # the default: one family's models share one tokenizer
+    assert not _grid(repo, work, ["cross"], ["fkl"]).cross_tokenizer("cross")
+    _loaded(work, hub[0], {"init": "teacher", "layers": [0]}, cross_tokenizer=True)
+    with pytest.raises(KDBenchError, match=r"cross.yaml: key 'cross_tokenizer': it declares two loaded models"):
+        _grid(repo, work, ["cross"], ["simple_ctkd"])
+
+
+def test_preflight_holds_cross_tokenizer_to_the_files(repo, work, tmp_path):
+    from transformers import AutoTokenizer
+
+    from kdbench import preflight
+    from kdbench.datagen import generate
+    from kdbench.models import build_random
+    from kdbench.tokenizer import train_tokenizer
+
+    data = generate(tmp_path / "data", seed=0, n_train=40, n_valid=5, n_eval=5)["train"]
+    dirs = {}
+    for role, kind in (("teacher", "bpe"), ("student", "unigram")):
+        train_tokenizer([data], tmp_path / role, vocab_size=400, kind=kind)
+        tok = AutoTokenizer.from_pretrained(tmp_path / role)
+        build_random("gpt2", {"n_layer": 1, "n_embd": 16, "n_head": 2}, tok, 0).save_pretrained(tmp_path / role)
+        dirs[role] = {"init": "pretrained", "path": str(tmp_path / role)}
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text()) | {"teacher_cache": False}
+    cfg["tables"] = [{"name": "main", "pairs": ["cross"], "methods": ["simple_ctkd"]}]
+    _loaded(work, dirs["teacher"], dirs["student"], cross_tokenizer=True)
+    preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # two tokenizers, as declared
+    _loaded(work, dirs["teacher"], dirs["teacher"], cross_tokenizer=True)
+    with pytest.raises(KDBenchError, match=r"key 'cross_tokenizer': true, but the teacher and the student read one"):
+        preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
+    cfg["tables"][0]["methods"] = ["fkl"]
+    _loaded(work, dirs["teacher"], dirs["student"], cross_tokenizer=False)
+    with pytest.raises(KDBenchError, match=r"tokenizers differ: .* or declare the pair cross_tokenizer: true"):
+        preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
