@@ -103,6 +103,7 @@ class LossParts:
     n_tokens: int  # valid tokens in this micro-batch
     n_selected: int  # tokens with a non-zero policy weight
     temperature: torch.Tensor | None  # student τ of the selected tokens, for logging
+    aligned: int | None = None  # cross-tokenizer: the student's response tokens in some aligned unit
 
 
 @dataclass(frozen=True)
@@ -278,7 +279,8 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
     kd_mean = kd_sum / max(weight_sum, 1e-12) if n_units else kd_sum
     loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
     n_selected = n_units if temps is None else int(temps.numel())
-    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_selected, temps)
+    aligned = int(units["student_rows"].numel())
+    return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_selected, temps, aligned)
 
 
 def _cross_chunk(h_s, h_t, s_units, t_units, n, merge, student_head, teacher_head, method, hparams, arrays,

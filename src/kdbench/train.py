@@ -367,7 +367,7 @@ def micro_batches(s: Session, step: int, micro: list[dict], n_global: int) -> di
     """Each micro-batch of the step through the loss, backward and the engine step (a non-finite
     one on any rank: no gradient, or the run stops); the step's sums of what was used."""
     engine = s.engine
-    kd_weighted, ce_sum, n_selected, temps, n_skipped = 0.0, 0.0, 0, [], 0
+    kd_weighted, ce_sum, n_selected, temps, n_skipped, aligned = 0.0, 0.0, 0, [], 0, 0
     for mb in micro:
         parts = s.micro_batch_loss(mb, n_global, step / s.tr.steps)
         parts = testhooks.point("train.micro_batch", parts, step=step)  # fault-injection tests only
@@ -386,8 +386,9 @@ def micro_batches(s: Session, step: int, micro: list[dict], n_global: int) -> di
             n_selected + parts.n_selected
         if parts.temperature is not None:
             temps.append(parts.temperature)
+        aligned += parts.aligned or 0
     return {"kd_weighted": kd_weighted, "ce_sum": ce_sum, "n_selected": n_selected, "temps": temps,
-            "n_skipped": n_skipped}
+            "n_skipped": n_skipped, "aligned": aligned}
 
 
 def end_step(s: Session, step: int, lr: float, n_global: int, sums: dict) -> None:
@@ -411,6 +412,8 @@ def end_step(s: Session, step: int, lr: float, n_global: int, sums: dict) -> Non
         n_selected, tau = int(_all_reduce(sums["n_selected"], engine.device)), _temperatures(sums["temps"], engine.device)
         record = _metrics_record(step, lr, s.method["kd_ratio"], ce, kd_loss, n_global, n_selected, s.policy, tau,
                                  s.tokens_here / (time.perf_counter() - s.start))
+        if s.cross is not None:  # the share of the step's response tokens some aligned unit covers
+            record["align_ratio"] = _all_reduce_sum(sums["aligned"], engine.device) / max(n_global, 1)
         if s.metrics is not None:
             _log(s, step, record, valid_rouge)
     if tr.checkpoint_every and (step + 1) % tr.checkpoint_every == 0 and step + 1 < tr.steps:

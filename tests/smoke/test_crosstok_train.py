@@ -124,6 +124,7 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 12 and records[0]["selected"] > 0  # aligned units were distilled
+    assert all(0.2 < r["align_ratio"] <= 1 for r in records)  # 1:1 exact pairs of a char-level Unigram and a BPE
     # 0.5·CE + 0.5·KD against a random-init teacher (no SFT here): the objective falls (the CE most)
     assert sum(r["loss"] for r in records[-3:]) < sum(r["loss"] for r in records[:3])
     assert all(r["kd_loss"] > 0 for r in records)
