@@ -46,10 +46,11 @@ REQUIRED = object()  # a hyper-parameter without a default
 # A cross-tokenizer method: how the harness pairs student and teacher rows (docs/METHODS.md §6;
 # "pairs": one-to-one exact groups, "position": the i-th response token of each side, ULD's code,
 # "chunks": every exact group, its rows merged per side, X-Token; "groups": the same, merged as GOLD;
+# "mined": FuseLLM's edit-distance alignment, one-to-one matches of the same string;
 # kdbench.crosstok.data), the one distribution space a token policy may act in (None: no policy composes), the arrays of the
 # pair's vocab_map it may take (keyword-only, by name), and `kd_ratio`, the default weight of its
 # distillation term against the student's cross-entropy (a keyword default, not a hyper-parameter).
-ALIGNMENTS = ("pairs", "position", "chunks", "groups")
+ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined")
 SPACES = (None, "common", "teacher")
 ARTIFACT_ARRAYS = ("common_student", "common_teacher", "projection_indices", "projection_weights", "relaxed_student",
                    "relaxed_teacher")

@@ -27,7 +27,7 @@ def tiny(tmp_path_factory):
 
 def test_aligned_rows_predict_the_same_text_on_both_sides(tiny):
     records, student, teacher = tiny
-    for alignment in ("pairs", "chunks"):
+    for alignment in ("pairs", "chunks", "mined"):
         for record in records:
             e = encode_pair(record, student, teacher, 512, "minillm", alignment)
             n_s, n_t = len(e["input_ids"]), len(e["teacher_input_ids"])
@@ -37,6 +37,9 @@ def test_aligned_rows_predict_the_same_text_on_both_sides(tiny):
                 t_text = teacher.decode([e["teacher_input_ids"][j + 1] for j in rows_t])
                 assert s_text.strip() == t_text.strip() and e["labels"][rows_s[0] + 1] != IGNORE
                 assert alignment == "chunks" or len(rows_s) == len(rows_t) == 1
+    mined = encode_pair(records[0], student, teacher, 512, "minillm", "mined")["units"]
+    pairs = encode_pair(records[0], student, teacher, 512, "minillm", "pairs")["units"]
+    assert len(set(mined) & set(pairs)) > 0.5 * len(pairs)  # same strings at the same place: mostly the exact pairs
     chunks = encode_pair(records[0], student, teacher, 512, "minillm", "chunks")["units"]
     assert any(len(s) > 1 or len(t) > 1 for s, t in chunks)  # several tokens of a side over one text
 
@@ -51,8 +54,8 @@ def test_position_alignment_pairs_the_ith_tokens_and_truncation_drops_units(tiny
         == list(range(len(body)))
     short = encode_pair(records[0], student, teacher, s_start + 3, "minillm", "position")
     assert len(short["units"]) == 3 and all(u[0][0] < s_start + 3 for u in short["units"])
-    with pytest.raises(Exception, match="alignment 'mined' is not wired"):
-        response_units(None, None, "mined")
+    with pytest.raises(Exception, match="alignment 'dtw' is not wired"):
+        response_units(None, None, "dtw")
 
 
 def test_rows_index_the_flattened_padded_batch(tiny):

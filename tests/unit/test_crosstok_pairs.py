@@ -79,7 +79,7 @@ def test_a_same_vocabulary_method_on_a_cross_tokenizer_pair_is_refused(repo, wor
     message = str(err.value)
     assert message.startswith(str(work / "config/pairs/cross.yaml"))
     assert "different tokenizers (teacher: generated bpe, student: generated unigram)" in message
-    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, gold, simple_ctkd, uld, xtoken, xtoken_hkl" in message
+    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, gold, mined, simple_ctkd, uld, xtoken, xtoken_hkl" in message
 
 
 def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work):
@@ -94,7 +94,7 @@ def test_a_policy_composes_only_where_the_plugin_names_its_space(repo, work):
     with pytest.raises(KDBenchError, match=r"label 'ctu\+adakd': token policy 'adakd' cannot act on cross-tokenizer "
                                            r"method 'ctu': .*composes with: ctk, simple_ctkd, xtoken\."):
         _grid(repo, work, ["cross"], ["ctu+adakd"])
-    for label in ("uld+adakd", "gold+adakd", "xtoken_hkl+adakd"):
+    for label in ("uld+adakd", "gold+adakd", "xtoken_hkl+adakd", "mined+adakd"):
         with pytest.raises(KDBenchError, match=rf"label '{label.replace('+', '.')}': token policy 'adakd' cannot act"):
             _grid(repo, work, ["cross"], [label])
     with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+egad': token policy 'egad' takes the models' hidden "
@@ -143,7 +143,7 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
     with pytest.raises(KDBenchError, match=r"label 'gold-b2'.*gold: beta 2.0 must be in \[0, 1\]"):
         preflight.check(preflight.request(g))
     cfg["method_defs"] = {}
-    cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "simple_ctkd+adakd"]
+    cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "mined", "simple_ctkd+adakd"]
     preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # the defaults pass
 
 

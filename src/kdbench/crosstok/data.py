@@ -14,7 +14,11 @@ student positions and a tuple of teacher positions:
   min(n_s, n_t) of them (ULD's code);
 - `chunks`: every exact group (the tokens between two common cuts: the same text on both sides, one
   or several tokens per side; X-Token's chunks), then the end of sequence;
-- `groups`: the same units, merged as GOLD merges them (the harness's `cross_objective`).
+- `groups`: the same units, merged as GOLD merges them (the harness's `cross_objective`);
+- `mined`: FuseLLM's minimum-edit-distance alignment (`align.mined_alignment`): a student position
+  whose warping path matches it with exactly one teacher position of the same marker-free token
+  string, then the end of sequence (FuseLLM takes the one-hot of the student's token elsewhere,
+  which the harness's cross-entropy term already is).
 
 A label position k predicts its token from the logits at k − 1, so a unit's positions become rows
 k − 1 of each side's outputs. A unit with a position cut off by `training.max_length` on either side
@@ -78,7 +82,7 @@ def _prompt_length(labels: list[int], total: int) -> int:
     return next((k for k, label in enumerate(labels) if label != IGNORE), total)
 
 
-ALIGNMENTS = ("pairs", "position", "chunks", "groups")
+ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined")
 Unit = tuple[tuple[int, ...], tuple[int, ...]]
 
 
@@ -92,6 +96,10 @@ def response_units(student: align.Encoded, teacher: align.Encoded, alignment: st
         units = [((i,), (j,)) for i, j in align.exact_pairs(align.exact_groups(student, teacher))]
     elif alignment in ("chunks", "groups"):
         units = [(g.student, g.teacher) for g in align.exact_groups(student, teacher)]
+    elif alignment == "mined":
+        same = align.strip_markers
+        units = [((i,), t) for i, t in enumerate(align.mined_alignment(student, teacher))
+                 if len(t) == 1 and same(student.tokens[i]) == same(teacher.tokens[t[0]])]
     else:
         units = [((k,), (k,)) for k in range(min(n_s, n_t))]
     return [*units, ((n_s,), (n_t,))]
