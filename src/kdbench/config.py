@@ -17,6 +17,7 @@ from kdbench import eval_protocol, pairs, registry, runs, validate
 from kdbench.datafiles import Data
 from kdbench.errors import KDBenchError
 from kdbench.grid_tables import AXES, Tables, coerce_cli
+from kdbench.jsonl import count_records
 from kdbench.labels import Labels
 from kdbench.schemas import check_schema, fill_defaults, load_schema, load_yaml
 # Re-exported: where scripts and tests found them before the modules above took them over.
@@ -166,15 +167,8 @@ class Grid:
         pair's `resources.evaluate.runtime` per set (loading, start-up) plus `runtime_per_1k` per
         1,000 sampled responses (examples × decoding seeds), so a UnNI job asks for more than a Vicuna one."""
         job = self.job_resources(pair, "evaluate")
-        responses = sum(_records(Path(path)) for path in data) * len(self.config["evaluation"]["decoding_seeds"])
+        responses = sum(count_records(path) for path in data) * len(self.config["evaluation"]["decoding_seeds"])
         return job["runtime"] * len(data) + math.ceil(job["runtime_per_1k"] * responses / 1000)
-
-
-def _records(path: Path) -> int:
-    """The examples in a JSONL set file: its non-blank lines (a file not there yet raises
-    FileNotFoundError, which Snakemake takes as "evaluate when the file exists")."""
-    with path.open(encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def _unique(items) -> list:

@@ -26,6 +26,13 @@ _FORMAT_HINT = (
 )
 
 
+def count_records(path: str | os.PathLike[str]) -> int:
+    """The records of a jsonl file without parsing them: its non-blank lines (a missing file raises
+    FileNotFoundError, which Snakemake's resource functions take as "count when it exists")."""
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Read and check an instruction-data jsonl file; blank lines are skipped.
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from kdbench.errors import KDBenchError
+from kdbench.jsonl import count_records
 from kdbench.spec import Training
 
 # Folders of the checkout that hold its sources: a results directory inside one (or holding one)
@@ -335,8 +336,7 @@ def train_size(config: dict, data_files: dict[str, str], workdir: Path) -> int |
     if data["source"] == "generated":
         return data["n_train"]
     if data["source"] == "files" and (Path(workdir) / data_files["train"]).is_file():
-        with open(Path(workdir) / data_files["train"], "rb") as fh:
-            return sum(1 for line in fh if line.strip())
+        return count_records(Path(workdir) / data_files["train"])
     return None
 
 
