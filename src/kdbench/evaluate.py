@@ -54,6 +54,7 @@ from kdbench.errors import KDBenchError
 from kdbench.eval_protocol import int_at_least
 from kdbench.gpus import pinned
 from kdbench.jsonl import read_jsonl, write_jsonl_atomic
+from kdbench.models import DTYPES
 from kdbench.prompts import render_prompt
 from kdbench.provenance import git_state
 
@@ -78,7 +79,6 @@ with _unimportable("sklearn", "scipy.stats"):
     from nltk.stem import porter
     from rouge_score import rouge_scorer, tokenize, tokenizers
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # evaluation.dtype
 PROTOCOL_VERSION = 2  # 2: each response sampled from its own seeded stream (kdbench.engines)
 METRIC = "rougeL-F x100, porter stemmer, max over refs"
 DEFAULT_SEEDS = spec.defaults(spec.Evaluation)["decoding_seeds"]
