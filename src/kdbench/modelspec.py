@@ -49,3 +49,20 @@ def gguf_path(spec: dict[str, Any], where: str) -> Path:
         raise KDBenchError(f"{where}: {gguf['package']} {dist.version} ships no file {gguf['file']}; "
                            f"its .gguf files: {', '.join(shipped) or 'none'}.")
     return Path(dist.locate_file(files[0]))
+
+
+DEFAULT_TOKENIZER = {"generated": "bpe"}  # a random-init role without `tokenizer`
+
+
+def tokenizer_source(pair: dict, role: str) -> str:
+    """What a role's tokenizer is, as a name two roles share exactly when they share a tokenizer:
+    `generated:<kind>` or `path:<dir>` (a random-init model), the teacher's (a copy of it), or
+    `own` (a loaded model's, which the two roles of one family are taken to share; kdbench.preflight
+    and the training job check the files), `own:<role>` where the pair declares `cross_tokenizer`."""
+    spec = pair[role]
+    if spec["init"] == "teacher":
+        return tokenizer_source(pair, "teacher")
+    if spec["init"] != "random":
+        return f"own:{role}" if pair.get("cross_tokenizer") else "own"
+    given = spec.get("tokenizer", DEFAULT_TOKENIZER)
+    return f"path:{given['path']}" if "path" in given else f"generated:{given['generated']}"

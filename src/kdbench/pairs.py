@@ -10,14 +10,13 @@ import copy
 from pathlib import Path
 
 from kdbench.errors import KDBenchError
-from kdbench.modelspec import gguf_path, is_local_path
+from kdbench.modelspec import DEFAULT_TOKENIZER, gguf_path, is_local_path, tokenizer_source
 from kdbench.schemas import check_schema, fill_defaults, load_schema, load_yaml
 from kdbench.spec import Training, accumulation_steps
 
 TRAINING_REF = "#/$defs/training"  # filled by Training.resolve (teacher.sft over training), not on load
 # The workflow's generated tokenizers (rules tokenizer, tokenizer_unigram): kind → folder under results/.
 GENERATED_TOKENIZERS = {"bpe": "tokenizer", "unigram": "tokenizer-unigram"}
-DEFAULT_TOKENIZER = {"generated": "bpe"}  # a random-init role without `tokenizer`
 
 
 def pair_file(workdir: Path, name: str) -> Path:
@@ -105,20 +104,6 @@ def _check_tokenizer(spec: dict, role: str, path: Path) -> None:
         raise KDBenchError(f"{path}: key '{role}.tokenizer.path': no tokenizer in {given['path']} (a directory with "
                            "tokenizer.json, as save_pretrained writes it); give that directory, or "
                            "{generated: bpe | unigram} for one the workflow trains.")
-
-
-def tokenizer_source(pair: dict, role: str) -> str:
-    """What a role's tokenizer is, as a name two roles share exactly when they share a tokenizer:
-    `generated:<kind>` or `path:<dir>` (a random-init model), the teacher's (a copy of it), or
-    `own` (a loaded model's, which the two roles of one family are taken to share; kdbench.preflight
-    and the training job check the files), `own:<role>` where the pair declares `cross_tokenizer`."""
-    spec = pair[role]
-    if spec["init"] == "teacher":
-        return tokenizer_source(pair, "teacher")
-    if spec["init"] != "random":
-        return f"own:{role}" if pair.get("cross_tokenizer") else "own"
-    given = spec.get("tokenizer", DEFAULT_TOKENIZER)
-    return f"path:{given['path']}" if "path" in given else f"generated:{given['generated']}"
 
 
 def cross_tokenizer(pair: dict) -> bool:

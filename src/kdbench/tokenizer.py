@@ -27,7 +27,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from kdbench.errors import KDBenchError
 from kdbench.jsonl import read_jsonl
@@ -65,6 +64,8 @@ def train_tokenizer(files: Sequence[Path], out_dir: Path, vocab_size: int = 1000
             f"tokenizer: vocab_size={vocab_size!r} is too small; a byte-level BPE needs at least "
             f"{MIN_VOCAB_SIZE} tokens (256 bytes + {len(SPECIAL_TOKENS)} special). Use e.g. 1000."
         )
+    from transformers import PreTrainedTokenizerFast  # here: kdbench.validate reads pre_tokenizer at DAG time
+
     texts = list(corpus_texts([Path(f) for f in files]))
     backend = (_bpe if kind == "bpe" else _unigram)(texts, vocab_size)
     tokenizer = PreTrainedTokenizerFast(
@@ -85,9 +86,17 @@ def train_tokenizer(files: Sequence[Path], out_dir: Path, vocab_size: int = 1000
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def pre_tokenizer(kind: str) -> pre_tokenizers.PreTokenizer:
+    """How a generated tokenizer of `kind` splits text before its model runs (no token ever spans
+    two pieces: kdbench.validate counts the prompt template's pieces as a lower bound before any job)."""
+    if kind == "bpe":
+        return pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+
+
 def _bpe(texts: list[str], vocab_size: int) -> Tokenizer:
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = pre_tokenizer("bpe")
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -106,7 +115,7 @@ def _unigram(texts: list[str], vocab_size: int) -> Tokenizer:
     The trainer keeps every character of the corpus as a piece, so a small `vocab_size` may end a
     little larger (the corpus's characters + the special and byte tokens)."""
     backend = Tokenizer(models.Unigram())
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    backend.pre_tokenizer = pre_tokenizer("unigram")
     pieces = max(vocab_size - len(BYTE_TOKENS), len(set("".join(texts))) + len(SPECIAL_TOKENS) + 1)
     trainer = trainers.UnigramTrainer(vocab_size=pieces, special_tokens=list(SPECIAL_TOKENS),
                                       unk_token=EOS_TOKEN, show_progress=False)

@@ -258,29 +258,32 @@ def tokenizer_spec(pair: dict, role: str) -> dict:
     return pair["teacher"] if pair[role]["init"] == "teacher" else pair[role]
 
 
-@functools.lru_cache(maxsize=1)
-def generated_template_tokens() -> int:
-    """A lower bound on the tokens the generated tokenizer (kdbench.tokenizer: byte-level BPE after
-    GPT-2's byte-level pre-tokenizer) gives the minillm prompt template with an empty instruction:
-    its pre-tokenizer pieces, since BPE never merges across them (whatever the training data).
-    Reads no tokenizer: `tokenizers` alone, not transformers."""
-    from tokenizers import pre_tokenizers
-
+@functools.lru_cache(maxsize=None)
+def generated_template_tokens(kind: str) -> int:
+    """A lower bound on the tokens a generated tokenizer of `kind` (kdbench.tokenizer: byte-level BPE
+    or Unigram) gives the minillm prompt template with an empty instruction: its pre-tokenizer's
+    pieces, since no token spans two of them (whatever the training data). Reads no tokenizer:
+    `tokenizers` alone, not transformers."""
     from kdbench.prompts import build_prompt
+    from kdbench.tokenizer import pre_tokenizer
 
-    return len(pre_tokenizers.ByteLevel(add_prefix_space=False).pre_tokenize_str(build_prompt("")))
+    return len(pre_tokenizer(kind).pre_tokenize_str(build_prompt("")))
 
 
 def _check_prompt_room(pair: dict, where: str) -> None:
-    """`max_length` must hold the minillm prompt template and a response token: for random-init
-    models, whose tokenizer is trained by a job, from `generated_template_tokens`; a local model
-    directory's own tokenizer is counted by kdbench.preflight, a hub id's or GGUF file's at job start."""
+    """`max_length` must hold the minillm prompt template and a response token: for a random-init
+    role on a generated tokenizer, which a job trains, from `generated_template_tokens`; a local model
+    directory's own tokenizer is counted by kdbench.preflight, any other (a hub id's, a GGUF file's,
+    a random-init role's `tokenizer.path`) at job start."""
+    from kdbench.modelspec import tokenizer_source
     from kdbench.prompts import check_prompt_room
 
     for role in ("teacher", "student"):
-        if tokenizer_spec(pair, role)["init"] == "random":
-            check_prompt_room(generated_template_tokens(), max_lengths(pair, role), where,
-                              "the generated tokenizer (at least: its pre-tokenizer's pieces)")
+        source = tokenizer_source(pair, role)
+        if source.startswith("generated:"):
+            kind = source.removeprefix("generated:")
+            check_prompt_room(generated_template_tokens(kind), max_lengths(pair, role), where,
+                              f"the generated tokenizer ({kind}; at least: its pre-tokenizer's pieces)")
 
 
 def _check_micro_batch(pair: dict, where: str, n_train: int | None, config: dict) -> None:

@@ -58,12 +58,14 @@ def test_the_generated_tokenizer_s_template_bound_holds_for_any_training_data(tm
     from kdbench.validate import generated_template_tokens
 
     train = generate(tmp_path / "data", seed=0, n_train=200, n_valid=5, n_eval=5)["train"]
-    bound = generated_template_tokens()
-    assert bound == 29
-    for vocab in (300, 1000):
-        train_tokenizer([train], tmp_path / f"tok{vocab}", vocab_size=vocab)
-        counted = template_tokens(AutoTokenizer.from_pretrained(tmp_path / f"tok{vocab}"), "minillm")
-        assert bound <= counted, (vocab, counted)
+    assert generated_template_tokens("bpe") == 29  # byte-level pieces: words, spaces, punctuation
+    assert generated_template_tokens("unigram") == 18  # Metaspace pieces: words with their `▁`
+    for kind in ("bpe", "unigram"):
+        bound = generated_template_tokens(kind)
+        for vocab in (300, 1000):
+            train_tokenizer([train], tmp_path / f"{kind}{vocab}", vocab_size=vocab, kind=kind)
+            counted = template_tokens(AutoTokenizer.from_pretrained(tmp_path / f"{kind}{vocab}"), "minillm")
+            assert bound <= counted, (kind, vocab, counted)
 
 
 def test_a_max_length_without_room_for_a_response_is_refused_naming_the_minimum():
