@@ -222,7 +222,8 @@ def objective(
 
 
 # kdbench.crosstok.data.collate_pair: per side, the rows of the units, their unit, the token each predicts
-UNIT_KEYS = ("student_rows", "student_units", "student_tokens", "teacher_rows", "teacher_units", "teacher_tokens")
+UNIT_KEYS = ("student_rows", "student_units", "student_tokens", "teacher_rows", "teacher_units", "teacher_tokens",
+             "student_inputs", "teacher_inputs")
 MERGE_FLOOR = 1e-8  # GOLD's clamp of the observed tokens' probabilities in a merged group
 
 
@@ -231,7 +232,8 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
                     arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int, kd_ratio: float,
                     n_global: int, world_size: int = 1, student_head: Callable | None = None,
                     teacher_head: Callable | None = None, chunk_size: int | None = None, merge: str = "mean",
-                    policy: Any = None, progress: float = 0.0, space: str | None = None) -> LossParts:
+                    policy: Any = None, progress: float = 0.0, space: str | None = None,
+                    embeddings: tuple[Callable, Callable] | None = None, modules: Any = None) -> LossParts:
     """The micro-batch loss of a cross-tokenizer method (docs/METHODS.md §6): the cross-entropy over
     every valid student token (`objective` at kd_ratio 0) and the method's per-unit values over the
     aligned units. `units` (UNIT_KEYS) gives per side the rows of each unit as flat indices into its
@@ -252,14 +254,18 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
     pair per unit the policy reads (`_space`); its plan's weights, temperatures (on each side's
     logits) and scales apply per unit, KD_mb = Σ_u w_u c_u D_u / Σ_u w_u, and the whole micro-batch
     is one chunk (`_cross_policy_sums`; a temperature's gradient reaches the student as in
-    kdbench.reference_loss)."""
+    kdbench.reference_loss). With `merge` "attention" (DSKD) each unit, one example's whole response
+    per side, goes to the method unmerged (`_attention_sums`), and KD_mb = Σ_u D_u / Σ_u n_s,u."""
     ce = objective(student_out, None, labels, vocab_size=student_vocab, kd_ratio=0.0, n_global=n_global,
                    world_size=world_size, student_head=student_head, chunk_size=chunk_size)
     s_units, t_units = units["student_units"], units["teacher_units"]
     n_units = int(s_units[-1]) + 1 if s_units.numel() else 0
     kd_sum, weight_sum, temps = student_out.new_zeros((), dtype=torch.float32), float(n_units), None
     chunk = (student_head, teacher_head, method, hparams, arrays, student_vocab, teacher_vocab)
-    if kd_ratio > 0 and n_units and policy is not None:
+    if kd_ratio > 0 and n_units and merge == "attention":  # no token policy composes (labels refuse it)
+        kd_sum = _attention_sums(student_out, teacher_out, units, n_units, embeddings, modules, *chunk)
+        weight_sum = float(s_units.numel())
+    elif kd_ratio > 0 and n_units and policy is not None:
         rows = (units["student_rows"], units["teacher_rows"])
         kd_sum, weight_sum, temps = _cross_policy_sums(
             student_out.flatten(0, 1)[rows[0]], teacher_out.flatten(0, 1)[rows[1]].detach(),
@@ -278,7 +284,7 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
                 *chunk, use_reentrant=False)
     kd_mean = kd_sum / max(weight_sum, 1e-12) if n_units else kd_sum
     loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
-    n_selected = n_units if temps is None else int(temps.numel())
+    n_selected = int(weight_sum) if merge == "attention" else n_units if temps is None else int(temps.numel())
     aligned = int(units["student_rows"].numel())
     return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_selected, temps, aligned)
 
@@ -291,6 +297,54 @@ def _cross_chunk(h_s, h_t, s_units, t_units, n, merge, student_head, teacher_hea
     with torch.no_grad():
         logp_t = _merge(F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1), t_units, n, merge, False)
     return method(logp_s, logp_t, **arrays, **hparams).sum()
+
+
+def _attention_sums(student_out, teacher_out, units, n_units, embeddings, modules, student_head, teacher_head, method,
+                    hparams, arrays, student_vocab, teacher_vocab) -> torch.Tensor:
+    """Σ over the units of a cross-model attention method's per-row values of both sides, one
+    checkpointed call per unit (its logits recomputed in backward). A unit is one example's whole
+    response per side; the method (kdbench.registry.SEQUENCE_INPUTS) gets its rows' log-probabilities,
+    hidden states, the input `embeddings` (the two models' embedding modules, no grad) of each row's
+    token and predicted token, the student's predicted ids, the output-head weights (detached) and its
+    trainable `modules`, and returns (per student row, per teacher row) values, summed here."""
+    h_s = student_out.flatten(0, 1)[units["student_rows"]]
+    h_t = teacher_out.flatten(0, 1)[units["teacher_rows"]].detach()
+    inputs = {}
+    with torch.no_grad():
+        for side, embed in zip(("student", "teacher"), embeddings):
+            inputs[f"{side}_input_embeds"] = _wide(embed(units[f"{side}_inputs"]))
+            inputs[f"{side}_target_embeds"] = _wide(embed(units[f"{side}_tokens"]))
+    heads = {"student_head": _head_weight(student_head, student_vocab), "teacher_head": _head_weight(teacher_head, teacher_vocab)}
+    bounds = [[0, *torch.bincount(units[f"{side}_units"], minlength=n_units).cumsum(0).tolist()]
+              for side in ("student", "teacher")]
+    total = h_s.new_zeros((), dtype=torch.float32)
+    for u in range(n_units):
+        (s0, s1), (t0, t1) = (b[u:u + 2] for b in bounds)
+        rows = {k: v[s0:s1] if k.startswith("student") else v[t0:t1] for k, v in inputs.items()}
+        total = total + checkpoint(_attention_unit, h_s[s0:s1], h_t[t0:t1], units["student_tokens"][s0:s1], rows, heads,
+                                   student_head, teacher_head, method, hparams, arrays, modules, student_vocab,
+                                   teacher_vocab, use_reentrant=False)
+    return total
+
+
+def _attention_unit(h_s, h_t, targets, rows, heads, student_head, teacher_head, method, hparams, arrays, modules,
+                    student_vocab, teacher_vocab) -> torch.Tensor:
+    """Σ of one example's per-row values of both sides (a cross-model attention method)."""
+    logp_s = F.log_softmax(_aligned(_logits(h_s, student_head), student_vocab), -1)
+    with torch.no_grad():
+        logp_t = F.log_softmax(_aligned(_logits(h_t, teacher_head), teacher_vocab), -1)
+    values_s, values_t = method(logp_s, logp_t, student_hidden=_wide(h_s), teacher_hidden=_wide(h_t),
+                                student_targets=targets, modules=modules, **rows, **heads, **arrays, **hparams)
+    return values_s.sum() + values_t.sum()
+
+
+def _head_weight(head: Callable, vocab_size: int) -> torch.Tensor:
+    """An output head's weight over the real vocabulary, detached, fp32 (its bias is not used)."""
+    weight = getattr(getattr(head, "head", head), "weight", None)
+    if weight is None:
+        raise ValueError(f"a cross-model attention method reads the output head's weight, and this head "
+                         f"({type(head).__name__}) has none.")
+    return _wide(weight[:vocab_size].detach())
 
 
 def _merge(logp: torch.Tensor, rows: tuple, n: int, merge: str, student: bool) -> torch.Tensor:

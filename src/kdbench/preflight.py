@@ -168,13 +168,23 @@ def _try_without_labels(policy: Any, where: str) -> None:
 
 def _try_crosstok(method: Any, hp: dict) -> None:
     """A cross-tokenizer plugin called once with its bound hyper-parameters on a toy pair of
-    vocabularies (4 ids each, the first two common, the projection the identity)."""
+    vocabularies (4 ids each, the first two common, the projection the identity; a cross-model attention
+    method on toy sequences, with its modules built)."""
     import torch
 
     logp = torch.log_softmax(torch.zeros(2, 4), -1)
     toy = {"common_student": torch.arange(2), "common_teacher": torch.arange(2), "relaxed_student": torch.arange(2),
            "relaxed_teacher": torch.arange(2), "projection_indices": torch.arange(4)[:, None],
            "projection_weights": torch.ones(4, 1)}
+    if method.crosstok["alignment"] == "attention":  # 2 student rows (d 3), 3 teacher rows (d 5), one example
+        from kdbench.crosstok.data import build_modules
+
+        toy = {"student_hidden": torch.ones(2, 3), "teacher_hidden": torch.ones(3, 5), "student_targets": torch.arange(2),
+               "student_input_embeds": torch.ones(2, 3), "student_target_embeds": torch.ones(2, 3),
+               "teacher_input_embeds": torch.ones(3, 5), "teacher_target_embeds": torch.ones(3, 5),
+               "student_head": torch.ones(4, 3), "teacher_head": torch.ones(4, 5), "modules": build_modules(method, 3, 5)}
+        method.obj(logp, torch.log_softmax(torch.zeros(3, 4), -1), **toy, **hp)
+        return
     method.obj(logp, logp, **{name: toy[name] for name in method.crosstok["needs"]}, **hp)
 
 

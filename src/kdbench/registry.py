@@ -46,15 +46,24 @@ REQUIRED = object()  # a hyper-parameter without a default
 # A cross-tokenizer method: how the harness pairs student and teacher rows (docs/METHODS.md §6;
 # "pairs": one-to-one exact groups, "position": the i-th response token of each side, ULD's code,
 # "chunks": every exact group, its rows merged per side, X-Token; "groups": the same, merged as GOLD;
-# "mined": FuseLLM's edit-distance alignment, one-to-one matches of the same string;
+# "mined": FuseLLM's edit-distance alignment, one-to-one matches of the same string; "attention": the
+# whole response of each side, which the method aligns itself, DSKD's cross-model attention;
 # kdbench.crosstok.data), the one distribution space a token policy may act in (None: no policy composes), the arrays of the
 # pair's vocab_map it may take (keyword-only, by name), and `kd_ratio`, the default weight of its
 # distillation term against the student's cross-entropy (a keyword default, not a hyper-parameter).
-ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined")
+ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined", "attention")
 SPACES = (None, "common", "teacher")
 ARTIFACT_ARRAYS = ("common_student", "common_teacher", "projection_indices", "projection_weights", "relaxed_student",
                    "relaxed_teacher")
 CROSSTOK_KD_RATIO = "kd_ratio"
+# What the harness hands an `alignment="attention"` method per example, by keyword (kdbench.losses.cross_objective):
+# each side's final hidden states of its response rows, the input embeddings of the tokens at those
+# rows and of the tokens they predict (detached), the student's predicted ids, each side's output-head
+# weight (V, d), detached, and `modules`, the trainable module its `@crosstok(modules=...)` builder made
+# (None without one). Such a method takes them all.
+SEQUENCE_INPUTS = ("student_hidden", "teacher_hidden", "student_input_embeds", "student_target_embeds",
+                   "teacher_input_embeds", "teacher_target_embeds", "student_targets", "student_head", "teacher_head",
+                   "modules")
 # The arrays the harness reads to put a unit's two distributions into a space (a plugin with that space takes them).
 SPACE_ARRAYS = {"common": ("common_student", "common_teacher"), "teacher": ("projection_indices", "projection_weights")}
 
@@ -71,12 +80,15 @@ def token_policy(cls: type) -> type:
     return cls
 
 
-def crosstok(*, alignment: str, space: str | None = None) -> Callable[[Callable], Callable]:
+def crosstok(*, alignment: str, space: str | None = None, modules: str | None = None) -> Callable[[Callable], Callable]:
     """Mark a cross-tokenizer method: its rows are aligned as `alignment` says, and a token policy
-    composes with it in `space` (see ALIGNMENTS, SPACES; read from the file's syntax tree)."""
+    composes with it in `space` (see ALIGNMENTS, SPACES; read from the file's syntax tree).
+    `modules` names a top-level function of the same file, `(student_dim, teacher_dim) -> torch.nn.Module`,
+    whose module the harness builds from the two models' hidden sizes, trains and saves with the
+    student (`kdbench_policy_modules.safetensors`, as EGAD's projection) and passes as `modules=`."""
     def mark(fn: Callable) -> Callable:
         setattr(fn, _MARK, "crosstok")
-        fn.crosstok = {"alignment": alignment, "space": space}
+        fn.crosstok = {"alignment": alignment, "space": space, "modules": modules}
         return fn
     return mark
 
@@ -93,7 +105,8 @@ class Method:
     params: dict[str, Any] = field(repr=False)  # hyper-parameter → literal default (or REQUIRED), in order
     doc: str = ""
     base_divergence: str | None = None  # a token policy's divergence when its label names no base
-    # crosstok only: alignment, space, needs (the artifact arrays it takes), kd_ratio (its default)
+    # crosstok only: alignment, space, needs (the artifact arrays and sequence inputs it takes), kd_ratio
+    # (its default), modules (the name of its trainable modules' builder, or None)
     crosstok: dict | None = None
     harness: tuple[str, ...] = ()  # a token policy's harness arguments (student_dim/teacher_dim: a feature loss)
 
@@ -152,7 +165,7 @@ def read_method_file(path: Path) -> Method:
     if kind in ("divergence", "crosstok"):
         params, base = _hyper_parameters(node, where, inputs=DIVERGENCE_INPUTS), None
         if kind == "crosstok":
-            options = _crosstok_options(node, params, where)
+            options = _crosstok_options(node, params, where, tree)
     else:
         _check_members(node, f"method file {path}")
         params, base = _hyper_parameters(_init(node), where, inputs=("self",)), _class_literal(node, "base_divergence")
@@ -163,26 +176,44 @@ def read_method_file(path: Path) -> Method:
                   harness=harness)
 
 
-def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str) -> dict:
-    """The decorator's alignment and space, the artifact arrays the signature names, and its kd_ratio
-    default; those keyword-only parameters are taken out of `params` (they are not hyper-parameters)."""
+def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str, tree: ast.Module) -> dict:
+    """The decorator's alignment, space and modules, the artifact arrays (and, for "attention", the
+    sequence inputs) the signature names, and its kd_ratio default; those keyword-only parameters are
+    taken out of `params` (they are not hyper-parameters)."""
     call = next(d for d in node.decorator_list if _decorator_name(d) == "crosstok")
     given = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if isinstance(call, ast.Call) else {}
     if given.get("alignment") not in ALIGNMENTS or given.get("space") not in SPACES:
         raise KDBenchError(f"{where}: @crosstok(alignment=..., space=...) takes alignment one of "
                            f"{', '.join(ALIGNMENTS)} and space one of {', '.join(map(str, SPACES))}; got {given}.")
-    needs = [name for name in ARTIFACT_ARRAYS if name in params]
+    sequence = SEQUENCE_INPUTS if given["alignment"] == "attention" else ()
+    needs = [name for name in (*ARTIFACT_ARRAYS, *sequence) if name in params]
     for name in needs:
         del params[name]
     missing = [name for name in SPACE_ARRAYS.get(given.get("space"), ()) if name not in needs]
     if missing:
         raise KDBenchError(f"{where}: space={given['space']!r} puts a unit's distributions into that space with "
                            f"the vocab_map's {', '.join(missing)}; take them as keyword-only parameters.")
+    _check_modules(given, needs, tree, where)
     kd_ratio = params.pop(CROSSTOK_KD_RATIO, REQUIRED)
     if isinstance(kd_ratio, bool) or not isinstance(kd_ratio, (int, float)) or not 0 < kd_ratio <= 1:
         raise KDBenchError(f"{where}: a cross-tokenizer method declares `kd_ratio=<its default weight of the "
                            "distillation term against the cross-entropy, in (0, 1]>` as a keyword-only parameter.")
-    return {"alignment": given["alignment"], "space": given.get("space"), "needs": needs, "kd_ratio": float(kd_ratio)}
+    return {"alignment": given["alignment"], "space": given.get("space"), "needs": needs, "kd_ratio": float(kd_ratio),
+            "modules": given.get("modules")}
+
+
+def _check_modules(given: dict, needs: list[str], tree: ast.Module, where: str) -> None:
+    """An "attention" method takes every SEQUENCE_INPUTS name (`modules` is None without a builder);
+    `modules=` needs alignment "attention", no space and a top-level function of that name in the file."""
+    missing = [n for n in SEQUENCE_INPUTS if n not in needs] if given["alignment"] == "attention" else []
+    if missing:
+        raise KDBenchError(f"{where}: alignment=\"attention\" hands the method {', '.join(SEQUENCE_INPUTS)}; take "
+                           f"{', '.join(missing)} as keyword-only parameters too.")
+    name = given.get("modules")
+    builders = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    if name is not None and (given["alignment"] != "attention" or given.get("space") is not None or name not in builders):
+        raise KDBenchError(f"{where}: @crosstok(modules={name!r}) needs alignment=\"attention\", no space and a "
+                           f"top-level function {name}(student_dim, teacher_dim) -> torch.nn.Module in the file.")
 
 
 def _decorator_name(dec: ast.expr) -> str | None:

@@ -118,6 +118,7 @@ class Session:
     policy: Composed | None
     shapes: dict  # provenance
     cross: Any = None  # kdbench.crosstok.data.CrossTok: a cross-tokenizer method's run, else None
+    cross_modules: Any = None  # its trainable modules (DSKD's projectors), in the student's `extras`, or None
     checkpoints: Checkpoints | None = None
     stream: Stream | None = None
     collate: Any = None  # examples → a micro-batch (kdbench.sft_data.collate, or crosstok.data.collate_pair)
@@ -178,8 +179,9 @@ class Session:
             arrays=c.arrays, student_vocab=c.student_vocab, teacher_vocab=c.teacher_vocab,
             kd_ratio=self.method["kd_ratio"], n_global=n_global, world_size=self.engine.world_size,
             student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size,
-            merge="observed" if c.alignment == "groups" else "mean", policy=self.policy, progress=progress,
-            space=c.space)
+            merge={"groups": "observed", "attention": "attention"}.get(c.alignment, "mean"), policy=self.policy,
+            progress=progress, space=c.space, modules=c.modules, embeddings=(
+                self.engine.module.lm.get_input_embeddings(), self.teacher.lm.get_input_embeddings()))
 
     def validation_loss(self) -> float:
         """The student's token-mean cross-entropy on the validation set in eval mode (DistiLLM's)."""
@@ -211,7 +213,7 @@ def build_session(run: dict) -> Session:
     if run.get("vocab_map"):  # a cross-tokenizer method (kdbench.crosstok.data)
         from kdbench.crosstok.data import load
 
-        s.cross = load(run, s.tokenizer, s.engine.device)
+        s.cross = load(run, s.tokenizer, s.engine.device, s.cross_modules)
     s.teacher_states = _teacher_states(s)
     _build_data(s)
     s.start = time.perf_counter()  # the clock starts at the first step, as tokens_per_s and provenance count
@@ -246,13 +248,18 @@ def _build_models(run: dict, tr: Training) -> Session:
     if tr.gradient_checkpointing:
         enable_gradient_checkpointing(student_lm)
     method = run["method"]
-    divergence = load_method_file(method["divergence"]["path"]).obj if method["divergence"] else None
-    student, policy = LastHidden(student_lm), None
+    plugin = load_method_file(method["divergence"]["path"]) if method["divergence"] else None
+    divergence, student, policy, cross_modules = plugin.obj if plugin else None, LastHidden(student_lm), None, None
     if method["policies"]:
         harness = {"student_dim": student.hidden_size, "teacher_dim": teacher.hidden_size, "seed": run["run"]["seed"]}
         policy = Composed([load_method_file(p["path"]).instantiate(p["hp"], total_steps=tr.steps, **harness)
                            for p in method["policies"]])
         student.extras = torch.nn.ModuleList(policy.modules())  # trained and saved with the student (EGAD's W)
+    if plugin is not None and plugin.kind == "crosstok":  # its modules, trained and saved with the student too
+        from kdbench.crosstok.data import build_modules
+
+        cross_modules = build_modules(plugin, student.hidden_size, teacher.hidden_size)
+        student.extras.extend([cross_modules] if cross_modules is not None else [])
     engine = _engine(run, tr, student)
     teacher_forward = teacher
     if teacher is not None and run.get("teacher_zero3"):  # partitioned over the ranks (pair key teacher.zero3)
@@ -265,7 +272,7 @@ def _build_models(run: dict, tr: Training) -> Session:
     return Session(run=run, tr=tr, tokenizer=tokenizer, engine=engine, teacher=teacher, teacher_forward=teacher_forward,
                    teacher_states=None,
                    heads=Heads(engine.module, teacher),  # gathered per micro-batch under ZeRO-3
-                   vocab_size=vocab_size, divergence=divergence, policy=policy, shapes=shapes)
+                   vocab_size=vocab_size, divergence=divergence, policy=policy, shapes=shapes, cross_modules=cross_modules)
 
 
 def _teacher_states(s: Session):

@@ -18,7 +18,10 @@ student positions and a tuple of teacher positions:
 - `mined`: FuseLLM's minimum-edit-distance alignment (`align.mined_alignment`): a student position
   whose warping path matches it with exactly one teacher position of the same marker-free token
   string, then the end of sequence (FuseLLM takes the one-hot of the student's token elsewhere,
-  which the harness's cross-entropy term already is).
+  which the harness's cross-entropy term already is);
+- `attention`: one unit per example, the whole response (and end of sequence) of each side, which
+  the method aligns itself (DSKD's cross-model attention); positions cut off by
+  `training.max_length` leave the unit, which is dropped only when a side has none left.
 
 A label position k predicts its token from the logits at k − 1, so a unit's positions become rows
 k − 1 of each side's outputs. A unit with a position cut off by `training.max_length` on either side
@@ -52,10 +55,21 @@ class CrossTok:
     student_vocab: int
     teacher_vocab: int
     teacher_tokenizer: Any
+    modules: Any = None  # the method's trainable modules (`@crosstok(modules=...)`), or None
 
 
-def load(run: dict, student_tokenizer, device) -> CrossTok:
-    """The CrossTok of a resolved run whose method is a cross-tokenizer plugin (`vocab_map` in the run)."""
+def build_modules(method: Any, student_dim: int, teacher_dim: int) -> Any:
+    """The trainable module a cross-tokenizer plugin's `@crosstok(modules=<builder>)` names, built
+    from the two models' hidden sizes (None for a plugin without one)."""
+    import sys
+
+    name = method.crosstok["modules"]
+    return getattr(sys.modules[method.obj.__module__], name)(student_dim, teacher_dim) if name else None
+
+
+def load(run: dict, student_tokenizer, device, modules: Any = None) -> CrossTok:
+    """The CrossTok of a resolved run whose method is a cross-tokenizer plugin (`vocab_map` in the run);
+    `modules`: what `build_modules` made for it (trained with the student)."""
     from transformers import AutoTokenizer
 
     from kdbench.crosstok import vocab
@@ -70,7 +84,7 @@ def load(run: dict, student_tokenizer, device) -> CrossTok:
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
     return CrossTok(method.obj, run["method"]["divergence"]["hp"], method.crosstok["alignment"],
                     method.crosstok["space"], arrays,
-                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer)
+                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer, modules)
 
 
 def _response(record: dict) -> str:
@@ -82,7 +96,7 @@ def _prompt_length(labels: list[int], total: int) -> int:
     return next((k for k, label in enumerate(labels) if label != IGNORE), total)
 
 
-ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined")
+ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined", "attention")
 Unit = tuple[tuple[int, ...], tuple[int, ...]]
 
 
@@ -100,6 +114,8 @@ def response_units(student: align.Encoded, teacher: align.Encoded, alignment: st
         same = align.strip_markers
         units = [((i,), t) for i, t in enumerate(align.mined_alignment(student, teacher))
                  if len(t) == 1 and same(student.tokens[i]) == same(teacher.tokens[t[0]])]
+    elif alignment == "attention":
+        return [(tuple(range(n_s + 1)), tuple(range(n_t + 1)))]
     else:
         units = [((k,), (k,)) for k in range(min(n_s, n_t))]
     return [*units, ((n_s,), (n_t,))]
@@ -120,10 +136,12 @@ def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_
                                "tokenized with offsets; cross-tokenizer alignment needs the same ids.")
         sides.append((encoded, offsets, start))
     (s, s_enc, s_start), (t, t_enc, t_start) = sides
-    units = [(tuple(s_start + i - 1 for i in si), tuple(t_start + j - 1 for j in tj))
-             for si, tj in response_units(s_enc, t_enc, alignment)
-             if all(0 < s_start + i < len(s["input_ids"]) for i in si)
-             and all(0 < t_start + j < len(t["input_ids"]) for j in tj)]
+    def rows(positions, start, length):  # label position k is row k - 1; None if one is cut off
+        kept = tuple(start + i - 1 for i in positions if 0 < start + i < length)
+        return kept if len(kept) == len(positions) or (alignment == "attention" and kept) else None
+
+    units = [(rs, rt) for si, tj in response_units(s_enc, t_enc, alignment)
+             if (rs := rows(si, s_start, len(s["input_ids"]))) and (rt := rows(tj, t_start, len(t["input_ids"])))]
     return {**s, "teacher_input_ids": t["input_ids"], "units": units}
 
 
@@ -131,7 +149,8 @@ def collate_pair(examples: list[dict], student_pad: int, teacher_pad: int) -> di
     """The student's right-padded batch (kdbench.sft_data.collate), the teacher's ids and mask, and
     per side the units' rows as flat indices into its (batch × length) outputs (`student_rows`,
     `teacher_rows`) with the unit of each row (`student_units`, `teacher_units`: 0, 1, ... in order)
-    and the token each row predicts (`student_tokens`, `teacher_tokens`: the id at row + 1)."""
+    the token each row predicts (`student_tokens`, `teacher_tokens`: the id at row + 1) and the token
+    at the row itself (`student_inputs`, `teacher_inputs`)."""
     batch = collate(examples, student_pad)
     teacher = collate([{"input_ids": e["teacher_input_ids"], "labels": e["teacher_input_ids"]} for e in examples],
                       teacher_pad)
@@ -144,4 +163,5 @@ def collate_pair(examples: list[dict], student_pad: int, teacher_pad: int) -> di
         batch[f"{name}_units"] = torch.tensor([p[1] for p in pairs], dtype=torch.long)
         ids = (batch["input_ids"], teacher["input_ids"])[side].flatten()
         batch[f"{name}_tokens"] = ids[batch[f"{name}_rows"] + 1]
+        batch[f"{name}_inputs"] = ids[batch[f"{name}_rows"]]
     return batch
