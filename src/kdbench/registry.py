@@ -105,8 +105,8 @@ class Method:
     params: dict[str, Any] = field(repr=False)  # hyper-parameter → literal default (or REQUIRED), in order
     doc: str = ""
     base_divergence: str | None = None  # a token policy's divergence when its label names no base
-    # crosstok only: alignment, space, needs (the artifact arrays and sequence inputs it takes), kd_ratio
-    # (its default), modules (the name of its trainable modules' builder, or None)
+    # crosstok only: alignment, space, needs (the artifact arrays it takes), kd_ratio (its default),
+    # modules (the name of its trainable modules' builder, or None)
     crosstok: dict | None = None
     harness: tuple[str, ...] = ()  # a token policy's harness arguments (student_dim/teacher_dim: a feature loss)
 
@@ -177,23 +177,23 @@ def read_method_file(path: Path) -> Method:
 
 
 def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str, tree: ast.Module) -> dict:
-    """The decorator's alignment, space and modules, the artifact arrays (and, for "attention", the
-    sequence inputs) the signature names, and its kd_ratio default; those keyword-only parameters are
+    """The decorator's alignment, space and modules, the artifact arrays the signature names, and its
+    kd_ratio default; those keyword-only parameters (and an "attention" method's SEQUENCE_INPUTS) are
     taken out of `params` (they are not hyper-parameters)."""
     call = next(d for d in node.decorator_list if _decorator_name(d) == "crosstok")
     given = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if isinstance(call, ast.Call) else {}
     if given.get("alignment") not in ALIGNMENTS or given.get("space") not in SPACES:
         raise KDBenchError(f"{where}: @crosstok(alignment=..., space=...) takes alignment one of "
                            f"{', '.join(ALIGNMENTS)} and space one of {', '.join(map(str, SPACES))}; got {given}.")
-    sequence = SEQUENCE_INPUTS if given["alignment"] == "attention" else ()
-    needs = [name for name in (*ARTIFACT_ARRAYS, *sequence) if name in params]
-    for name in needs:
+    needs = [name for name in ARTIFACT_ARRAYS if name in params]
+    sequence = [name for name in SEQUENCE_INPUTS if name in params] if given["alignment"] == "attention" else []
+    for name in (*needs, *sequence):
         del params[name]
     missing = [name for name in SPACE_ARRAYS.get(given.get("space"), ()) if name not in needs]
     if missing:
         raise KDBenchError(f"{where}: space={given['space']!r} puts a unit's distributions into that space with "
                            f"the vocab_map's {', '.join(missing)}; take them as keyword-only parameters.")
-    _check_modules(given, needs, tree, where)
+    _check_modules(given, sequence, tree, where)
     kd_ratio = params.pop(CROSSTOK_KD_RATIO, REQUIRED)
     if isinstance(kd_ratio, bool) or not isinstance(kd_ratio, (int, float)) or not 0 < kd_ratio <= 1:
         raise KDBenchError(f"{where}: a cross-tokenizer method declares `kd_ratio=<its default weight of the "
@@ -202,10 +202,10 @@ def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str,
             "modules": given.get("modules")}
 
 
-def _check_modules(given: dict, needs: list[str], tree: ast.Module, where: str) -> None:
+def _check_modules(given: dict, sequence: list[str], tree: ast.Module, where: str) -> None:
     """An "attention" method takes every SEQUENCE_INPUTS name (`modules` is None without a builder);
     `modules=` needs alignment "attention", no space and a top-level function of that name in the file."""
-    missing = [n for n in SEQUENCE_INPUTS if n not in needs] if given["alignment"] == "attention" else []
+    missing = [n for n in SEQUENCE_INPUTS if n not in sequence] if given["alignment"] == "attention" else []
     if missing:
         raise KDBenchError(f"{where}: alignment=\"attention\" hands the method {', '.join(SEQUENCE_INPUTS)}; take "
                            f"{', '.join(missing)} as keyword-only parameters too.")

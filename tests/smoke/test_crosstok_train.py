@@ -11,7 +11,7 @@ import yaml
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from kdbench.crosstok import vocab
-from kdbench.crosstok.data import collate_pair, encode_pair
+from kdbench.crosstok.data import build_modules, collate_pair, encode_pair
 from kdbench.datagen import generate
 from kdbench.jsonl import read_jsonl
 from kdbench.losses import UNIT_KEYS, cross_objective
@@ -64,6 +64,8 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key)
     student = LastHidden(tiny_lm(len(tiny["student"]), 1, 16, 1))
     arrays = {name: tiny["arrays"][name] for name in plugin.crosstok["needs"]}
     n = int((mb["labels"][:, 1:] != -100).sum())
+    modules = build_modules(plugin, 16, 32)  # DSKD's projectors (None for the others), trained with the student
+    merge = {"groups": "observed", "attention": "attention"}.get(plugin.crosstok["alignment"], "mean")
 
     def step_loss(step=0):
         with torch.no_grad():
@@ -72,10 +74,11 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key)
                                {k: mb[k] for k in UNIT_KEYS}, method=plugin.obj, hparams=plugin.defaults,
                                arrays=arrays, student_vocab=len(tiny["student"]), teacher_vocab=len(tiny["teacher"]),
                                kd_ratio=1.0, n_global=n, student_head=student.head, teacher_head=teacher.head,
-                               chunk_size=64, merge="observed" if plugin.crosstok["alignment"] == "groups" else "mean",
-                               policy=policy, progress=step / STEPS, space=plugin.crosstok["space"])
+                               chunk_size=64, merge=merge, policy=policy, progress=step / STEPS,
+                               space=plugin.crosstok["space"], modules=modules,
+                               embeddings=(student.lm.get_input_embeddings(), teacher.lm.get_input_embeddings()))
 
-    opt = torch.optim.Adam(student.parameters(), lr=1e-2)
+    opt = torch.optim.Adam([*student.parameters(), *(modules.parameters() if modules else ())], lr=1e-2)
     first = None
     for step in range(STEPS):
         opt.zero_grad()
@@ -91,18 +94,18 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key)
     assert last < 0.98 * first, (key, first, last)
 
 
-def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
-    """The real path: the workflow's commands (data, both tokenizers, init-model, vocab-map,
-    resolve, train) on the tiny cross-tokenizer pair, a few steps of simple_ctkd under AdaKD."""
+def _train(repo, tmp_path, label: str, steps: int) -> "Path":
+    """The workflow's commands (data, both tokenizers, init-model, vocab-map, resolve, train) on the
+    tiny cross-tokenizer pair, `steps` steps of `label`; the run directory."""
     import shutil
 
     for name in ("config", "methods", "workflows"):
         shutil.copytree(repo / name, tmp_path / name)
     spec = yaml.safe_load((tmp_path / f"config/pairs/{CROSS}.yaml").read_text())
-    spec["training"].update(steps=12, micro_batch_size=4, log_every=1, checkpoint_every=0, max_length=192)
+    spec["training"].update(steps=steps, micro_batch_size=4, log_every=1, checkpoint_every=0, max_length=192)
     del spec["teacher"]["sft"]
     (tmp_path / f"config/pairs/{CROSS}.yaml").write_text(yaml.safe_dump(spec))
-    grid = grid_config(tmp_path, pairs=[CROSS], methods=[LABEL]) | {"teacher_cache": False}
+    grid = grid_config(tmp_path, pairs=[CROSS], methods=[label]) | {"teacher_cache": False}
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
     init = [["init-model", "--pair", f"config/pairs/{CROSS}.yaml", "--role", role, "--tokenizer", tok, "--out",
              f"results/models/{CROSS}/{role}-init"] for role, tok in (("teacher", "results/tokenizer"),
@@ -115,13 +118,19 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
                  f"results/vocab_maps/{CROSS}/vocab_map.safetensors"]):
         done = run_cli("kdbench", *cmd, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
-    resolved = run_cli("kdbench", "resolve", "grid.yaml", CROSS, LABEL, "1", cwd=tmp_path)
+    resolved = run_cli("kdbench", "resolve", "grid.yaml", CROSS, label, "1", cwd=tmp_path)
     assert resolved.returncode == 0, resolved.stderr
-    run_dir = tmp_path / f"results/runs/{CROSS}/{LABEL}/seed1"
+    run_dir = tmp_path / f"results/runs/{CROSS}/{label}/seed1"
     run_dir.mkdir(parents=True)
     (run_dir / "run.yaml").write_text(resolved.stdout)
     done = run_cli("kdbench", "train", str(run_dir / "run.yaml"), "--threads", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
+    """The real path, a few steps of simple_ctkd under AdaKD."""
+    run_dir = _train(repo, tmp_path, LABEL, 12)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 12 and records[0]["selected"] > 0  # aligned units were distilled
     assert all(0.2 < r["align_ratio"] <= 1 for r in records)  # 1:1 exact pairs of a char-level Unigram and a BPE
@@ -131,3 +140,29 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
     assert "latf_ratio" in records[-1] and records[-1]["tau_min"] < records[-1]["tau_max"]  # AdaKD acted
     assert (run_dir / "model/tokenizer.json").is_file()
     assert "▁" in (run_dir / "model/tokenizer.json").read_text()  # the student keeps its own (Unigram) tokenizer
+
+
+def test_kdbench_train_saves_dskds_projectors_with_the_student_and_evaluate_loads_it(repo, tmp_path):
+    """DSKD end to end: its projectors train (they change from their initialisation, which the
+    seeded run rebuilds) and are saved beside the student, whose model directory evaluates."""
+    from safetensors.torch import load_file
+
+    run_dir = _train(repo, tmp_path, "dskd", 10)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 10 and all(r["align_ratio"] == 1 and r["kd_loss"] > 0 for r in records)
+    assert sum(r["loss"] for r in records[-3:]) < sum(r["loss"] for r in records[:3])
+    saved = load_file(run_dir / "model/kdbench_policy_modules.safetensors")
+    assert sorted(saved) == [f"0.{p}.{w}" for p in ("query", "s2t", "t2s") for w in ("bias", "weight")]
+    student_dim = GPT2Config.from_pretrained(run_dir / "model").n_embd
+    teacher_dim = GPT2Config.from_pretrained(tmp_path / f"results/models/{CROSS}/teacher-init").n_embd
+    assert saved["0.t2s.weight"].shape == (student_dim, teacher_dim)
+    torch.manual_seed(1)  # the run's seed: the same initialisation as the job's
+    init = PLUGINS["dskd"].obj.__globals__["projectors"](student_dim, teacher_dim)
+    assert not torch.allclose(init.query.weight, saved["0.query.weight"])  # trained
+    out = tmp_path / "eval"
+    done = run_cli("kdbench", "evaluate", "--model", str(run_dir / "model"), "--data",
+                   str(tmp_path / "results/data/eval/dolly.jsonl"), "--set", "dolly", "--seeds", "10", "--max-new-tokens", "4",
+                   "--batch-size", "5", "--threads", "1", "--out", str(out / "dolly.json"), "--predictions",
+                   str(out / "dolly.predictions.jsonl"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len((out / "dolly.predictions.jsonl").read_text().splitlines()) == 5 and (out / "dolly.json").is_file()

@@ -54,7 +54,7 @@ def test_the_registry_reads_a_crosstok_plugin_without_running_it(work):
     m = read_method_file(work / "methods/ctk.py")
     assert m.kind == "crosstok" and m.params == {"beta": 1.0}  # artifact arrays and kd_ratio are not hyper-parameters
     assert m.crosstok == {"alignment": "pairs", "space": "common", "needs": ["common_student", "common_teacher"],
-                          "kd_ratio": 0.5}
+                          "kd_ratio": 0.5, "modules": None}
     (work / "methods/bad.py").write_text(PLUGIN.format(key="bad", alignment="diagonal", space=""))
     with pytest.raises(KDBenchError, match=r"bad.py: crosstok bad: @crosstok\(alignment=\.\.\., space=\.\.\.\) takes"):
         read_method_file(work / "methods/bad.py")
@@ -79,7 +79,7 @@ def test_a_same_vocabulary_method_on_a_cross_tokenizer_pair_is_refused(repo, wor
     message = str(err.value)
     assert message.startswith(str(work / "config/pairs/cross.yaml"))
     assert "different tokenizers (teacher: generated bpe, student: generated unigram)" in message
-    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, gold, mined, simple_ctkd, uld, xtoken, xtoken_hkl" in message
+    assert "method 'fkl' cannot distil" in message and "would run: ctk, ctu, dskd, gold, mined, simple_ctkd, uld, xtoken, xtoken_hkl" in message
 
 
 def test_a_cross_tokenizer_method_on_a_one_tokenizer_pair_is_refused(repo, work):
@@ -94,7 +94,7 @@ def test_a_policy_composes_only_where_the_plugin_names_its_space(repo, work):
     with pytest.raises(KDBenchError, match=r"label 'ctu\+adakd': token policy 'adakd' cannot act on cross-tokenizer "
                                            r"method 'ctu': .*composes with: ctk, simple_ctkd, xtoken\."):
         _grid(repo, work, ["cross"], ["ctu+adakd"])
-    for label in ("uld+adakd", "gold+adakd", "xtoken_hkl+adakd", "mined+adakd"):
+    for label in ("uld+adakd", "gold+adakd", "xtoken_hkl+adakd", "mined+adakd", "dskd+adakd"):
         with pytest.raises(KDBenchError, match=rf"label '{label.replace('+', '.')}': token policy 'adakd' cannot act"):
             _grid(repo, work, ["cross"], [label])
     with pytest.raises(KDBenchError, match=r"label 'simple_ctkd\+egad': token policy 'egad' takes the models' hidden "
@@ -142,8 +142,11 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
     g = Grid(cfg, "test.yaml", work)
     with pytest.raises(KDBenchError, match=r"label 'gold-b2'.*gold: beta 2.0 must be in \[0, 1\]"):
         preflight.check(preflight.request(g))
+    cfg["tables"][0]["methods"], cfg["method_defs"] = ["dskd-t0"], {"dskd-t0": {"divergence": "dskd", "hp": {"temperature": 0}}}
+    with pytest.raises(KDBenchError, match=r"label 'dskd-t0'.*dskd: temperature = 0 must be > 0"):  # on toy sequences
+        preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
     cfg["method_defs"] = {}
-    cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "mined", "simple_ctkd+adakd"]
+    cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "mined", "dskd", "simple_ctkd+adakd"]
     preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # the defaults pass
 
 

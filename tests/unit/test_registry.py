@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from kdbench.errors import KDBenchError
-from kdbench.registry import ARTIFACT_ARRAYS, CROSSTOK_KD_RATIO, HARNESS_ARGS, discover, load_method_file, lookup
+from kdbench.registry import (ARTIFACT_ARRAYS, CROSSTOK_KD_RATIO, HARNESS_ARGS, SEQUENCE_INPUTS, discover, load_method_file,
+                              lookup)
 
 PLUGIN = '''
 import torch
@@ -100,8 +101,8 @@ def test_the_signature_read_from_the_file_is_the_imported_ones(plugins):
         if method.kind == "crosstok":  # the artifact arrays it takes and its kd_ratio are not hyper-parameters
             assert method.crosstok["needs"] == [n for n in ARTIFACT_ARRAYS if n in imported], method.key
             assert method.crosstok["kd_ratio"] == imported.pop(CROSSTOK_KD_RATIO), method.key
-            assert {k: method.crosstok[k] for k in ("alignment", "space")} == method.obj.crosstok, method.key
-            imported = {n: v for n, v in imported.items() if n not in ARTIFACT_ARRAYS}
+            assert {k: method.crosstok[k] for k in ("alignment", "space", "modules")} == method.obj.crosstok, method.key
+            imported = {n: v for n, v in imported.items() if n not in ARTIFACT_ARRAYS + SEQUENCE_INPUTS}
         assert method.params == imported, method.key
         assert method.base_divergence == getattr(method.obj, "base_divergence", None)
     assert plugins["egad"].base_divergence == "fkl"
