@@ -119,7 +119,8 @@ def test_the_smollm2_grid_resolves_to_local_models_and_chat_prompts(repo):
     tokenizer (not the generated one); training uses the chat prompts evaluation uses."""
     g = load_grid(repo / "config" / "smollm2.yaml", repo / "config" / "variants.yaml", workdir=repo)
     pair = "smollm2-pruned_from_smollm2-135m"
-    assert g.runs() == [(pair, m, 1) for m in ("sft", "fkl", "fkl+adakd", "rkl", "rkl+adakd")]
+    assert g.runs() == [(pair, m, 1) for m in (
+        "sft", "fkl", "fkl+adakd", "fkl+adakd-tau-detached", "rkl", "rkl+adakd", "rkl+adakd-tau-detached")]
     run = g.resolve_run(pair, "rkl+adakd", 1)
     assert run["student"] == run["tokenizer"] == f"results/models/{pair}/student-init"
     assert run["teacher"] == g.teacher_path(pair) == f"results/models/{pair}/teacher-init"
