@@ -215,7 +215,7 @@ def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsy
     monkeypatch.chdir(repo)
     assert main(["config/config.yaml"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config/config.yaml: ok — 83 runs, 394 evaluations")
+    assert out.startswith("config/config.yaml: ok — 85 runs, 404 evaluations")
     absent = [p for p in ("data/raw/databricks-dolly-15k.jsonl", "data/raw/core_data.jsonl") if not (repo / p).exists()]
     assert all(p in out.split("still to fetch")[1] for p in absent)  # listed, not an error: the DAG plans without them
     assert base_configs() == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives
