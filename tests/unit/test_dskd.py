@@ -7,17 +7,14 @@ import math
 
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from kdbench.crosstok.data import build_modules, collate_pair, encode_pair
-from kdbench.datagen import generate
 from kdbench.errors import KDBenchError
-from kdbench.jsonl import read_jsonl
 from kdbench.losses import IGNORE, UNIT_KEYS, cross_objective
 from kdbench.registry import SEQUENCE_INPUTS, discover, read_method_file
 from kdbench.sft_data import encode_example
-from kdbench.tokenizer import train_tokenizer
 from tests.conftest import REPO
+from tests.unit.test_crosstok_data import tiny  # noqa: F401 (the fixture: records, Unigram student, BPE teacher)
 
 DSKD = discover(REPO / "methods")["dskd"]
 
@@ -33,7 +30,7 @@ def plain_terms(z_s, z_t, h_s, h_t, es_in, es_tgt, et_in, et_tgt, y, w_s, w_t, p
 
     def kl(p_logits, q_logits):
         p, q = softmax(p_logits / T), softmax(q_logits / T)
-        return sum(p[v] * (torch.log(p[v]) - torch.log(q[v])) for v in range(len(p)))
+        return (p * (torch.log(p) - torch.log(q))).sum()
 
     keys = torch.cat([et_in, et_tgt], 1)
     keys = keys / keys.flatten().std()
@@ -87,19 +84,11 @@ def test_dskd_equals_a_plain_computation_and_trains_its_projectors():
         DSKD.obj(*got, **{k: None for k in SEQUENCE_INPUTS}, temperature=0)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dskd")
-    paths = generate(root / "data", seed=0, n_train=20, n_valid=5, n_eval=5)
-    for kind in ("bpe", "unigram"):
-        train_tokenizer([paths["train"]], root / kind, vocab_size=300, kind=kind)
-    return read_jsonl(paths["train"])[:3], *(AutoTokenizer.from_pretrained(root / k) for k in ("unigram", "bpe"))
-
-
 def test_the_harness_hands_each_whole_response_and_normalises_per_student_token(tiny):
     """cross_objective over a padded batch of 3 examples equals, loss and gradients, a loop over the
     examples' response rows found from each side's own labels, divided by the student's token count."""
     records, student, teacher = tiny
+    records = records[:3]
     examples = [encode_pair(r, student, teacher, 512, "minillm", "attention") for r in records]
     mb = collate_pair(examples, student.pad_token_id, teacher.pad_token_id)
     torch.manual_seed(0)
