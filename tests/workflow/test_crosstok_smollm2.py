@@ -13,7 +13,7 @@ from tests.conftest import run_cli, workflow_copy
 
 pytestmark = pytest.mark.workflow
 PAIR = "llama-tiny-unigram-s_from_smollm2-135m"
-METHODS = ["simple_ctkd", "uld"]
+METHODS = ["simple_ctkd", "uld", "dskd"]
 
 
 @pytest.fixture(scope="module")
@@ -27,12 +27,12 @@ def test_the_shipped_grid_dry_runs_and_checks(root):
     assert "vocab_map" in dry.stdout and "tokenizer_unigram" in dry.stdout
     checked = run_cli("kdbench", "check", "config/crosstok.yaml", cwd=root)
     assert checked.returncode == 0, checked.stderr[-3000:]
-    assert "8 runs" in checked.stdout
+    assert "9 runs" in checked.stdout
 
 
 def test_a_shrunk_grid_distils_across_tokenizers_to_its_table(root):
     cfg = yaml.safe_load((root / "config/crosstok.yaml").read_text())
-    cfg["methods"] = METHODS  # a selection of the table: teacher row and two students
+    cfg["methods"] = METHODS  # a selection of the table: teacher row and three students
     cfg["pair_overrides"] = {PAIR: {"training": {"steps": 6, "log_every": 1}}}
     cfg["data"].update(n_train=200, n_valid=5, n_eval=3)
     cfg["evaluation"].update(decoding_seeds=[10, 20], max_new_tokens=16)
