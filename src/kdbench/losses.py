@@ -314,15 +314,16 @@ def _attention_sums(student_out, teacher_out, units, n_units, embeddings, module
         for side, embed in zip(("student", "teacher"), embeddings):
             inputs[f"{side}_input_embeds"] = _wide(embed(units[f"{side}_inputs"]))
             inputs[f"{side}_target_embeds"] = _wide(embed(units[f"{side}_tokens"]))
-    heads = {"student_head": _head_weight(student_head, student_vocab), "teacher_head": _head_weight(teacher_head, teacher_vocab)}
+    heads = {"student_head": _head_weight(student_head, student_vocab),
+             "teacher_head": _head_weight(teacher_head, teacher_vocab)}
     bounds = [[0, *torch.bincount(units[f"{side}_units"], minlength=n_units).cumsum(0).tolist()]
               for side in ("student", "teacher")]
     total = h_s.new_zeros((), dtype=torch.float32)
     for u in range(n_units):
         (s0, s1), (t0, t1) = (b[u:u + 2] for b in bounds)
         rows = {k: v[s0:s1] if k.startswith("student") else v[t0:t1] for k, v in inputs.items()}
-        total = total + checkpoint(_attention_unit, h_s[s0:s1], h_t[t0:t1], units["student_tokens"][s0:s1], rows, heads,
-                                   student_head, teacher_head, method, hparams, arrays, modules, student_vocab,
+        total = total + checkpoint(_attention_unit, h_s[s0:s1], h_t[t0:t1], units["student_tokens"][s0:s1], rows,
+                                   heads, student_head, teacher_head, method, hparams, arrays, modules, student_vocab,
                                    teacher_vocab, use_reentrant=False)
     return total
 

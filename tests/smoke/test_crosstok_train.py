@@ -161,8 +161,8 @@ def test_kdbench_train_saves_dskds_projectors_with_the_student_and_evaluate_load
     assert not torch.allclose(init.query.weight, saved["0.query.weight"])  # trained
     out = tmp_path / "eval"
     done = run_cli("kdbench", "evaluate", "--model", str(run_dir / "model"), "--data",
-                   str(tmp_path / "results/data/eval/dolly.jsonl"), "--set", "dolly", "--seeds", "10", "--max-new-tokens", "4",
-                   "--batch-size", "5", "--threads", "1", "--out", str(out / "dolly.json"), "--predictions",
+                   str(tmp_path / "results/data/eval/dolly.jsonl"), "--set", "dolly", "--seeds", "10",
+                   "--max-new-tokens", "4", "--batch-size", "5", "--threads", "1", "--out", str(out / "dolly.json"), "--predictions",
                    str(out / "dolly.predictions.jsonl"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len((out / "dolly.predictions.jsonl").read_text().splitlines()) == 5 and (out / "dolly.json").is_file()

@@ -142,7 +142,8 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
     g = Grid(cfg, "test.yaml", work)
     with pytest.raises(KDBenchError, match=r"label 'gold-b2'.*gold: beta 2.0 must be in \[0, 1\]"):
         preflight.check(preflight.request(g))
-    cfg["tables"][0]["methods"], cfg["method_defs"] = ["dskd-t0"], {"dskd-t0": {"divergence": "dskd", "hp": {"temperature": 0}}}
+    cfg["tables"][0]["methods"] = ["dskd-t0"]
+    cfg["method_defs"] = {"dskd-t0": {"divergence": "dskd", "hp": {"temperature": 0}}}
     with pytest.raises(KDBenchError, match=r"label 'dskd-t0'.*dskd: temperature = 0 must be > 0"):  # on toy sequences
         preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
     cfg["method_defs"] = {}
