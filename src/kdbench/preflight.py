@@ -168,13 +168,13 @@ def _try_without_labels(policy: Any, where: str) -> None:
 
 def _try_crosstok(method: Any, hp: dict) -> None:
     """A cross-tokenizer plugin called once with its bound hyper-parameters on a toy pair of
-    vocabularies (4 ids each, the first two common, the projection the identity)."""
+    vocabularies (4 ids each, the first two common, the projection and the MinED map the identity)."""
     import torch
 
     logp = torch.log_softmax(torch.zeros(2, 4), -1)
     toy = {"common_student": torch.arange(2), "common_teacher": torch.arange(2), "relaxed_student": torch.arange(2),
            "relaxed_teacher": torch.arange(2), "projection_indices": torch.arange(4)[:, None],
-           "projection_weights": torch.ones(4, 1)}
+           "projection_weights": torch.ones(4, 1), "mined_teacher": torch.arange(4), "mined_student": torch.arange(4)}
     method.obj(logp, logp, **{name: toy[name] for name in method.crosstok["needs"]}, **hp)
 
 

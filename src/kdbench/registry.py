@@ -53,7 +53,7 @@ REQUIRED = object()  # a hyper-parameter without a default
 ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined")
 SPACES = (None, "common", "teacher")
 ARTIFACT_ARRAYS = ("common_student", "common_teacher", "projection_indices", "projection_weights", "relaxed_student",
-                   "relaxed_teacher")
+                   "relaxed_teacher", "mined_teacher", "mined_student")
 CROSSTOK_KD_RATIO = "kd_ratio"
 # The arrays the harness reads to put a unit's two distributions into a space (a plugin with that space takes them).
 SPACE_ARRAYS = {"common": ("common_student", "common_teacher"), "teacher": ("projection_indices", "projection_weights")}

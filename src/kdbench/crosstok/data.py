@@ -67,6 +67,10 @@ def load(run: dict, student_tokenizer, device) -> CrossTok:
                            f"'{method.key}' is a {method.kind}, not a cross-tokenizer plugin.")
     teacher_tokenizer = AutoTokenizer.from_pretrained(run["teacher_tokenizer"])
     found = vocab.load(run["vocab_map"])
+    missing = [name for name in method.crosstok["needs"] if name not in found]
+    if missing:
+        raise KDBenchError(f"{run['vocab_map']}: no {', '.join(missing)} array, which method '{method.key}' takes; "
+                           "the file predates it: delete it and run the workflow again (rule vocab_map rebuilds it).")
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
     return CrossTok(method.obj, run["method"]["divergence"]["hp"], method.crosstok["alignment"],
                     method.crosstok["space"], arrays,
