@@ -15,9 +15,10 @@ def mined(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, mined_teach
 
     Alignment: dynamic time warping over the two token sequences with the Levenshtein distance of the
     marker-free token strings (`alignment="mined"`, kdbench.crosstok.align.mined_alignment); a
-    student token matched with exactly one teacher token of the same string gets the teacher's
-    distribution, every other student token the one-hot of its own token (FuseLLM), which is the
-    harness's cross-entropy term, so only the matched units are given here.
+    student token matched with exactly one teacher token t of the same string, or with m(t) its own
+    token (FuseLLM's "soft" test, m below), gets the teacher's distribution, every other student token
+    the one-hot of its own token (FuseLLM), which is the harness's cross-entropy term, so only the
+    matched units are given here.
     Vocabulary: FuseLLM's map m from each teacher token to one student token, the one of the same
     text, else the one of minimum edit distance (the vocab_map's `mined_teacher` → `mined_student`,
     kdbench.crosstok.vocab.mined_map; special tokens are not mapped).
@@ -31,9 +32,9 @@ def mined(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, mined_teach
     Direction: forward (a cross-entropy: KL(p̃ ‖ q) plus the target's entropy). Range: [0, ∞).
     Defaults (FuseLLM): top_k 10 (`--top_k_logits`, ≥ 1), temperature 1 (`distill_teacher_temperature`),
     L = 0.9 · CE + 0.1 · fusion loss (`lm_loss_weight` 0.9: kd_ratio 0.1).
-    Differences: the unit test is FuseLLM's "hard" one (same string), not its "soft" one (the teacher
-    token maps to the student token by m); the map reads normalised bytes and leaves special tokens
-    out. No token policy composes with it (a cross-entropy against a truncated target, no space).
+    Differences: m's edit distance counts normalised bytes (FuseLLM: token strings, `Ġ` → `▁`) and
+    leaves special tokens out (FuseLLM maps every vocabulary entry); see kdbench.crosstok.vocab.
+    No token policy composes with it (a cross-entropy against a truncated target, no space).
     docs/METHODS.md §6.
     """
     if top_k < 1:

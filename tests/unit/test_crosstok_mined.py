@@ -1,7 +1,8 @@
 """MinED's vocabulary map and loss against independent computations: the map equals a brute-force
 edit-distance search (pure Python Levenshtein, each token's text by its tokenizer's own decoder) on
-the workflow's generated BPE and Unigram tokenizers, and the loss equals a replay of FuseLLM's
-`transform_step_logits` (soft) and data collator on small tensors."""
+the workflow's generated BPE and Unigram tokenizers, the `mined` units add FuseLLM's "soft" matches
+(the teacher token maps to the student's) to the same-string ones, and the loss equals a replay of
+FuseLLM's `transform_step_logits` (soft) and data collator on small tensors."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import torch
 from transformers import AutoTokenizer
 
 from kdbench.crosstok import vocab
-from kdbench.crosstok.align import levenshtein
+from kdbench.crosstok.align import levenshtein, strip_markers
+from kdbench.crosstok.data import encode_pair
 from kdbench.datagen import generate
+from kdbench.jsonl import read_jsonl
 from kdbench.registry import load_method_file
 from tests.conftest import REPO
 from tests.unit.test_crosstok_vocab import decoded_text
@@ -31,7 +34,7 @@ def workflow_pair(tmp_path_factory):
     paths = generate(root / "data", seed=0, n_train=60, n_valid=5, n_eval=5)
     for kind in ("bpe", "unigram"):
         train_tokenizer([paths["train"]], root / kind, vocab_size=400, kind=kind)
-    return tuple(AutoTokenizer.from_pretrained(root / k) for k in ("unigram", "bpe"))
+    return tuple(AutoTokenizer.from_pretrained(root / k) for k in ("unigram", "bpe")) + (read_jsonl(paths["train"])[:6],)
 
 
 def _texts(tokenizer) -> dict[int, bytes]:
@@ -53,7 +56,7 @@ def _texts(tokenizer) -> dict[int, bytes]:
 
 
 def test_the_map_is_the_brute_force_nearest_student_token(workflow_pair):
-    student, teacher = workflow_pair
+    student, teacher, _ = workflow_pair
     s_texts, t_texts = _texts(student), _texts(teacher)
     s_ids = sorted(s_texts)
     t_ids, s_got, exact = vocab.mined_map(student, teacher)
@@ -71,12 +74,29 @@ def test_the_map_is_the_brute_force_nearest_student_token(workflow_pair):
 
 
 def test_the_vocab_map_report_counts_exact_and_edit_distance_matches(workflow_pair, tmp_path):
-    arrays, report = vocab.build(*workflow_pair)
+    arrays, report = vocab.build(*workflow_pair[:2])
     vocab.save(tmp_path / "v.safetensors", arrays, report)
     saved = json.loads((tmp_path / "v.json").read_text())
     assert saved["mined_exact"] + saved["mined_edit_distance"] == saved["mined_mapped"] == len(arrays["mined_teacher"])
     assert saved["mined_exact_share"] == round(saved["mined_exact"] / saved["mined_mapped"], 4)
     assert saved["mined_seconds"] >= 0 and saved["mined_cpu_seconds"] >= 0
+
+
+def test_mined_units_add_the_positions_whose_teacher_token_maps_to_the_student_token(workflow_pair):
+    student, teacher, records = workflow_pair
+    t_ids, s_ids, _ = vocab.mined_map(student, teacher)
+    to_student = dict(zip(t_ids.tolist(), s_ids.tolist()))
+    added = 0
+    for record in records:
+        hard = encode_pair(record, student, teacher, 512, "minillm", "mined")["units"]
+        e = encode_pair(record, student, teacher, 512, "minillm", "mined", to_student)
+        assert set(hard) <= set(e["units"]) and e["units"][-1] == hard[-1]  # then eos <-> eos
+        for (i,), (j,) in e["units"][:-1]:
+            s_id, t_id = e["input_ids"][i + 1], e["teacher_input_ids"][j + 1]
+            same = strip_markers(student.convert_ids_to_tokens(s_id)) == strip_markers(teacher.convert_ids_to_tokens(t_id))
+            assert same or to_student[t_id] == s_id
+            added += not same
+    assert added > 0
 
 
 def fusellm_target(teacher_logp: np.ndarray, to_student: dict[int, int], top_k: int) -> dict[int, float]:
@@ -121,3 +141,22 @@ def test_one_vocabulary_and_every_token_kept_is_the_cross_entropy_to_the_teacher
     s.requires_grad_(True)
     MINED.obj(s, t, mined_teacher=same, mined_student=same).sum().backward()
     assert s.grad.abs().sum() > 0
+
+
+def test_a_mined_run_loads_the_map_and_an_artifact_without_it_is_refused(workflow_pair, tmp_path):
+    from kdbench.crosstok import data
+    from kdbench.errors import KDBenchError
+
+    student, teacher, _ = workflow_pair
+    teacher.save_pretrained(tmp_path / "teacher")
+    arrays, report = vocab.build(student, teacher)
+    vocab.save(tmp_path / "v.safetensors", arrays, report)
+    run = {"method": {"divergence": {"path": str(REPO / "methods/mined.py"), "hp": {}}}, "pair_file": "pair.yaml",
+           "teacher_tokenizer": str(tmp_path / "teacher"), "vocab_map": str(tmp_path / "v.safetensors")}
+    cross = data.load(run, student, "cpu")
+    assert cross.alignment == "mined" and sorted(cross.arrays) == ["mined_student", "mined_teacher"]
+    assert cross.mined_map == dict(zip(arrays["mined_teacher"].tolist(), arrays["mined_student"].tolist()))
+    old = {k: v for k, v in arrays.items() if not k.startswith("mined_")}  # an artifact built before the map
+    vocab.save(tmp_path / "old.safetensors", old, report)
+    with pytest.raises(KDBenchError, match=r"old.safetensors: no mined_teacher, mined_student array.*rule vocab_map"):
+        data.load(run | {"vocab_map": str(tmp_path / "old.safetensors")}, student, "cpu")

@@ -16,9 +16,10 @@ student positions and a tuple of teacher positions:
   or several tokens per side; X-Token's chunks), then the end of sequence;
 - `groups`: the same units, merged as GOLD merges them (the harness's `cross_objective`);
 - `mined`: FuseLLM's minimum-edit-distance alignment (`align.mined_alignment`): a student position
-  whose warping path matches it with exactly one teacher position of the same marker-free token
-  string, then the end of sequence (FuseLLM takes the one-hot of the student's token elsewhere,
-  which the harness's cross-entropy term already is).
+  whose warping path matches it with exactly one teacher position whose token has the same
+  marker-free string or maps to the student's token by the vocab_map's MinED map (FuseLLM's "soft"
+  test; without the map, the same string alone: its "hard" one), then the end of sequence (FuseLLM
+  takes the one-hot of the student's token elsewhere, which the harness's cross-entropy term already is).
 
 A label position k predicts its token from the logits at k − 1, so a unit's positions become rows
 k − 1 of each side's outputs. A unit with a position cut off by `training.max_length` on either side
@@ -42,7 +43,8 @@ from kdbench.sft_data import collate, encode_example
 @dataclass
 class CrossTok:
     """What a cross-tokenizer run's steps share: the method's function, bound hyper-parameters and
-    alignment, the vocab_map arrays it takes (on the device), both vocabularies, the teacher's tokenizer."""
+    alignment, the vocab_map arrays it takes (on the device), both vocabularies, the teacher's tokenizer,
+    and for the `mined` alignment the MinED map {teacher id: student id} its units are tested with."""
 
     fn: Any
     hp: dict
@@ -52,6 +54,7 @@ class CrossTok:
     student_vocab: int
     teacher_vocab: int
     teacher_tokenizer: Any
+    mined_map: dict[int, int] | None = None
 
 
 def load(run: dict, student_tokenizer, device) -> CrossTok:
@@ -67,14 +70,17 @@ def load(run: dict, student_tokenizer, device) -> CrossTok:
                            f"'{method.key}' is a {method.kind}, not a cross-tokenizer plugin.")
     teacher_tokenizer = AutoTokenizer.from_pretrained(run["teacher_tokenizer"])
     found = vocab.load(run["vocab_map"])
-    missing = [name for name in method.crosstok["needs"] if name not in found]
+    alignment = method.crosstok["alignment"]
+    unit_arrays = ("mined_teacher", "mined_student") if alignment == "mined" else ()  # its units read the map
+    missing = [name for name in dict.fromkeys([*method.crosstok["needs"], *unit_arrays]) if name not in found]
     if missing:
-        raise KDBenchError(f"{run['vocab_map']}: no {', '.join(missing)} array, which method '{method.key}' takes; "
+        raise KDBenchError(f"{run['vocab_map']}: no {', '.join(missing)} array, which method '{method.key}' reads; "
                            "the file predates it: delete it and run the workflow again (rule vocab_map rebuilds it).")
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
-    return CrossTok(method.obj, run["method"]["divergence"]["hp"], method.crosstok["alignment"],
-                    method.crosstok["space"], arrays,
-                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer)
+    mined_map = dict(zip(found["mined_teacher"].tolist(), found["mined_student"].tolist())) \
+        if alignment == "mined" else None
+    return CrossTok(method.obj, run["method"]["divergence"]["hp"], alignment, method.crosstok["space"], arrays,
+                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer, mined_map)
 
 
 def _response(record: dict) -> str:
@@ -90,9 +96,10 @@ ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined")
 Unit = tuple[tuple[int, ...], tuple[int, ...]]
 
 
-def response_units(student: align.Encoded, teacher: align.Encoded, alignment: str) -> list[Unit]:
+def response_units(student: align.Encoded, teacher: align.Encoded, alignment: str,
+                   mined_map: dict[int, int] | None = None) -> list[Unit]:
     """(student positions, teacher positions) of each unit of the response under `alignment`, the
-    end of sequence (position len(response) on each side) the last."""
+    end of sequence (position len(response) on each side) the last; `mined_map`: see the module doc."""
     if alignment not in ALIGNMENTS:
         raise KDBenchError(f"cross-tokenizer alignment {alignment!r} is not wired; known: {', '.join(ALIGNMENTS)}.")
     n_s, n_t = len(student.ids), len(teacher.ids)
@@ -101,16 +108,17 @@ def response_units(student: align.Encoded, teacher: align.Encoded, alignment: st
     elif alignment in ("chunks", "groups"):
         units = [(g.student, g.teacher) for g in align.exact_groups(student, teacher)]
     elif alignment == "mined":
-        same = align.strip_markers
+        same, maps = align.strip_markers, mined_map or {}
         units = [((i,), t) for i, t in enumerate(align.mined_alignment(student, teacher))
-                 if len(t) == 1 and same(student.tokens[i]) == same(teacher.tokens[t[0]])]
+                 if len(t) == 1 and (same(student.tokens[i]) == same(teacher.tokens[t[0]])
+                                     or maps.get(teacher.ids[t[0]]) == student.ids[i])]
     else:
         units = [((k,), (k,)) for k in range(min(n_s, n_t))]
     return [*units, ((n_s,), (n_t,))]
 
 
 def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_format: str,
-                alignment: str) -> dict[str, list]:
+                alignment: str, mined_map: dict[int, int] | None = None) -> dict[str, list]:
     """One example for both models: the student's `input_ids`/`labels`, the teacher's
     `teacher_input_ids`, and `units`: (student rows, teacher rows) of each aligned unit."""
     sides = []
@@ -125,7 +133,7 @@ def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_
         sides.append((encoded, offsets, start))
     (s, s_enc, s_start), (t, t_enc, t_start) = sides
     units = [(tuple(s_start + i - 1 for i in si), tuple(t_start + j - 1 for j in tj))
-             for si, tj in response_units(s_enc, t_enc, alignment)
+             for si, tj in response_units(s_enc, t_enc, alignment, mined_map)
              if all(0 < s_start + i < len(s["input_ids"]) for i in si)
              and all(0 < t_start + j < len(t["input_ids"]) for j in tj)]
     return {**s, "teacher_input_ids": t["input_ids"], "units": units}
