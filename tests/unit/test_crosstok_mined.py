@@ -11,30 +11,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from kdbench.crosstok import vocab
 from kdbench.crosstok.align import levenshtein, strip_markers
 from kdbench.crosstok.data import encode_pair
-from kdbench.datagen import generate
-from kdbench.jsonl import read_jsonl
 from kdbench.registry import load_method_file
 from tests.conftest import REPO
+from tests.unit.test_crosstok_data import tiny  # noqa: F401  (the fixture: generated data and both tokenizers)
 from tests.unit.test_crosstok_vocab import decoded_text
 
 MINED = load_method_file(REPO / "methods/mined.py")
 
 
 @pytest.fixture(scope="module")
-def workflow_pair(tmp_path_factory):
-    """The workflow's generated tokenizers: a Unigram/Metaspace student and a byte-level BPE teacher."""
-    from kdbench.tokenizer import train_tokenizer
-
-    root = tmp_path_factory.mktemp("mined")
-    paths = generate(root / "data", seed=0, n_train=60, n_valid=5, n_eval=5)
-    for kind in ("bpe", "unigram"):
-        train_tokenizer([paths["train"]], root / kind, vocab_size=400, kind=kind)
-    return tuple(AutoTokenizer.from_pretrained(root / k) for k in ("unigram", "bpe")) + (read_jsonl(paths["train"])[:6],)
+def workflow_pair(tiny):
+    """The workflow's generated tokenizers (a Unigram/Metaspace student, a byte-level BPE teacher) and records."""
+    records, student, teacher = tiny
+    return student, teacher, records
 
 
 def _texts(tokenizer) -> dict[int, bytes]:
