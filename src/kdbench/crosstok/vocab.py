@@ -181,8 +181,8 @@ def mined_map(student, teacher, *, chunk: int = 2048) -> tuple[np.ndarray, np.nd
         from rapidfuzz.distance import Levenshtein
         from rapidfuzz.process import cdist
     except ImportError as exc:
-        raise KDBenchError("vocab-map: the MinED vocabulary map needs the rapidfuzz package, a dependency of "
-                           "kdbench since the map was added; install it (pip install 'rapidfuzz>=3.0').") from exc
+        raise KDBenchError("vocab-map: the MinED vocabulary map needs the rapidfuzz package (a dependency of "
+                           "kdbench, in pyproject.toml); install it: pip install 'rapidfuzz>=3.0'.") from exc
     s_table, t_table = token_bytes(student), token_bytes(teacher)
     s_ids = np.array(sorted(s_table), dtype=np.int64)
     s_texts = [_as_text(s_table[i]) for i in s_ids]
