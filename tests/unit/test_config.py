@@ -119,7 +119,8 @@ def test_the_smollm2_grid_resolves_to_local_models_and_chat_prompts(repo):
     tokenizer (not the generated one); training uses the chat prompts evaluation uses."""
     g = load_grid(repo / "config" / "smollm2.yaml", repo / "config" / "variants.yaml", workdir=repo)
     pair = "smollm2-pruned_from_smollm2-135m"
-    assert g.runs() == [(pair, m, 1) for m in ("sft", "fkl", "fkl+adakd", "rkl", "rkl+adakd")]
+    assert g.runs() == [(pair, m, 1) for m in (
+        "sft", "fkl", "fkl+adakd", "fkl+adakd-tau-detached", "rkl", "rkl+adakd", "rkl+adakd-tau-detached")]
     run = g.resolve_run(pair, "rkl+adakd", 1)
     assert run["student"] == run["tokenizer"] == f"results/models/{pair}/student-init"
     assert run["teacher"] == g.teacher_path(pair) == f"results/models/{pair}/teacher-init"
@@ -214,7 +215,7 @@ def test_check_reads_a_grid_as_snakemake_does(repo, tmp_path, monkeypatch, capsy
     monkeypatch.chdir(repo)
     assert main(["config/config.yaml"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("config/config.yaml: ok — 67 runs, 304 evaluations")
+    assert out.startswith("config/config.yaml: ok — 83 runs, 394 evaluations")
     absent = [p for p in ("data/raw/databricks-dolly-15k.jsonl", "data/raw/core_data.jsonl") if not (repo / p).exists()]
     assert all(p in out.split("still to fetch")[1] for p in absent)  # listed, not an error: the DAG plans without them
     assert base_configs() == ("config/tiny.yaml", "config/variants.yaml")  # the Snakefile's configfile directives

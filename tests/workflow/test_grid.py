@@ -13,6 +13,7 @@ from tests.conftest import run_cli, workflow_copy
 
 PAPER = "config/config.yaml"
 QWEN = "qwen2-1.5b_from_qwen2-7b"
+DSKD_PAIRS = ["gpt2-base_from_qwen1.5-1.8b", "tinyllama-1.1b_from_mistral-7b"]  # the crosstok table's
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,11 @@ def test_the_full_paper_grid_dry_runs_with_every_job(paper):
     cfg = yaml.safe_load((paper / PAPER).read_text())
     counts, seconds = dry_run(paper)
     runs, evals = expected_cells(cfg)
-    assert counts["train"] == len(runs) == 70  # 67 student runs + 3 teacher SFT runs
-    assert counts["evaluate"] == len(evals) == 304
-    assert counts["tables"] == sum(len(t["pairs"]) for t in cfg["tables"]) and counts["combine_table"] == 7
-    assert counts["claims"] == counts["plots"] == 3 and counts["init_model"] == 6
+    assert counts["train"] == len(runs) == 88  # 83 student runs + 5 teacher SFT runs
+    assert counts["evaluate"] == len(evals) == 394
+    assert counts["tables"] == sum(len(t["pairs"]) for t in cfg["tables"]) and counts["combine_table"] == 8
+    assert counts["claims"] == counts["plots"] == 5 and counts["init_model"] == 10
+    assert counts["vocab_map"] == 2  # one per cross-tokenizer pair (the crosstok table)
     assert counts["prepare_data"] == 7  # train, valid and the five sets, from the public releases
     assert "tokenizer" not in counts and "data" not in counts  # the real pairs bring tokenizers; no generated data
     print(f"paper grid dry run: {sum(counts.values())} jobs in {seconds:.1f} s")
@@ -80,6 +82,47 @@ def test_a_selection_narrows_every_table(paper):
     assert counts["prepare_data"] == 4  # train, valid, dolly, unni
     # table1, design, table2, table3, table4, table5 keep a cell; the EGAD table has none and is dropped
     assert counts["combine_table"] == 6
+
+
+def test_the_crosstok_table_distils_dskds_pairs_across_tokenizers(paper):
+    """DSKD's two cross-tokenizer pairs (hub ids, cross_tokenizer: true): each pair's vocab_map is built
+    from the two models' initial directories (their own tokenizers) and is an input of its
+    cross-tokenizer runs only; every cell is evaluated on the five sets."""
+    crosstok = next(t for t in yaml.safe_load((paper / PAPER).read_text())["tables"] if t["name"] == "crosstok")
+    assert crosstok["pairs"] == DSKD_PAIRS
+    counts, _ = dry_run(paper, target=["crosstok"])
+    cells = len(crosstok["methods"]) + 1  # + the teacher's SFT run and row
+    assert counts["vocab_map"] == 2 and counts["init_model"] == 4
+    assert counts["train"] == 2 * cells and counts["evaluate"] == 2 * cells * 5
+    assert counts["tables"] == 2 and counts["combine_table"] == 1
+    done = run_cli("snakemake", "-n", "-p", "--configfile", PAPER, "--", "crosstok", cwd=paper)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = done.stdout.split("\nrule ")
+    for pair in DSKD_PAIRS:
+        models = f"results/models/{pair}"
+        assert (f"kdbench vocab-map --student {models}/student-init --teacher {models}/teacher-init "
+                f"--out results/vocab_maps/{pair}/vocab_map.safetensors") in done.stdout
+        train = {re.search(r"method=([\w+.-]+)", j)[1]: j.split("output:")[0] for j in jobs
+                 if j.startswith("train:") and f"pair={pair}," in j}
+        assert sorted(train) == sorted([*crosstok["methods"], "teacher"])
+        mapped = {m for m, job in train.items() if f"results/vocab_maps/{pair}/vocab_map.safetensors" in job}
+        assert mapped == set(crosstok["methods"]) - {"sft"}  # sft and the teacher's SFT align nothing
+        assert all(f"{models}/teacher-init" in train[m] for m in mapped)  # the teacher's own tokenizer too
+    tables = [line for line in done.stdout.splitlines() if "kdbench aggregate" in line and "--out-md" in line]
+    assert len(tables) == 2 and not any("--reference" in c for c in tables)  # no published numbers: see the pair files
+
+
+@pytest.mark.parametrize("label", ["fkl", "rkl+adakd"])
+def test_a_same_vocabulary_method_on_dskds_pairs_is_refused_before_any_job(paper, label):
+    cfg = yaml.safe_load((paper / PAPER).read_text())
+    crosstok = next(t for t in cfg["tables"] if t["name"] == "crosstok")
+    crosstok["methods"].append(label)
+    (paper / "same-vocab.yaml").write_text(yaml.safe_dump(cfg))
+    for command in (("snakemake", "-n", "--configfile", "same-vocab.yaml"), ("kdbench", "check", "same-vocab.yaml")):
+        done = run_cli(*command, cwd=paper)
+        assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+        assert f"config/pairs/{DSKD_PAIRS[0]}.yaml: teacher and student read different tokenizers" in done.stderr
+        assert f"method '{label}' cannot distil this pair" in done.stderr and "would run: " in done.stderr
 
 
 def test_table_names_cannot_shadow_a_rule(repo):
