@@ -168,14 +168,14 @@ def _try_without_labels(policy: Any, where: str) -> None:
 
 def _try_crosstok(method: Any, hp: dict) -> None:
     """A cross-tokenizer plugin called once with its bound hyper-parameters on a toy pair of
-    vocabularies (4 ids each, the first two common, the projection the identity; a cross-model attention
-    method on toy sequences, with its modules built)."""
+    vocabularies (4 ids each, the first two common, the projection and the MinED map the identity; a
+    cross-model attention method on toy sequences, with its modules built)."""
     import torch
 
     logp = torch.log_softmax(torch.zeros(2, 4), -1)
     toy = {"common_student": torch.arange(2), "common_teacher": torch.arange(2), "relaxed_student": torch.arange(2),
            "relaxed_teacher": torch.arange(2), "projection_indices": torch.arange(4)[:, None],
-           "projection_weights": torch.ones(4, 1)}
+           "projection_weights": torch.ones(4, 1), "mined_teacher": torch.arange(4), "mined_student": torch.arange(4)}
     if method.crosstok["alignment"] == "attention":  # 2 student rows (d 3), 3 teacher rows (d 5), one example
         from kdbench.crosstok.data import build_modules
 

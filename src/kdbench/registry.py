@@ -54,7 +54,7 @@ REQUIRED = object()  # a hyper-parameter without a default
 ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined", "attention")
 SPACES = (None, "common", "teacher")
 ARTIFACT_ARRAYS = ("common_student", "common_teacher", "projection_indices", "projection_weights", "relaxed_student",
-                   "relaxed_teacher")
+                   "relaxed_teacher", "mined_teacher", "mined_student")
 CROSSTOK_KD_RATIO = "kd_ratio"
 # What the harness hands an `alignment="attention"` method per example, by keyword (kdbench.losses.cross_objective):
 # each side's final hidden states of its response rows, the input embeddings of the tokens at those

@@ -328,8 +328,8 @@ def _build_data(s: Session) -> None:
     else:  # both tokenizations and the aligned rows (kdbench.crosstok.data)
         from kdbench.crosstok.data import collate_pair, encode_pair
 
-        examples = [encode_pair(r, tokenizer, s.cross.teacher_tokenizer, tr.max_length, prompt_format, s.cross.alignment)
-                    for r in records]
+        examples = [encode_pair(r, tokenizer, s.cross.teacher_tokenizer, tr.max_length, prompt_format, s.cross.alignment,
+                                s.cross.mined_map) for r in records]
         s.collate = partial(collate_pair, student_pad=tokenizer.pad_token_id,
                             teacher_pad=s.cross.teacher_tokenizer.pad_token_id)
     s.out.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,8 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key)
     torch.set_num_threads(1)
     plugin = PLUGINS[key]
     policy = Composed([PLUGINS[policy_key].instantiate({}, total_steps=STEPS)]) if policy_key else None
-    examples = [encode_pair(r, tiny["student"], tiny["teacher"], 192, "minillm", plugin.crosstok["alignment"])
+    mined_map = dict(zip(tiny["arrays"]["mined_teacher"].tolist(), tiny["arrays"]["mined_student"].tolist()))
+    examples = [encode_pair(r, tiny["student"], tiny["teacher"], 192, "minillm", plugin.crosstok["alignment"], mined_map)
                 for r in tiny["records"]]
     mb = collate_pair(examples, tiny["student"].pad_token_id, tiny["teacher"].pad_token_id)
     # a char-level Unigram: 1:1 pairs are few; chunks cover every response token

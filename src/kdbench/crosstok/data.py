@@ -16,9 +16,10 @@ student positions and a tuple of teacher positions:
   or several tokens per side; X-Token's chunks), then the end of sequence;
 - `groups`: the same units, merged as GOLD merges them (the harness's `cross_objective`);
 - `mined`: FuseLLM's minimum-edit-distance alignment (`align.mined_alignment`): a student position
-  whose warping path matches it with exactly one teacher position of the same marker-free token
-  string, then the end of sequence (FuseLLM takes the one-hot of the student's token elsewhere,
-  which the harness's cross-entropy term already is);
+  whose warping path matches it with exactly one teacher position whose token has the same
+  marker-free string or maps to the student's token by the vocab_map's MinED map (FuseLLM's "soft"
+  test; without the map, the same string alone: its "hard" one), then the end of sequence (FuseLLM
+  takes the one-hot of the student's token elsewhere, which the harness's cross-entropy term already is);
 - `attention`: one unit per example, the whole response (and end of sequence) of each side, which
   the method aligns itself (DSKD's cross-model attention); positions cut off by
   `training.max_length` leave the unit, which is dropped only when a side has none left.
@@ -45,7 +46,8 @@ from kdbench.sft_data import collate, encode_example
 @dataclass
 class CrossTok:
     """What a cross-tokenizer run's steps share: the method's function, bound hyper-parameters and
-    alignment, the vocab_map arrays it takes (on the device), both vocabularies, the teacher's tokenizer."""
+    alignment, the vocab_map arrays it takes (on the device), both vocabularies, the teacher's tokenizer,
+    and for the `mined` alignment the MinED map {teacher id: student id} its units are tested with."""
 
     fn: Any
     hp: dict
@@ -55,6 +57,7 @@ class CrossTok:
     student_vocab: int
     teacher_vocab: int
     teacher_tokenizer: Any
+    mined_map: dict[int, int] | None = None
     modules: Any = None  # the method's trainable modules (`@crosstok(modules=...)`), or None
 
 
@@ -81,10 +84,17 @@ def load(run: dict, student_tokenizer, device, modules: Any = None) -> CrossTok:
                            f"'{method.key}' is a {method.kind}, not a cross-tokenizer plugin.")
     teacher_tokenizer = AutoTokenizer.from_pretrained(run["teacher_tokenizer"])
     found = vocab.load(run["vocab_map"])
+    alignment = method.crosstok["alignment"]
+    unit_arrays = ("mined_teacher", "mined_student") if alignment == "mined" else ()  # its units read the map
+    missing = [name for name in dict.fromkeys([*method.crosstok["needs"], *unit_arrays]) if name not in found]
+    if missing:
+        raise KDBenchError(f"{run['vocab_map']}: no {', '.join(missing)} array, which method '{method.key}' reads; "
+                           "the file predates it: delete it and run the workflow again (rule vocab_map rebuilds it).")
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
-    return CrossTok(method.obj, run["method"]["divergence"]["hp"], method.crosstok["alignment"],
-                    method.crosstok["space"], arrays,
-                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer, modules)
+    mined_map = dict(zip(found["mined_teacher"].tolist(), found["mined_student"].tolist())) \
+        if alignment == "mined" else None
+    return CrossTok(method.obj, run["method"]["divergence"]["hp"], alignment, method.crosstok["space"], arrays,
+                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer, mined_map, modules)
 
 
 def _response(record: dict) -> str:
@@ -100,9 +110,10 @@ ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined", "attention")
 Unit = tuple[tuple[int, ...], tuple[int, ...]]
 
 
-def response_units(student: align.Encoded, teacher: align.Encoded, alignment: str) -> list[Unit]:
+def response_units(student: align.Encoded, teacher: align.Encoded, alignment: str,
+                   mined_map: dict[int, int] | None = None) -> list[Unit]:
     """(student positions, teacher positions) of each unit of the response under `alignment`, the
-    end of sequence (position len(response) on each side) the last."""
+    end of sequence (position len(response) on each side) the last; `mined_map`: see the module doc."""
     if alignment not in ALIGNMENTS:
         raise KDBenchError(f"cross-tokenizer alignment {alignment!r} is not wired; known: {', '.join(ALIGNMENTS)}.")
     n_s, n_t = len(student.ids), len(teacher.ids)
@@ -111,9 +122,10 @@ def response_units(student: align.Encoded, teacher: align.Encoded, alignment: st
     elif alignment in ("chunks", "groups"):
         units = [(g.student, g.teacher) for g in align.exact_groups(student, teacher)]
     elif alignment == "mined":
-        same = align.strip_markers
+        same, maps = align.strip_markers, mined_map or {}
         units = [((i,), t) for i, t in enumerate(align.mined_alignment(student, teacher))
-                 if len(t) == 1 and same(student.tokens[i]) == same(teacher.tokens[t[0]])]
+                 if len(t) == 1 and (same(student.tokens[i]) == same(teacher.tokens[t[0]])
+                                     or maps.get(teacher.ids[t[0]]) == student.ids[i])]
     elif alignment == "attention":
         return [(tuple(range(n_s + 1)), tuple(range(n_t + 1)))]
     else:
@@ -122,7 +134,7 @@ def response_units(student: align.Encoded, teacher: align.Encoded, alignment: st
 
 
 def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_format: str,
-                alignment: str) -> dict[str, list]:
+                alignment: str, mined_map: dict[int, int] | None = None) -> dict[str, list]:
     """One example for both models: the student's `input_ids`/`labels`, the teacher's
     `teacher_input_ids`, and `units`: (student rows, teacher rows) of each aligned unit."""
     sides = []
@@ -140,7 +152,7 @@ def encode_pair(record: dict, student_tok, teacher_tok, max_length: int, prompt_
         kept = tuple(start + i - 1 for i in positions if 0 < start + i < length)
         return kept if len(kept) == len(positions) or (alignment == "attention" and kept) else None
 
-    units = [(rs, rt) for si, tj in response_units(s_enc, t_enc, alignment)
+    units = [(rs, rt) for si, tj in response_units(s_enc, t_enc, alignment, mined_map)
              if (rs := rows(si, s_start, len(s["input_ids"]))) and (rt := rows(tj, t_start, len(t["input_ids"])))]
     return {**s, "teacher_input_ids": t["input_ids"], "units": units}
 

@@ -23,9 +23,19 @@ safetensors file (numpy arrays, the report in its metadata) and the report besid
   rules), tokens that are not valid UTF-8 alone (a partial byte) are not re-tokenized (NeMo re-encodes
   the replacement character), and the "scale trick" (a fixed 0.2 in the last column) and special-
   token similarity mapping are not applied.
+- `mined_teacher`, `mined_student` (int64, paired, sorted by teacher id): FuseLLM's vocabulary map
+  (fanqiwan/FuseLLM `src/utils/vocab_mapping.py`, `--vocab_mapping_type default`), every non-special
+  teacher token to one student token: the student token of the same normalised bytes (the lowest
+  id, as `common_*`) where there is one, else the student token at the least Levenshtein distance
+  (rapidfuzz) over those bytes, the lowest student id on a tie (FuseLLM: the first in the base
+  vocabulary's order, id order for its slow Llama tokenizer). Differences from FuseLLM: the distance
+  is over the normalised bytes (FuseLLM: the token strings with the teacher's marker replaced by the
+  student's, `Ġ` → `▁`, so a byte-level `Ã©` is two characters where a SentencePiece `é` is one),
+  and special tokens map to nothing and are never a target (FuseLLM maps every vocabulary entry).
 
 The report: vocabulary sizes, common size, overlap ratio (common / smaller vocabulary, as NeMo-RL's
-overlap table), projection entries, build seconds, and where each tokenizer came from (docs/METHODS.md §6).
+overlap table), projection entries, the MinED map's exact and edit-distance matches and its own
+build seconds (wall and CPU), build seconds, and where each tokenizer came from (docs/METHODS.md §6).
 """
 
 from __future__ import annotations
@@ -160,19 +170,57 @@ def exact_map(indices: np.ndarray, weights: np.ndarray, *, relaxed: bool) -> tup
     return np.array([p[0] for p in pairs], dtype=np.int64), np.array([p[1] for p in pairs], dtype=np.int64)
 
 
+def _as_text(raw: bytes) -> str:
+    """Bytes as a string of one character per byte (latin-1), so edit distances count bytes."""
+    return raw.decode("latin-1")
+
+
+def mined_map(student, teacher, *, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray, int]:
+    """FuseLLM's vocabulary map (see module doc): (teacher ids, student ids, how many are exact)."""
+    try:
+        from rapidfuzz.distance import Levenshtein
+        from rapidfuzz.process import cdist
+    except ImportError as exc:
+        raise KDBenchError("vocab-map: the MinED vocabulary map needs the rapidfuzz package (a dependency of "
+                           "kdbench, in pyproject.toml); install it: pip install 'rapidfuzz>=3.0'.") from exc
+    s_table, t_table = token_bytes(student), token_bytes(teacher)
+    s_ids = np.array(sorted(s_table), dtype=np.int64)
+    s_texts = [_as_text(s_table[i]) for i in s_ids]
+    first: dict[str, int] = {}
+    for i, text in zip(s_ids.tolist(), s_texts):
+        first.setdefault(text, i)
+    t_ids = np.array(sorted(t_table), dtype=np.int64)
+    t_texts = [_as_text(t_table[i]) for i in t_ids]
+    mapped = np.array([first.get(text, -1) for text in t_texts], dtype=np.int64)
+    rest = np.flatnonzero(mapped < 0)
+    for at in range(0, len(rest), chunk):  # (chunk, V_student) distances at a time; argmin: the lowest id
+        rows = rest[at:at + chunk]
+        distances = cdist([t_texts[k] for k in rows], s_texts, scorer=Levenshtein.distance, dtype=np.int32)
+        mapped[rows] = s_ids[distances.argmin(axis=1)]
+    return t_ids, mapped, len(t_ids) - len(rest)
+
+
 def build(student, teacher, *, runtime_top_k: int = RUNTIME_TOP_K) -> tuple[dict[str, np.ndarray], dict]:
     """The artifact's arrays and its report (sizes, overlap, projection entries, build seconds)."""
     started = time.perf_counter()
     common = common_vocab(student, teacher)
     indices, weights = xtoken_projection(student, teacher, common, runtime_top_k=runtime_top_k)
     relaxed = exact_map(indices, weights, relaxed=True)  # X-Token H-KL's common pairs
+    mined_started, mined_cpu = time.perf_counter(), time.process_time()
+    mined_teacher, mined_student, exact = mined_map(student, teacher)
+    mined = {"mined_mapped": int(len(mined_teacher)), "mined_exact": exact,
+             "mined_edit_distance": int(len(mined_teacher)) - exact,
+             "mined_exact_share": round(exact / max(len(mined_teacher), 1), 4),
+             "mined_seconds": round(time.perf_counter() - mined_started, 2),
+             "mined_cpu_seconds": round(time.process_time() - mined_cpu, 2)}
     arrays = {"common_student": common[0], "common_teacher": common[1], "projection_indices": indices,
-              "projection_weights": weights, "relaxed_student": relaxed[0], "relaxed_teacher": relaxed[1]}
+              "projection_weights": weights, "relaxed_student": relaxed[0], "relaxed_teacher": relaxed[1],
+              "mined_teacher": mined_teacher, "mined_student": mined_student}
     report = {"student_vocab": len(student), "teacher_vocab": len(teacher), "common": int(len(common[0])),
               "overlap_ratio": round(len(common[0]) / min(len(student), len(teacher)), 4),
               "projection_top_k": runtime_top_k, "projection_entries": int((indices >= 0).sum()),
               "student_rows_projected": int((indices[:, 0] >= 0).sum()), "relaxed_common": int(len(relaxed[0])),
-              "build_seconds": round(time.perf_counter() - started, 2)}
+              **mined, "build_seconds": round(time.perf_counter() - started, 2)}
     return arrays, report
 
 
