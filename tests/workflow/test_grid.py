@@ -53,8 +53,8 @@ def test_the_full_paper_grid_dry_runs_with_every_job(paper):
     cfg = yaml.safe_load((paper / PAPER).read_text())
     counts, seconds = dry_run(paper)
     runs, evals = expected_cells(cfg)
-    assert counts["train"] == len(runs) == 88  # 83 student runs + 5 teacher SFT runs
-    assert counts["evaluate"] == len(evals) == 394
+    assert counts["train"] == len(runs) == 90  # 85 student runs + 5 teacher SFT runs
+    assert counts["evaluate"] == len(evals) == 404
     assert counts["tables"] == sum(len(t["pairs"]) for t in cfg["tables"]) and counts["combine_table"] == 8
     assert counts["claims"] == counts["plots"] == 5 and counts["init_model"] == 10
     assert counts["vocab_map"] == 2  # one per cross-tokenizer pair (the crosstok table)
