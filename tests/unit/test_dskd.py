@@ -59,6 +59,14 @@ def _inputs(n_s=4, n_t=6, d_s=3, d_t=5, v_s=7, v_t=9, seed=0):
                 y=torch.randint(0, v_s, (n_s,), generator=g), w_s=r(v_s, d_s), w_t=r(v_t, d_t))
 
 
+def _dskd(x, proj):
+    """The plugin on `_inputs`' tensors, at its default temperature (2)."""
+    return DSKD.obj(x["z_s"], x["z_t"], student_hidden=x["h_s"], teacher_hidden=x["h_t"],
+                    student_input_embeds=x["es_in"], student_target_embeds=x["es_tgt"], teacher_input_embeds=x["et_in"],
+                    teacher_target_embeds=x["et_tgt"], student_targets=x["y"], student_head=x["w_s"],
+                    teacher_head=x["w_t"], modules=proj)
+
+
 def test_dskd_equals_a_plain_computation_and_trains_its_projectors():
     x = _inputs()
     torch.manual_seed(0)
@@ -67,10 +75,7 @@ def test_dskd_equals_a_plain_computation_and_trains_its_projectors():
         proj.t2s.weight.mul_(0.01)
         proj.t2s.bias.mul_(5)
     x["y"][:2] = (x["w_s"] @ proj.t2s.bias).argmax()
-    got = DSKD.obj(torch.log_softmax(x["z_s"], -1), torch.log_softmax(x["z_t"], -1), student_hidden=x["h_s"],
-                   teacher_hidden=x["h_t"], student_input_embeds=x["es_in"], student_target_embeds=x["es_tgt"],
-                   teacher_input_embeds=x["et_in"], teacher_target_embeds=x["et_tgt"], student_targets=x["y"],
-                   student_head=x["w_s"], teacher_head=x["w_t"], modules=proj, temperature=2.0)
+    got = _dskd({**x, "z_s": torch.log_softmax(x["z_s"], -1), "z_t": torch.log_softmax(x["z_t"], -1)}, proj)
     want = plain_terms(*x.values(), proj, 2.0)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b)
@@ -170,3 +175,14 @@ def test_the_registry_checks_an_attention_plugin(tmp_path, alignment, modules, i
     else:
         with pytest.raises(KDBenchError, match=rf"att.py: crosstok att: .*{error}"):
             read_method_file(path)
+
+
+def test_bf16_projectors_take_fp32_inputs():
+    """Under DeepSpeed bf16 the engine casts the projectors with the student; the harness's inputs stay fp32."""
+    x = {k: v.detach().float() if v.is_floating_point() else v for k, v in _inputs().items()}
+    torch.manual_seed(0)
+    proj = build_modules(DSKD, 3, 5)
+    want, got = _dskd(x, proj), _dskd(x, proj.bfloat16())
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0.05, atol=0.05)
