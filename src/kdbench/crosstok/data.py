@@ -40,6 +40,7 @@ import torch
 from kdbench.crosstok import align
 from kdbench.errors import KDBenchError
 from kdbench.losses import IGNORE
+from kdbench.registry import ALIGNMENTS
 from kdbench.sft_data import collate, encode_example
 
 
@@ -106,7 +107,6 @@ def _prompt_length(labels: list[int], total: int) -> int:
     return next((k for k, label in enumerate(labels) if label != IGNORE), total)
 
 
-ALIGNMENTS = ("pairs", "position", "chunks", "groups", "mined", "attention")
 Unit = tuple[tuple[int, ...], tuple[int, ...]]
 
 
