@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 
@@ -67,7 +68,7 @@ def runs(slurm, tmp_path_factory):
     flows = {"slurm": snakemake(root, env, "workflows/profiles/slurm", str(REPO / "tests/cluster/profile")),
              "local": snakemake(local, {**os.environ, "PATH": path}, "workflows/profiles/local")}
     run_dir = root / f"results/runs/{PAIR}/{CANCELLED}/seed1"
-    cancelled, took = None, {}
+    cancelled, took, saved = None, {}, 0
     try:
         deadline = time.monotonic() + 1500
         while len(took) < 2 and time.monotonic() < deadline:
@@ -78,6 +79,7 @@ def runs(slurm, tmp_path_factory):
                 if running and not (run_dir / "model").exists():
                     subprocess.run(["scancel", running[0]], env=env, check=True)
                     cancelled = running[0]
+                    saved = max(completed_steps(run_dir))  # training runs on while scancel lands (50 steps/s)
             time.sleep(0.2)
     finally:
         for flow in flows.values():
@@ -87,7 +89,11 @@ def runs(slurm, tmp_path_factory):
     for name, where in (("local", local), ("slurm", root)):
         assert flows[name].returncode == 0, f"{name} run:\n" + (where / "snakemake.log").read_text()[-6000:]
     assert cancelled, "never saw the training job running after its first checkpoint"
-    return {"local": local, "slurm": root, "env": env, "cancelled": cancelled, "took": took}
+    return {"local": local, "slurm": root, "env": env, "cancelled": cancelled, "took": took, "saved": saved}
+
+
+def completed_steps(run_dir):
+    return [int(p.parent.name.removeprefix("step")) for p in run_dir.glob("checkpoints/*/step*/kdbench_complete.json")]
 
 
 def test_the_slurm_table_is_byte_identical_to_the_local_one(runs):
@@ -124,6 +130,8 @@ def test_a_scancelled_training_job_is_resubmitted_and_resumes(runs):
     trains = [j for j in squeue(runs["env"], "JobID", "Comment", "State") if j["Comment"] == TRAIN_JOB]
     assert sorted(j["State"] for j in trains) == ["CANCELLED", "COMPLETED"]  # one resubmission
     train_log = (runs["slurm"] / f"results/runs/{PAIR}/{CANCELLED}/seed1/train.log").read_text()
-    assert "resuming" in train_log and "at step 10" in train_log, train_log[-2000:]
+    resumed = [int(s) for s in re.findall(r"kdbench: resuming \S+ at step (\d+)", train_log)]
+    # from the last checkpoint complete when scancel was sent, or one the job finished before it died
+    assert len(resumed) == 1 and runs["saved"] <= resumed[0] < 40 and resumed[0] % 10 == 0, (runs["saved"], train_log[-2000:])
     metrics = (runs["slurm"] / f"results/runs/{PAIR}/{CANCELLED}/seed1/metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == list(range(40))  # none lost with the cancelled job's outputs
