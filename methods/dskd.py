@@ -61,7 +61,7 @@ def dskd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, student_hidd
          teacher_hidden: torch.Tensor, student_input_embeds: torch.Tensor, student_target_embeds: torch.Tensor,
          teacher_input_embeds: torch.Tensor, teacher_target_embeds: torch.Tensor, student_targets: torch.Tensor,
          student_head: torch.Tensor, teacher_head: torch.Tensor, modules: Projectors, temperature: float = 2.0,
-         kd_ratio: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+         kd_ratio: float = 0.5, modules_lr: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
     """DSKD with cross-model attention (Zhang, Zhang, Xu, Ding, Chen, Xu: "Dual-Space Knowledge
     Distillation for Large Language Models", EMNLP 2024; songmzhang/DSKD
     `code/criterions/dual_space_kd_with_cross_model_attention.py`), a cross-tokenizer method.
@@ -82,9 +82,11 @@ def dskd(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, student_hidd
     detached); the t2s KD trains the student; the s2t KD trains the student, s2t and the query.
     Alignment: none needed (`alignment="attention"`: each side's whole response and end of sequence).
     Defaults (scripts/gpt2/dskd_cma_gpt2_base.sh): kd_rate 0.5 (`kd_ratio`), kd_temperature 2.0
-    (`temperature`, both sides, no T²), forward KL. Range: temperature > 0. No token policy composes
-    (no space). Projectors: `projectors` (below), trained at the student's learning rate and saved with
-    the student. Formula code: `dual_space_terms`; docs/METHODS.md §6 (differences from the code).
+    (`temperature`, both sides, no T²), forward KL, projector_lr 1e-3 (`modules_lr`: the projectors'
+    optimizer group, on the run's schedule and weight decay, as `Distiller.add_optimizer_param_group`
+    adds it; null trains them at the student's rate). Range: temperature > 0, modules_lr > 0. No token
+    policy composes (no space). Projectors: `projectors` (above), saved with the student. Formula
+    code: `dual_space_terms`; docs/METHODS.md §6 (differences from the code).
     """
     if not temperature > 0:
         raise ValueError(f"dskd: temperature = {temperature} must be > 0")

@@ -64,6 +64,10 @@ CROSSTOK_KD_RATIO = "kd_ratio"
 SEQUENCE_INPUTS = ("student_hidden", "teacher_hidden", "student_input_embeds", "student_target_embeds",
                    "teacher_input_embeds", "teacher_target_embeds", "student_targets", "student_head", "teacher_head",
                    "modules")
+# An `@crosstok(modules=...)` method may declare `modules_lr`: the learning rate of its modules, an
+# optimizer group of their own on the run's schedule (None: the run's rate). It is a hyper-parameter
+# (method_defs may set it; run.yaml records it) that the harness reads and does not pass to the function.
+MODULES_LR = "modules_lr"
 # The arrays the harness reads to put a unit's two distributions into a space (a plugin with that space takes them).
 SPACE_ARRAYS = {"common": ("common_student", "common_teacher"), "teacher": ("projection_indices", "projection_weights")}
 
@@ -193,7 +197,7 @@ def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str,
     if missing:
         raise KDBenchError(f"{where}: space={given['space']!r} puts a unit's distributions into that space with "
                            f"the vocab_map's {', '.join(missing)}; take them as keyword-only parameters.")
-    _check_modules(given, sequence, tree, where)
+    _check_modules(given, sequence, tree, where, lr=MODULES_LR in params)
     kd_ratio = params.pop(CROSSTOK_KD_RATIO, REQUIRED)
     if isinstance(kd_ratio, bool) or not isinstance(kd_ratio, (int, float)) or not 0 < kd_ratio <= 1:
         raise KDBenchError(f"{where}: a cross-tokenizer method declares `kd_ratio=<its default weight of the "
@@ -202,9 +206,10 @@ def _crosstok_options(node: ast.FunctionDef, params: dict[str, Any], where: str,
             "modules": given.get("modules")}
 
 
-def _check_modules(given: dict, sequence: list[str], tree: ast.Module, where: str) -> None:
+def _check_modules(given: dict, sequence: list[str], tree: ast.Module, where: str, lr: bool) -> None:
     """An "attention" method takes every SEQUENCE_INPUTS name (`modules` is None without a builder);
-    `modules=` needs alignment "attention", no space and a top-level function of that name in the file."""
+    `modules=` needs alignment "attention", no space and a top-level function of that name in the file;
+    `modules_lr` (`lr`) needs `modules=`."""
     missing = [n for n in SEQUENCE_INPUTS if n not in sequence] if given["alignment"] == "attention" else []
     if missing:
         raise KDBenchError(f"{where}: alignment=\"attention\" hands the method {', '.join(SEQUENCE_INPUTS)}; take "
@@ -214,6 +219,14 @@ def _check_modules(given: dict, sequence: list[str], tree: ast.Module, where: st
     if name is not None and (given["alignment"] != "attention" or given.get("space") is not None or name not in builders):
         raise KDBenchError(f"{where}: @crosstok(modules={name!r}) needs alignment=\"attention\", no space and a "
                            f"top-level function {name}(student_dim, teacher_dim) -> torch.nn.Module in the file.")
+    if lr and name is None:
+        raise KDBenchError(f"{where}: `{MODULES_LR}` is the learning rate of the modules @crosstok(modules=...) "
+                           "names, and this method has none.")
+
+
+def loss_hp(hp: dict[str, Any]) -> dict[str, Any]:
+    """A cross-tokenizer method's bound hyper-parameters as its function takes them (less `modules_lr`)."""
+    return {k: v for k, v in hp.items() if k != MODULES_LR}
 
 
 def _decorator_name(dec: ast.expr) -> str | None:

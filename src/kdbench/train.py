@@ -260,7 +260,7 @@ def _build_models(run: dict, tr: Training) -> Session:
 
         cross_modules = build_modules(plugin, student.hidden_size, teacher.hidden_size)
         student.extras.extend([cross_modules] if cross_modules is not None else [])
-    engine = _engine(run, tr, student)
+    engine = _engine(run, tr, student, cross_modules)
     teacher_forward = teacher
     if teacher is not None and run.get("teacher_zero3"):  # partitioned over the ranks (pair key teacher.zero3)
         from kdbench.models import zero3_inference_engine
@@ -287,12 +287,21 @@ def _teacher_states(s: Session):
     return Cached(path, s.teacher, s.engine.device, s.run["teacher_dtype"])
 
 
-def _engine(run: dict, tr: Training, student: torch.nn.Module):
-    """DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule."""
+def _engine(run: dict, tr: Training, student: torch.nn.Module, cross_modules: torch.nn.Module | None = None):
+    """DeepSpeed owns clipping, accumulation boundaries, the optimizer and the schedule. A cross-
+    tokenizer method's modules with a `modules_lr` train in a group of their own at that rate, on the
+    same schedule (DSKD's projector group)."""
     import deepspeed
     from transformers import get_scheduler
 
+    from kdbench.registry import MODULES_LR
+
     trainable = [p for p in student.parameters() if p.requires_grad]
+    modules_lr = run["method"]["divergence"]["hp"].get(MODULES_LR) if cross_modules is not None else None
+    if modules_lr is not None:
+        own = {id(p) for p in cross_modules.parameters()}
+        trainable = [{"params": [p for p in trainable if id(p) not in own]},
+                     {"params": [p for p in trainable if id(p) in own], "lr": modules_lr}]
     if run["deepspeed"].get("zero_optimization", {}).get("offload_optimizer", {}).get("device") == "cpu":
         # ZeRO-Offload: AdamW steps on the CPU copies, with DeepSpeed's vectorised CPU kernel.
         from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -364,7 +373,7 @@ def train_step(s: Session, step: int) -> None:
     the step (`end_step`)."""
     tr, engine = s.tr, s.engine
     testhooks.point("train.step", step=step)  # fault-injection tests only (kdbench.testhooks)
-    lr = engine.get_lr()[0]  # this step's learning rate (the scheduler steps with the optimizer)
+    lr = engine.get_lr()  # this step's learning rates (the scheduler steps with the optimizer)
     micro = [s.collate(s.source.next(step)) for _ in range(tr.gradient_accumulation_steps)]
     n_global = int(_all_reduce_sum(sum(losses.count_valid(mb["labels"]) for mb in micro), engine.device))
     end_step(s, step, lr, n_global, micro_batches(s, step, micro, n_global))
@@ -398,7 +407,7 @@ def micro_batches(s: Session, step: int, micro: list[dict], n_global: int) -> di
             "n_skipped": n_skipped, "aligned": aligned}
 
 
-def end_step(s: Session, step: int, lr: float, n_global: int, sums: dict) -> None:
+def end_step(s: Session, step: int, lr: list[float], n_global: int, sums: dict) -> None:
     """After the step's micro-batches: its global mean KD loss to the token policy; then the
     source's epoch end, validation selection, the metrics record and the checkpoint."""
     tr, engine = s.tr, s.engine
@@ -486,9 +495,12 @@ def finish(s: Session) -> None:
 
 
 def _metrics_record(step, lr, kd_ratio, ce, kd_loss, n_tokens, n_selected, policy, tau, tokens_per_s):
+    """One step's record; `lr`: each optimizer group's rate (a second group: the method's modules)."""
     record = {"step": step, "loss": (1 - kd_ratio) * ce + kd_ratio * kd_loss, "ce": ce,
-              "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": lr,
+              "kd_loss": kd_loss if kd_ratio > 0 else None, "lr": lr[0],
               "tokens": n_tokens, "selected": n_selected, "tokens_per_s": round(tokens_per_s, 1)}
+    if len(lr) > 1:
+        record["modules_lr"] = lr[1]
     if policy is not None:
         record.update(policy.log_scalars())
     record.update(tau)

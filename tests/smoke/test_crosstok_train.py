@@ -95,15 +95,27 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key)
     assert last < 0.98 * first, (key, first, last)
 
 
-def _train(repo, tmp_path, label: str, steps: int) -> "Path":
+def _train(repo, tmp_path, label: str, steps: int, **training) -> "Path":
     """The workflow's commands (data, both tokenizers, init-model, vocab-map, resolve, train) on the
-    tiny cross-tokenizer pair, `steps` steps of `label`; the run directory."""
+    tiny cross-tokenizer pair, `steps` steps of `label` (and `training` keys); the run directory."""
+    run_dir = _prepare(repo, tmp_path, label, steps, **training)
+    done = _kdbench_train(tmp_path, run_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir
+
+
+def _kdbench_train(root, run_dir):
+    return run_cli("kdbench", "train", str(run_dir / "run.yaml"), "--threads", "1", cwd=root)
+
+
+def _prepare(repo, tmp_path, label: str, steps: int, **training) -> "Path":
+    """`_train` up to its train command: the resolved run directory."""
     import shutil
 
     for name in ("config", "methods", "workflows"):
         shutil.copytree(repo / name, tmp_path / name)
     spec = yaml.safe_load((tmp_path / f"config/pairs/{CROSS}.yaml").read_text())
-    spec["training"].update(steps=steps, micro_batch_size=4, log_every=1, checkpoint_every=0, max_length=192)
+    spec["training"].update(dict(steps=steps, micro_batch_size=4, log_every=1, checkpoint_every=0, max_length=192) | training)
     del spec["teacher"]["sft"]
     (tmp_path / f"config/pairs/{CROSS}.yaml").write_text(yaml.safe_dump(spec))
     grid = grid_config(tmp_path, pairs=[CROSS], methods=[label]) | {"teacher_cache": False}
@@ -124,8 +136,6 @@ def _train(repo, tmp_path, label: str, steps: int) -> "Path":
     run_dir = tmp_path / f"results/runs/{CROSS}/{label}/seed1"
     run_dir.mkdir(parents=True)
     (run_dir / "run.yaml").write_text(resolved.stdout)
-    done = run_cli("kdbench", "train", str(run_dir / "run.yaml"), "--threads", "1", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
     return run_dir
 
 
@@ -143,27 +153,55 @@ def test_kdbench_train_runs_a_cross_tokenizer_run(repo, tmp_path):
     assert "▁" in (run_dir / "model/tokenizer.json").read_text()  # the student keeps its own (Unigram) tokenizer
 
 
-def test_kdbench_train_saves_dskds_projectors_with_the_student_and_evaluate_loads_it(repo, tmp_path):
-    """DSKD end to end: its projectors train (they change from their initialisation, which the
-    seeded run rebuilds) and are saved beside the student, whose model directory evaluates."""
+def test_kdbench_train_saves_dskds_projectors_with_the_student_and_evaluate_loads_it(repo, tmp_path, monkeypatch):
+    """DSKD end to end: its projectors train in their own optimizer group at `modules_lr` (on the
+    run's schedule) and change from their initialisation, which the seeded run rebuilds; they are
+    saved beside the student, whose model directory evaluates; a run killed mid-training resumes
+    from its checkpoint (projectors and their optimizer state included) to the same end."""
+    import shutil
+
     from safetensors.torch import load_file
 
-    run_dir = _train(repo, tmp_path, "dskd", 10)
+    straight = tmp_path / "straight"
+    run_dir = _prepare(repo, straight, "dskd", 12, checkpoint_every=4, keep_checkpoints=2)
+    killed = tmp_path / "killed"
+    shutil.copytree(straight, killed)
+    killed_dir = killed / run_dir.relative_to(straight)
+    done = _kdbench_train(straight, run_dir)
+    assert done.returncode == 0, done.stderr[-3000:]
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(records) == 10 and all(r["align_ratio"] == 1 and r["kd_loss"] > 0 for r in records)
+    assert len(records) == 12 and all(r["align_ratio"] == 1 and r["kd_loss"] > 0 for r in records)
     assert sum(r["loss"] for r in records[-3:]) < sum(r["loss"] for r in records[:3])
+    run = yaml.safe_load((run_dir / "run.yaml").read_text())
+    assert run["method"]["divergence"]["hp"]["modules_lr"] == 1e-3  # DSKD's --projector-lr, recorded
+    ratio = 1e-3 / run["training"]["lr"]
+    assert ratio != 1 and all(r["modules_lr"] == pytest.approx(ratio * r["lr"], rel=1e-9) for r in records)
+    assert len({r["lr"] for r in records}) > 2  # on the run's schedule, not a constant
     saved = load_file(run_dir / "model/kdbench_policy_modules.safetensors")
     assert sorted(saved) == [f"0.{p}.{w}" for p in ("query", "s2t", "t2s") for w in ("bias", "weight")]
     student_dim = GPT2Config.from_pretrained(run_dir / "model").n_embd
-    teacher_dim = GPT2Config.from_pretrained(tmp_path / f"results/models/{CROSS}/teacher-init").n_embd
+    teacher_dim = GPT2Config.from_pretrained(straight / f"results/models/{CROSS}/teacher-init").n_embd
     assert saved["0.t2s.weight"].shape == (student_dim, teacher_dim)
     torch.manual_seed(1)  # the run's seed: the same initialisation as the job's
     init = PLUGINS["dskd"].obj.__globals__["projectors"](student_dim, teacher_dim)
     assert not torch.allclose(init.query.weight, saved["0.query.weight"])  # trained
+
+    monkeypatch.setenv("KDBENCH_FAULT_KILL_AT_STEP", "6")
+    assert _kdbench_train(killed, killed_dir).returncode == -9  # SIGKILL after the step-4 checkpoint
+    monkeypatch.delenv("KDBENCH_FAULT_KILL_AT_STEP")
+    resumed = _kdbench_train(killed, killed_dir)
+    assert resumed.returncode == 0 and "at step 4" in resumed.stderr, resumed.stderr[-3000:]
+    again = [json.loads(line) for line in (killed_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == list(range(12))
+    assert again[-1]["loss"] == pytest.approx(records[-1]["loss"], abs=1e-6)
+    for name in ("model.safetensors", "kdbench_policy_modules.safetensors"):
+        a, b = (load_file(d / "model" / name) for d in (run_dir, killed_dir))
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a), name
+
     out = tmp_path / "eval"
     done = run_cli("kdbench", "evaluate", "--model", str(run_dir / "model"), "--data",
-                   str(tmp_path / "results/data/eval/dolly.jsonl"), "--set", "dolly", "--seeds", "10",
+                   str(straight / "results/data/eval/dolly.jsonl"), "--set", "dolly", "--seeds", "10",
                    "--max-new-tokens", "4", "--batch-size", "5", "--threads", "1", "--out", str(out / "dolly.json"), "--predictions",
-                   str(out / "dolly.predictions.jsonl"), cwd=tmp_path)
+                   str(out / "dolly.predictions.jsonl"), cwd=straight)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len((out / "dolly.predictions.jsonl").read_text().splitlines()) == 5 and (out / "dolly.json").is_file()

@@ -146,6 +146,12 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
     cfg["method_defs"] = {"dskd-t0": {"divergence": "dskd", "hp": {"temperature": 0}}}
     with pytest.raises(KDBenchError, match=r"label 'dskd-t0'.*dskd: temperature = 0 must be > 0"):  # on toy sequences
         preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
+    for lr in (0, -1e-3, "fast"):  # the projectors' learning rate, which the harness reads, not the function
+        cfg["method_defs"] = {"dskd-t0": {"divergence": "dskd", "hp": {"modules_lr": lr}}}
+        with pytest.raises(KDBenchError, match=rf"label 'dskd-t0'.*modules_lr = {lr!r} must be a number > 0"):
+            preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
+    cfg["method_defs"] = {"dskd-t0": {"divergence": "dskd", "hp": {"modules_lr": None}}}  # the run's rate
+    preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
     cfg["method_defs"] = {}
     cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "mined", "dskd", "simple_ctkd+adakd"]
     preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # the defaults pass

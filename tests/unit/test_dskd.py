@@ -151,26 +151,28 @@ def build(student_dim, teacher_dim):
 
 
 @crosstok(alignment="{alignment}"{modules})
-def att(student_logp, teacher_logp, *, {inputs}, kd_ratio=0.5):
+def att(student_logp, teacher_logp, *, {inputs}, kd_ratio=0.5{lr}):
     """A test plugin."""
 '''
 INPUTS = ("student_hidden, teacher_hidden, student_input_embeds, student_target_embeds, teacher_input_embeds, "
           "teacher_target_embeds, student_targets, student_head, teacher_head, modules")
 
 
-@pytest.mark.parametrize("alignment, modules, inputs, error", [
-    ("attention", ', modules="build"', INPUTS, None),
-    ("attention", "", INPUTS, None),  # no trainable modules: `modules` is None
-    ("attention", ', modules="build"', INPUTS.replace(", student_head", ""), "take student_head as keyword-only"),
-    ("pairs", ', modules="build"', "modules", r"modules='build'\) needs alignment=\"attention\""),
-    ("attention", ', modules="missing"', INPUTS, "a top-level function missing"),
+@pytest.mark.parametrize("alignment, modules, inputs, lr, error", [
+    ("attention", ', modules="build"', INPUTS, "", None),
+    ("attention", ', modules="build"', INPUTS, ", modules_lr=0.001", None),  # a hyper-parameter the harness reads
+    ("attention", "", INPUTS, "", None),  # no trainable modules: `modules` is None
+    ("attention", "", INPUTS, ", modules_lr=0.001", "`modules_lr` is the learning rate of the modules"),
+    ("attention", ', modules="build"', INPUTS.replace(", student_head", ""), "", "take student_head as keyword-only"),
+    ("pairs", ', modules="build"', "modules", "", r"modules='build'\) needs alignment=\"attention\""),
+    ("attention", ', modules="missing"', INPUTS, "", "a top-level function missing"),
 ])
-def test_the_registry_checks_an_attention_plugin(tmp_path, alignment, modules, inputs, error):
+def test_the_registry_checks_an_attention_plugin(tmp_path, alignment, modules, inputs, lr, error):
     path = tmp_path / "att.py"
-    path.write_text(ATTENTION.format(alignment=alignment, modules=modules, inputs=inputs))
+    path.write_text(ATTENTION.format(alignment=alignment, modules=modules, inputs=inputs, lr=lr))
     if error is None:
         m = read_method_file(path)
-        assert m.params == {} and m.crosstok["modules"] == ("build" if modules else None)
+        assert m.params == ({"modules_lr": 0.001} if lr else {}) and m.crosstok["modules"] == ("build" if modules else None)
         assert m.crosstok["needs"] == []  # the sequence inputs are the harness's, not the vocab_map's
     else:
         with pytest.raises(KDBenchError, match=rf"att.py: crosstok att: .*{error}"):

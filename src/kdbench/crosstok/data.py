@@ -40,7 +40,7 @@ import torch
 from kdbench.crosstok import align
 from kdbench.errors import KDBenchError
 from kdbench.losses import IGNORE
-from kdbench.registry import ALIGNMENTS
+from kdbench.registry import ALIGNMENTS, loss_hp
 from kdbench.sft_data import collate, encode_example
 
 
@@ -94,7 +94,7 @@ def load(run: dict, student_tokenizer, device, modules: Any = None) -> CrossTok:
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
     mined_map = dict(zip(found["mined_teacher"].tolist(), found["mined_student"].tolist())) \
         if alignment == "mined" else None
-    return CrossTok(method.obj, run["method"]["divergence"]["hp"], alignment, method.crosstok["space"], arrays,
+    return CrossTok(method.obj, loss_hp(run["method"]["divergence"]["hp"]), alignment, method.crosstok["space"], arrays,
                     len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer, mined_map, modules)
 
 
