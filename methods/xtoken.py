@@ -8,7 +8,7 @@ from kdbench.registry import crosstok
 
 @crosstok(alignment="chunks", space="teacher")
 def xtoken(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, projection_indices: torch.Tensor,
-           projection_weights: torch.Tensor, kd_ratio: float = 0.909091, vocab_topk: int = 8192) -> torch.Tensor:
+           projection_weights: torch.Tensor, kd_ratio: float = 0.5, dynamic_loss_scaling: bool = True, vocab_topk: int = 8192) -> torch.Tensor:
     """X-Token P-KL (NVIDIA NeMo-RL, `CrossTokenizerDistillationLossFn._compute_p_kl`; projection from
     its tools/x_token), a cross-tokenizer method.
 
@@ -21,9 +21,11 @@ def xtoken(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, projection
     Alignment: chunks of positions with the same text (every exact group; `alignment="chunks"`): the
     student's probabilities averaged over a chunk (then projected: the projection is linear), the
     teacher's log-probabilities averaged over it, as NeMo-RL does.
-    Defaults (NeMo-RL): temperature 1, L = 1 · KL + 0.1 · CE, here (1 − kd_ratio)·CE + kd_ratio·KL with
-    kd_ratio 0.909091 = 1/1.1 (the same up to a factor 1.1); vocab_topk 8192 (≥ 1). NeMo-RL's
-    dynamic rescaling of the KL to CE's magnitude each step is not applied.
+    Defaults (NeMo-RL, examples/configs/xtoken_off_policy_distillation.yaml, which its recipes
+    extend): temperature 1, vocab_topk 8192 (≥ 1), `dynamic_loss_scaling` true: L = CE + sg(CE/KL)·KL
+    per micro-batch, here 0.5·CE + 0.5·sg(CE/KL)·KL (kd_ratio 0.5; the same up to a factor 2; the
+    harness applies the scale, kdbench.losses.cross_objective). With dynamic_loss_scaling false NeMo-RL
+    weighs 1·KL + 0.1·CE, which is kd_ratio 0.909091 = 1/1.1 (the label `xtoken-fixed`).
     A token policy would act in the teacher's space (p̃ and r̃; `space="teacher"`).
     Formula code: kdbench.crosstok.losses.xtoken_pkl; docs/METHODS.md §6.
     """

@@ -8,7 +8,7 @@ from kdbench.registry import crosstok
 
 @crosstok(alignment="chunks")
 def xtoken_hkl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, relaxed_student: torch.Tensor,
-               relaxed_teacher: torch.Tensor, kd_ratio: float = 0.909091, uncommon_topk: int = 8192) -> torch.Tensor:
+               relaxed_teacher: torch.Tensor, kd_ratio: float = 0.5, dynamic_loss_scaling: bool = True, uncommon_topk: int = 8192) -> torch.Tensor:
     """X-Token H-KL (NVIDIA NeMo-RL, `_compute_gold` with `xtoken_loss=True`), a cross-tokenizer method.
 
     Formula (per aligned chunk, q = student, p = teacher; C = the common pairs (s_c, t_c) read off
@@ -19,7 +19,9 @@ def xtoken_hkl(student_logp: torch.Tensor, teacher_logp: torch.Tensor, *, relaxe
     parts sorted decreasing and cut to K).
     Direction: forward KL on C, symmetric on U. Range: [0, ∞).
     Alignment: as `xtoken` (chunks; student probabilities and teacher log-probabilities averaged).
-    Defaults (NeMo-RL): temperature 1, L = 1 · KL + 0.1 · CE (kd_ratio 0.909091), uncommon_topk 8192 (≥ 1).
+    Defaults (NeMo-RL, as `xtoken`): temperature 1, uncommon_topk 8192 (≥ 1), `dynamic_loss_scaling`
+    true with kd_ratio 0.5 (L ∝ CE + sg(CE/HKL)·HKL); false with kd_ratio 0.909091 is NeMo-RL's fixed
+    1·HKL + 0.1·CE (the label `xtoken_hkl-fixed`).
     No token policy composes with it: its two terms are not one distribution pair in one vocabulary.
     Formula code: kdbench.crosstok.losses.xtoken_hkl; docs/METHODS.md §6.
     """

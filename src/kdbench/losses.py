@@ -232,7 +232,7 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
                     arrays: dict[str, torch.Tensor], student_vocab: int, teacher_vocab: int, kd_ratio: float,
                     n_global: int, world_size: int = 1, student_head: Callable | None = None,
                     teacher_head: Callable | None = None, chunk_size: int | None = None, merge: str = "mean",
-                    policy: Any = None, progress: float = 0.0, space: str | None = None,
+                    policy: Any = None, progress: float = 0.0, space: str | None = None, kd_to_ce: bool = False,
                     embeddings: tuple[Callable, Callable] | None = None, modules: Any = None) -> LossParts:
     """The micro-batch loss of a cross-tokenizer method (docs/METHODS.md §6): the cross-entropy over
     every valid student token (`objective` at kd_ratio 0) and the method's per-unit values over the
@@ -248,14 +248,14 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
         loss_mb = (1 − kd_ratio)·world/N_global·Σ_i CE_i + kd_ratio·world/N_global·n_mb·KD_mb
 
     so a micro-batch's KD mean counts by its share of the step's tokens, as under a token policy.
-    Units are taken about `chunk_size` rows at a time, each chunk's logits recomputed in backward
-    (checkpointed), so no more than a chunk of either side's (rows × vocabulary) logits is alive at once.
+    Units go `chunk_size` rows at a time, checkpointed: one chunk of (rows × vocabulary) logits alive.
     With a token `policy`, the method's `space` (kdbench.registry.crosstok) gives the one distribution
     pair per unit the policy reads (`_space`); its plan's weights, temperatures (on each side's
     logits) and scales apply per unit, KD_mb = Σ_u w_u c_u D_u / Σ_u w_u, and the whole micro-batch
     is one chunk (`_cross_policy_sums`; a temperature's gradient reaches the student as in
     kdbench.reference_loss). With `merge` "attention" (DSKD) each unit, one example's whole response
-    per side, goes to the method unmerged (`_attention_sums`), and KD_mb = Σ_u D_u / Σ_u n_s,u."""
+    per side, goes to the method unmerged (`_attention_sums`), and KD_mb = Σ_u D_u / Σ_u n_s,u.
+    `kd_to_ce`: KD_mb scaled to CE's size in the loss (`_scaled_to_ce`)."""
     ce = objective(student_out, None, labels, vocab_size=student_vocab, kd_ratio=0.0, n_global=n_global,
                    world_size=world_size, student_head=student_head, chunk_size=chunk_size)
     s_units, t_units = units["student_units"], units["teacher_units"]
@@ -283,10 +283,19 @@ def cross_objective(student_out: torch.Tensor, teacher_out: torch.Tensor, labels
                 (t_units[t0:t1] - u, units["teacher_tokens"][t0:t1]), min(step, n_units - u), merge,
                 *chunk, use_reentrant=False)
     kd_mean = kd_sum / max(weight_sum, 1e-12) if n_units else kd_sum
-    loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * kd_mean
+    loss = (1 - kd_ratio) * ce.loss + kd_ratio * world_size / n_global * ce.n_tokens * _scaled_to_ce(kd_mean, ce, kd_to_ce)
     n_selected = int(weight_sum) if merge == "attention" else n_units if temps is None else int(temps.numel())
     aligned = int(units["student_rows"].numel())
     return LossParts(loss, ce.ce_sum, kd_mean.item(), ce.n_tokens, n_selected, temps, aligned)
+
+
+def _scaled_to_ce(kd_mean: torch.Tensor, ce: LossParts, on: bool) -> torch.Tensor:
+    """KD_mb as the loss takes it: with a method's `dynamic_loss_scaling` on (NeMo-RL's
+    CrossTokenizerDistillationLossFn) sg(CE_mb / |KD_mb|)·KD_mb, CE_mb = Σ_i CE_i / n_mb (KD_mb itself
+    where it is 0), whose value is CE_mb and whose gradient is the method's, scaled; the logged
+    `kd_mean` (and a policy's) stays the unscaled KD_mb."""
+    size = kd_mean.detach().abs()
+    return kd_mean * (ce.ce_sum / max(ce.n_tokens, 1) / size) if on and size > 0 else kd_mean
 
 
 def _cross_chunk(h_s, h_t, s_units, t_units, n, merge, student_head, teacher_head, method, hparams, arrays,

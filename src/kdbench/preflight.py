@@ -172,11 +172,13 @@ def _try_crosstok(method: Any, hp: dict) -> None:
     cross-model attention method on toy sequences, with its modules built)."""
     import torch
 
-    from kdbench.registry import MODULES_LR, loss_hp
+    from kdbench.registry import KD_TO_CE, MODULES_LR, loss_hp
 
     lr = hp.get(MODULES_LR)
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
         raise ValueError(f"{MODULES_LR} = {lr!r} must be a number > 0 (or null: the run's learning rate)")
+    if not isinstance(hp.get(KD_TO_CE, False), bool):
+        raise ValueError(f"{KD_TO_CE} = {hp[KD_TO_CE]!r} must be true or false")
     hp = loss_hp(hp)
     logp = torch.log_softmax(torch.zeros(2, 4), -1)
     toy = {"common_student": torch.arange(2), "common_teacher": torch.arange(2), "relaxed_student": torch.arange(2),

@@ -64,10 +64,16 @@ CROSSTOK_KD_RATIO = "kd_ratio"
 SEQUENCE_INPUTS = ("student_hidden", "teacher_hidden", "student_input_embeds", "student_target_embeds",
                    "teacher_input_embeds", "teacher_target_embeds", "student_targets", "student_head", "teacher_head",
                    "modules")
-# An `@crosstok(modules=...)` method may declare `modules_lr`: the learning rate of its modules, an
-# optimizer group of their own on the run's schedule (None: the run's rate). It is a hyper-parameter
-# (method_defs may set it; run.yaml records it) that the harness reads and does not pass to the function.
+# Hyper-parameters of a cross-tokenizer method that the harness reads and does not pass to the
+# function (method_defs may set them; run.yaml records them):
+# - `modules_lr`, with `@crosstok(modules=...)`: the learning rate of its modules, an optimizer group
+#   of their own on the run's schedule (None: the run's rate);
+# - `dynamic_loss_scaling` (bool): each micro-batch's KD mean rescaled by sg(CE mean / KD mean), so
+#   the distillation term's value equals the cross-entropy's and only its direction is the method's
+#   (NeMo-RL's cross-tokenizer loss; kdbench.losses.cross_objective).
 MODULES_LR = "modules_lr"
+KD_TO_CE = "dynamic_loss_scaling"
+HARNESS_HP = (MODULES_LR, KD_TO_CE)
 # The arrays the harness reads to put a unit's two distributions into a space (a plugin with that space takes them).
 SPACE_ARRAYS = {"common": ("common_student", "common_teacher"), "teacher": ("projection_indices", "projection_weights")}
 
@@ -225,8 +231,8 @@ def _check_modules(given: dict, sequence: list[str], tree: ast.Module, where: st
 
 
 def loss_hp(hp: dict[str, Any]) -> dict[str, Any]:
-    """A cross-tokenizer method's bound hyper-parameters as its function takes them (less `modules_lr`)."""
-    return {k: v for k, v in hp.items() if k != MODULES_LR}
+    """A cross-tokenizer method's bound hyper-parameters as its function takes them (less HARNESS_HP)."""
+    return {k: v for k, v in hp.items() if k not in HARNESS_HP}
 
 
 def _decorator_name(dec: ast.expr) -> str | None:

@@ -180,7 +180,7 @@ class Session:
             kd_ratio=self.method["kd_ratio"], n_global=n_global, world_size=self.engine.world_size,
             student_head=student_head, teacher_head=teacher_head, chunk_size=self.tr.loss_chunk_size,
             merge={"groups": "observed", "attention": "attention"}.get(c.alignment, "mean"), policy=self.policy,
-            progress=progress, space=c.space, modules=c.modules, embeddings=(
+            progress=progress, space=c.space, modules=c.modules, kd_to_ce=c.kd_to_ce, embeddings=(
                 self.engine.module.lm.get_input_embeddings(), self.teacher.lm.get_input_embeddings()))
 
     def validation_loss(self) -> float:

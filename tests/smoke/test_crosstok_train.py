@@ -16,7 +16,7 @@ from kdbench.datagen import generate
 from kdbench.jsonl import read_jsonl
 from kdbench.losses import UNIT_KEYS, cross_objective
 from kdbench.models import LastHidden
-from kdbench.registry import discover
+from kdbench.registry import KD_TO_CE, discover, loss_hp
 from kdbench.tokenizer import train_tokenizer
 from tests.conftest import REPO, grid_config, run_cli
 
@@ -67,16 +67,17 @@ def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key)
     n = int((mb["labels"][:, 1:] != -100).sum())
     modules = build_modules(plugin, 16, 32)  # DSKD's projectors (None for the others), trained with the student
     merge = {"groups": "observed", "attention": "attention"}.get(plugin.crosstok["alignment"], "mean")
+    kd_to_ce = plugin.defaults.get(KD_TO_CE, False)  # X-Token's KL scaled to the CE's size, as NeMo-RL
 
     def step_loss(step=0):
         with torch.no_grad():
             t_hidden = teacher(mb["teacher_input_ids"], mb["teacher_attention_mask"])
         return cross_objective(student(mb["input_ids"], mb["attention_mask"]), t_hidden, mb["labels"],
-                               {k: mb[k] for k in UNIT_KEYS}, method=plugin.obj, hparams=plugin.defaults,
+                               {k: mb[k] for k in UNIT_KEYS}, method=plugin.obj, hparams=loss_hp(plugin.defaults),
                                arrays=arrays, student_vocab=len(tiny["student"]), teacher_vocab=len(tiny["teacher"]),
                                kd_ratio=1.0, n_global=n, student_head=student.head, teacher_head=teacher.head,
                                chunk_size=64, merge=merge, policy=policy, progress=step / STEPS,
-                               space=plugin.crosstok["space"], modules=modules,
+                               space=plugin.crosstok["space"], modules=modules, kd_to_ce=kd_to_ce,
                                embeddings=(student.lm.get_input_embeddings(), teacher.lm.get_input_embeddings()))
 
     opt = torch.optim.Adam([*student.parameters(), *(modules.parameters() if modules else ())], lr=1e-2)

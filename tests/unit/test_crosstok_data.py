@@ -178,3 +178,33 @@ def test_adakd_composes_in_the_plugins_space(tiny, repo, alignment, space, metho
     assert torch.isfinite(with_grad.loss) and torch.allclose(with_grad.loss, detached.loss)
     assert not torch.allclose(g_with, g_detached) and not torch.allclose(with_grad.loss, plain.loss)
     assert (with_grad.temperature != 1).any() and with_grad.n_selected <= plain.n_selected
+
+
+@pytest.mark.parametrize("alignment, chunk", [("pairs", None), ("chunks", 7)])
+def test_dynamic_loss_scaling_scales_the_kd_term_to_the_cross_entropy(tiny, alignment, chunk):
+    """NeMo-RL's dynamic_loss_scaling (`kd_to_ce`): loss = (1 − r)·CE + r·sg(CE_mean/KD_mean)·KD,
+    against the plain formula's two terms (its value is the CE term's; the KD gradient scaled)."""
+    records, student, teacher = tiny
+    arrays, _ = vocab.build(student, teacher)
+    common = {k: torch.as_tensor(arrays[k]) for k in ("common_student", "common_teacher")}
+    mb = collate_pair([encode_pair(r, student, teacher, 512, "minillm", alignment) for r in records[:3]],
+                      student.pad_token_id, teacher.pad_token_id)
+    g = torch.Generator().manual_seed(1)
+    z_s = torch.randn(*mb["input_ids"].shape, len(student), generator=g, dtype=torch.float64, requires_grad=True)
+    z_t = torch.randn(*mb["teacher_input_ids"].shape, len(teacher), generator=g, dtype=torch.float64)
+    n_global = 3 * int((mb["labels"][:, 1:] != IGNORE).sum())
+    ce_term, kd_term = (_plain(z_s, z_t, mb, simple_ctkd, common, n_global, r) for r in (0.0, 1.0))  # CE/N, n·KD/N
+    scale = (ce_term / kd_term).detach()  # = CE_mean / KD_mean
+    assert not torch.isclose(scale, torch.ones((), dtype=scale.dtype), rtol=0.05)  # the scaling does something here
+    expected = 0.4 * ce_term + 0.6 * scale * kd_term
+    results = {}
+    for on in (True, False):
+        parts = cross_objective(z_s, z_t, mb["labels"], {k: mb[k] for k in UNIT_KEYS}, method=simple_ctkd,
+                                hparams={}, arrays=common, student_vocab=len(student), teacher_vocab=len(teacher),
+                                kd_ratio=0.6, n_global=n_global, chunk_size=chunk, kd_to_ce=on)
+        results[on] = parts, torch.autograd.grad(parts.loss, z_s)[0]
+    (scaled, g_scaled), (plain, g_plain) = results[True], results[False]
+    assert torch.allclose(scaled.loss, expected) and torch.allclose(scaled.loss, ce_term)  # value: CE's
+    assert torch.allclose(g_scaled, torch.autograd.grad(expected, z_s)[0])
+    assert not torch.allclose(g_scaled, g_plain)
+    assert scaled.kd_mean == pytest.approx(plain.kd_mean)  # logged unscaled

@@ -152,6 +152,9 @@ def test_a_cross_tokenizer_plugins_range_checks_run_before_any_job(repo, work):
             preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
     cfg["method_defs"] = {"dskd-t0": {"divergence": "dskd", "hp": {"modules_lr": None}}}  # the run's rate
     preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
+    cfg["method_defs"] = {"dskd-t0": {"divergence": "xtoken", "hp": {"dynamic_loss_scaling": "yes"}}}
+    with pytest.raises(KDBenchError, match=r"label 'dskd-t0'.*dynamic_loss_scaling = 'yes' must be true or false"):
+        preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
     cfg["method_defs"] = {}
     cfg["tables"][0]["methods"] = ["gold", "xtoken", "xtoken_hkl", "uld", "mined", "dskd", "simple_ctkd+adakd"]
     preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))  # the defaults pass
@@ -217,3 +220,16 @@ def test_preflight_holds_cross_tokenizer_to_the_files(repo, work, tmp_path):
     _loaded(work, dirs["teacher"], dirs["student"], cross_tokenizer=False)
     with pytest.raises(KDBenchError, match=r"tokenizers differ: .* or declare the pair cross_tokenizer: true"):
         preflight.check(preflight.request(Grid(cfg, "test.yaml", work)))
+
+
+def test_xtoken_scales_its_kl_to_the_cross_entropy_as_nemo_rl_and_xtoken_fixed_does_not(repo, work):
+    """NeMo-RL's recipe (dynamic_loss_scaling true) is the default; its fixed 1·KL + 0.1·CE is a label."""
+    cfg = yaml.safe_load((repo / "config/tiny.yaml").read_text()) | {"teacher_cache": False}
+    cfg["method_defs"] = yaml.safe_load((repo / "config/variants.yaml").read_text())["method_defs"]  # as shipped
+    cfg["tables"] = [{"name": "main", "pairs": ["cross"], "methods": ["xtoken", "xtoken-fixed", "xtoken_hkl",
+                                                                    "xtoken_hkl-fixed"]}]
+    g = Grid(cfg, "test.yaml", work)
+    for key in ("xtoken", "xtoken_hkl"):
+        default, fixed = g.labels.method(key), g.labels.method(f"{key}-fixed")
+        assert default["kd_ratio"] == 0.5 and default["divergence"]["hp"]["dynamic_loss_scaling"] is True
+        assert fixed["kd_ratio"] == pytest.approx(1 / 1.1) and fixed["divergence"]["hp"]["dynamic_loss_scaling"] is False

@@ -40,7 +40,7 @@ import torch
 from kdbench.crosstok import align
 from kdbench.errors import KDBenchError
 from kdbench.losses import IGNORE
-from kdbench.registry import ALIGNMENTS, loss_hp
+from kdbench.registry import ALIGNMENTS, KD_TO_CE, loss_hp
 from kdbench.sft_data import collate, encode_example
 
 
@@ -60,6 +60,7 @@ class CrossTok:
     teacher_tokenizer: Any
     mined_map: dict[int, int] | None = None
     modules: Any = None  # the method's trainable modules (`@crosstok(modules=...)`), or None
+    kd_to_ce: bool = False  # its `dynamic_loss_scaling` (kdbench.registry.HARNESS_HP)
 
 
 def build_modules(method: Any, student_dim: int, teacher_dim: int) -> Any:
@@ -94,8 +95,9 @@ def load(run: dict, student_tokenizer, device, modules: Any = None) -> CrossTok:
     arrays = {name: torch.as_tensor(found[name]).to(device) for name in method.crosstok["needs"]}
     mined_map = dict(zip(found["mined_teacher"].tolist(), found["mined_student"].tolist())) \
         if alignment == "mined" else None
-    return CrossTok(method.obj, loss_hp(run["method"]["divergence"]["hp"]), alignment, method.crosstok["space"], arrays,
-                    len(student_tokenizer), len(teacher_tokenizer), teacher_tokenizer, mined_map, modules)
+    hp = run["method"]["divergence"]["hp"]
+    return CrossTok(method.obj, loss_hp(hp), alignment, method.crosstok["space"], arrays, len(student_tokenizer),
+                    len(teacher_tokenizer), teacher_tokenizer, mined_map, modules, hp.get(KD_TO_CE, False))
 
 
 def _response(record: dict) -> str:
