@@ -153,3 +153,22 @@ def test_a_mined_run_loads_the_map_and_an_artifact_without_it_is_refused(workflo
     vocab.save(tmp_path / "old.safetensors", old, report)
     with pytest.raises(KDBenchError, match=r"old.safetensors: no mined_teacher, mined_student array.*rule vocab_map"):
         data.load(run | {"vocab_map": str(tmp_path / "old.safetensors")}, student, "cpu")
+
+
+@pytest.mark.parametrize("key, hp, kd_to_ce", [("xtoken", {}, True), ("xtoken", {"dynamic_loss_scaling": False}, False),
+                                              ("dskd", {"modules_lr": 0.01}, False)])
+def test_the_harness_keeps_its_own_hyper_parameters_from_the_method(workflow_pair, tmp_path, key, hp, kd_to_ce):
+    """`dynamic_loss_scaling` and `modules_lr` reach the harness (CrossTok), not the method's function."""
+    from kdbench.crosstok import data
+    from kdbench.registry import HARNESS_HP, read_method_file
+
+    student, teacher, _ = workflow_pair
+    teacher.save_pretrained(tmp_path / "teacher")
+    arrays, report = vocab.build(student, teacher)
+    vocab.save(tmp_path / "v.safetensors", arrays, report)
+    method = read_method_file(REPO / f"methods/{key}.py")
+    run = {"method": {"divergence": {"path": str(method.path), "hp": method.bind(hp, "test")}}, "pair_file": "pair.yaml",
+           "teacher_tokenizer": str(tmp_path / "teacher"), "vocab_map": str(tmp_path / "v.safetensors")}
+    cross = data.load(run, student, "cpu")
+    assert cross.kd_to_ce is kd_to_ce and not set(cross.hp) & set(HARNESS_HP)
+    assert set(cross.hp) == set(method.params) - set(HARNESS_HP)

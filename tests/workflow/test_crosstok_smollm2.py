@@ -27,7 +27,7 @@ def test_the_shipped_grid_dry_runs_and_checks(root):
     assert "vocab_map" in dry.stdout and "tokenizer_unigram" in dry.stdout
     checked = run_cli("kdbench", "check", "config/crosstok.yaml", cwd=root)
     assert checked.returncode == 0, checked.stderr[-3000:]
-    assert "9 runs" in checked.stdout
+    assert "11 runs" in checked.stdout
 
 
 def test_a_shrunk_grid_distils_across_tokenizers_to_its_table(root):
