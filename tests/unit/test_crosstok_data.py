@@ -99,17 +99,24 @@ def _plain(z_s, z_t, mb, fn, arrays, n_global, kd_ratio, observed=False):
     return (1 - kd_ratio) * ce / n_global + kd_ratio * kd * n / n_global
 
 
-@pytest.mark.parametrize("alignment", ["pairs", "chunks", "groups"])
-def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny, alignment):
+def _random_batch(tiny, alignment, seed, share):
+    """Three examples' pair batch, random float64 logits for each side, the common-vocabulary arrays
+    and N_global: this micro-batch's tokens times `share` (the step's other micro-batches)."""
     records, student, teacher = tiny
     arrays, _ = vocab.build(student, teacher)
     common = {k: torch.as_tensor(arrays[k]) for k in ("common_student", "common_teacher")}
     mb = collate_pair([encode_pair(r, student, teacher, 512, "minillm", alignment) for r in records[:3]],
                       student.pad_token_id, teacher.pad_token_id)
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     z_s = torch.randn(*mb["input_ids"].shape, len(student), generator=g, dtype=torch.float64, requires_grad=True)
     z_t = torch.randn(*mb["teacher_input_ids"].shape, len(teacher), generator=g, dtype=torch.float64)
-    n_global = 2 * int((mb["labels"][:, 1:] != IGNORE).sum())  # another micro-batch of the step as large
+    return mb, z_s, z_t, common, share * int((mb["labels"][:, 1:] != IGNORE).sum())
+
+
+@pytest.mark.parametrize("alignment", ["pairs", "chunks", "groups"])
+def test_cross_objective_is_the_plain_formula_chunked_or_not(tiny, alignment):
+    _, student, teacher = tiny
+    mb, z_s, z_t, common, n_global = _random_batch(tiny, alignment, 0, 2)  # another micro-batch as large
     observed = alignment == "groups"
     expected = _plain(z_s, z_t, mb, simple_ctkd, common, n_global, 0.5, observed)
     want = torch.autograd.grad(expected, z_s)[0]
@@ -184,15 +191,8 @@ def test_adakd_composes_in_the_plugins_space(tiny, repo, alignment, space, metho
 def test_dynamic_loss_scaling_scales_the_kd_term_to_the_cross_entropy(tiny, alignment, chunk):
     """NeMo-RL's dynamic_loss_scaling (`kd_to_ce`): loss = (1 − r)·CE + r·sg(CE_mean/KD_mean)·KD,
     against the plain formula's two terms (its value is the CE term's; the KD gradient scaled)."""
-    records, student, teacher = tiny
-    arrays, _ = vocab.build(student, teacher)
-    common = {k: torch.as_tensor(arrays[k]) for k in ("common_student", "common_teacher")}
-    mb = collate_pair([encode_pair(r, student, teacher, 512, "minillm", alignment) for r in records[:3]],
-                      student.pad_token_id, teacher.pad_token_id)
-    g = torch.Generator().manual_seed(1)
-    z_s = torch.randn(*mb["input_ids"].shape, len(student), generator=g, dtype=torch.float64, requires_grad=True)
-    z_t = torch.randn(*mb["teacher_input_ids"].shape, len(teacher), generator=g, dtype=torch.float64)
-    n_global = 3 * int((mb["labels"][:, 1:] != IGNORE).sum())
+    _, student, teacher = tiny
+    mb, z_s, z_t, common, n_global = _random_batch(tiny, alignment, 1, 3)
     ce_term, kd_term = (_plain(z_s, z_t, mb, simple_ctkd, common, n_global, r) for r in (0.0, 1.0))  # CE/N, n·KD/N
     scale = (ce_term / kd_term).detach()  # = CE_mean / KD_mean
     assert not torch.isclose(scale, torch.ones((), dtype=scale.dtype), rtol=0.05)  # the scaling does something here
