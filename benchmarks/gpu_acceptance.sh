@@ -10,6 +10,7 @@
 #   cpu    two CPU ranks (gloo)        tests/smoke/test_multirank.py through the DeepSpeed launcher
 #   cpu    teacher states on the CPU   tests/smoke/test_teacher_states.py (only where no GPU is visible)
 #   gpu    gpu tier                    tests/gpu (ZeRO-2/3 bf16, accumulation, chunked loss, bf16 chunks)
+#   gpu    cross-tokenizer on cuda     tests/gpu/test_gpu_crosstok.py (each plugin's CPU loss on cuda, bf16 runs)
 #   gpu    resume, CUDA generator      tests/gpu -k cuda_generator (a killed run resumes to the same weights)
 #   gpu    teacher states on cuda      tests/gpu -k teacher_states
 #   gpu    KD loss, Liger's shape      benchmarks/kd_loss_gpu.py: bf16, hidden 4096, vocab 128,256, 1k-8k tokens
@@ -110,7 +111,8 @@ if [ "$GPUS" -eq 0 ]; then
     part "teacher states on the CPU" 0 900 python -m pytest -q -x -p no:cacheprovider tests/smoke/test_teacher_states.py
 fi
 part "gpu tier" 1 400 python -m pytest -q -x -p no:cacheprovider -m gpu tests/gpu \
-    -k "not cuda_generator and not teacher_states and not two_gpus"
+    --ignore=tests/gpu/test_gpu_crosstok.py -k "not cuda_generator and not teacher_states and not two_gpus"
+part "cross-tokenizer on cuda" 1 300 python -m pytest -q -x -p no:cacheprovider -m gpu tests/gpu/test_gpu_crosstok.py
 part "resume, CUDA generator" 1 200 python -m pytest -q -x -p no:cacheprovider -m gpu tests/gpu -k cuda_generator
 part "teacher states on cuda" 1 200 python -m pytest -q -x -p no:cacheprovider -m gpu tests/gpu -k teacher_states
 part "KD loss, Liger's shape" 1 300 python benchmarks/kd_loss_gpu.py

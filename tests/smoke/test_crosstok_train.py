@@ -48,49 +48,65 @@ def tiny_lm(vocab_size, n_layer, n_embd, seed):
     return GPT2LMHeadModel(GPT2Config(n_layer=n_layer, n_embd=n_embd, n_head=2, vocab_size=vocab_size, n_positions=256))
 
 
-@pytest.mark.parametrize("key, policy_key", CASES, ids=lambda x: x or "alone")
-def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key):
-    from kdbench.policies import Composed
+class PluginStep:
+    """One cross-tokenizer plugin (under `policy_key`) on the tiny pair's 8 examples: the aligned batch,
+    a tiny random teacher (2 layers, 32 wide) and student (1 layer, 16 wide), the plugin's modules, all
+    on `device`; `loss(step)` is the harness's micro-batch loss (kd_ratio 1) at that step."""
 
-    torch.set_num_threads(1)
-    plugin = PLUGINS[key]
-    policy = Composed([PLUGINS[policy_key].instantiate({}, total_steps=STEPS)]) if policy_key else None
-    mined_map = dict(zip(tiny["arrays"]["mined_teacher"].tolist(), tiny["arrays"]["mined_student"].tolist()))
-    examples = [encode_pair(r, tiny["student"], tiny["teacher"], 192, "minillm", plugin.crosstok["alignment"], mined_map)
-                for r in tiny["records"]]
-    mb = collate_pair(examples, tiny["student"].pad_token_id, tiny["teacher"].pad_token_id)
-    # a char-level Unigram: 1:1 pairs are few; chunks cover every response token
-    assert mb["student_rows"].numel() > 0.2 * (mb["labels"][:, 1:] != -100).sum()
-    teacher = LastHidden(tiny_lm(len(tiny["teacher"]), 2, 32, 0)).eval().requires_grad_(False)
-    student = LastHidden(tiny_lm(len(tiny["student"]), 1, 16, 1))
-    arrays = {name: tiny["arrays"][name] for name in plugin.crosstok["needs"]}
-    n = int((mb["labels"][:, 1:] != -100).sum())
-    modules = build_modules(plugin, 16, 32)  # DSKD's projectors (None for the others), trained with the student
-    merge = {"groups": "observed", "attention": "attention"}.get(plugin.crosstok["alignment"], "mean")
-    kd_to_ce = plugin.defaults.get(KD_TO_CE, False)  # X-Token's KL scaled to the CE's size, as NeMo-RL
+    def __init__(self, tiny, key, policy_key, device="cpu"):
+        from kdbench.policies import Composed
 
-    def step_loss(step=0):
+        self.plugin = plugin = PLUGINS[key]
+        self.policy = Composed([PLUGINS[policy_key].instantiate({}, total_steps=STEPS)]) if policy_key else None
+        mined_map = dict(zip(tiny["arrays"]["mined_teacher"].tolist(), tiny["arrays"]["mined_student"].tolist()))
+        examples = [encode_pair(r, tiny["student"], tiny["teacher"], 192, "minillm", plugin.crosstok["alignment"],
+                                mined_map) for r in tiny["records"]]
+        mb = collate_pair(examples, tiny["student"].pad_token_id, tiny["teacher"].pad_token_id)
+        self.mb = {k: v.to(device) for k, v in mb.items()}
+        self.teacher = LastHidden(tiny_lm(len(tiny["teacher"]), 2, 32, 0)).eval().requires_grad_(False).to(device)
+        self.student = LastHidden(tiny_lm(len(tiny["student"]), 1, 16, 1)).to(device)
+        self.arrays = {name: tiny["arrays"][name].to(device) for name in plugin.crosstok["needs"]}
+        self.vocabs = len(tiny["student"]), len(tiny["teacher"])
+        torch.manual_seed(2)
+        self.modules = build_modules(plugin, 16, 32)  # DSKD's projectors (None for the others)
+        self.modules = self.modules.to(device) if self.modules is not None else None
+
+    def parameters(self):
+        return [*self.student.parameters(), *(self.modules.parameters() if self.modules else ())]
+
+    def loss(self, step=0):
+        mb, plugin, teacher, student = self.mb, self.plugin, self.teacher, self.student
         with torch.no_grad():
             t_hidden = teacher(mb["teacher_input_ids"], mb["teacher_attention_mask"])
         return cross_objective(student(mb["input_ids"], mb["attention_mask"]), t_hidden, mb["labels"],
                                {k: mb[k] for k in UNIT_KEYS}, method=plugin.obj, hparams=loss_hp(plugin.defaults),
-                               arrays=arrays, student_vocab=len(tiny["student"]), teacher_vocab=len(tiny["teacher"]),
-                               kd_ratio=1.0, n_global=n, student_head=student.head, teacher_head=teacher.head,
-                               chunk_size=64, merge=merge, policy=policy, progress=step / STEPS,
-                               space=plugin.crosstok["space"], modules=modules, kd_to_ce=kd_to_ce,
+                               arrays=self.arrays, student_vocab=self.vocabs[0], teacher_vocab=self.vocabs[1],
+                               kd_ratio=1.0, n_global=int((mb["labels"][:, 1:] != -100).sum()),
+                               student_head=student.head, teacher_head=teacher.head, chunk_size=64,
+                               merge={"groups": "observed", "attention": "attention"}.get(plugin.crosstok["alignment"], "mean"),
+                               policy=self.policy, progress=step / STEPS, space=plugin.crosstok["space"],
+                               modules=self.modules, kd_to_ce=plugin.defaults.get(KD_TO_CE, False),  # as NeMo-RL
                                embeddings=(student.lm.get_input_embeddings(), teacher.lm.get_input_embeddings()))
 
-    opt = torch.optim.Adam([*student.parameters(), *(modules.parameters() if modules else ())], lr=1e-2)
+
+@pytest.mark.parametrize("key, policy_key", CASES, ids=lambda x: x or "alone")
+def test_each_cross_tokenizer_plugin_trains_the_tiny_pair(tiny, key, policy_key):
+    torch.set_num_threads(1)
+    run = PluginStep(tiny, key, policy_key)
+    mb = run.mb
+    # a char-level Unigram: 1:1 pairs are few; chunks cover every response token
+    assert mb["student_rows"].numel() > 0.2 * (mb["labels"][:, 1:] != -100).sum()
+    opt = torch.optim.Adam(run.parameters(), lr=1e-2)
     first = None
     for step in range(STEPS):
         opt.zero_grad()
-        parts = step_loss(step)
+        parts = run.loss(step)
         first = parts.kd_mean if first is None else first
         parts.loss.backward()
         opt.step()
-        if policy is not None:
-            policy.observe(parts.kd_mean)
-    last = step_loss(STEPS - 1).kd_mean
+        if run.policy is not None:
+            run.policy.observe(parts.kd_mean)
+    last = run.loss(STEPS - 1).kd_mean
     # at least 2%: the others fall by 40-80% in 40 steps, X-Token P-KL by about 5%: its floor is high here
     # (teacher ids that no student token projects to keep r ≈ 1e-10 under the teacher's mass there)
     assert last < 0.98 * first, (key, first, last)
