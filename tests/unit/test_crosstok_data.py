@@ -208,3 +208,40 @@ def test_dynamic_loss_scaling_scales_the_kd_term_to_the_cross_entropy(tiny, alig
     assert torch.allclose(g_scaled, torch.autograd.grad(expected, z_s)[0])
     assert not torch.allclose(g_scaled, g_plain)
     assert scaled.kd_mean == pytest.approx(plain.kd_mean)  # logged unscaled
+
+
+@pytest.mark.parametrize("key", ["simple_ctkd", "xtoken"])
+@pytest.mark.parametrize("alignment", ["pairs", "chunks"])
+def test_on_one_tokenizer_a_cross_tokenizer_method_is_forward_kl(tiny, repo, key, alignment):
+    """Both sides on the same (BPE) tokenizer: every response position is its own unit, the common
+    vocabulary and X-Token's projection are the identity on the non-special tokens, so through the
+    whole cross-tokenizer path (both encodings, flat rows, merge, vocab_map) simple_ctkd and xtoken
+    are the same-vocabulary harness's forward KL (`objective` with methods/fkl.py), value and
+    gradient. The special tokens, outside the map, get logits −30 on both sides (mass ~1e-13)."""
+    from kdbench.losses import objective
+    from kdbench.registry import discover, loss_hp
+
+    records, _, tok = tiny
+    plugins = discover(repo / "methods")
+    method = plugins[key]
+    arrays, report = vocab.build(tok, tok)
+    assert report["common"] == report["student_rows_projected"] == len(tok) - len(tok.all_special_ids)
+    mb = collate_pair([encode_pair(r, tok, tok, 512, "minillm", alignment) for r in records[:3]],
+                      tok.pad_token_id, tok.pad_token_id)
+    assert torch.equal(mb["input_ids"], mb["teacher_input_ids"])
+    g = torch.Generator().manual_seed(3)
+    z_s, z_t = (torch.randn(*mb["input_ids"].shape, len(tok), generator=g, dtype=torch.float64) for _ in range(2))
+    for z in (z_s, z_t):
+        z[..., tok.all_special_ids] = -30.0
+    z_s.requires_grad_(True)
+    n = int((mb["labels"][:, 1:] != IGNORE).sum())
+    want = objective(z_s, z_t, mb["labels"], vocab_size=len(tok), kd_ratio=0.5, n_global=n,
+                     divergence=plugins["fkl"].obj)
+    got = cross_objective(z_s, z_t, mb["labels"], {k: mb[k] for k in UNIT_KEYS}, method=method.obj,
+                          hparams=loss_hp(method.defaults), arrays={k: torch.as_tensor(arrays[k]) for k in method.crosstok["needs"]},
+                          student_vocab=len(tok), teacher_vocab=len(tok), kd_ratio=0.5, n_global=n, chunk_size=16)
+    assert got.n_selected == n  # one unit per response token and the end of sequence
+    rel = 1e-9 if key == "simple_ctkd" else 1e-6  # X-Token's 1e-10 floors (r̃ + 1e-10, log(r̃ + 1e-10))
+    assert got.kd_mean == pytest.approx(want.kd_mean, rel=rel) and torch.allclose(got.loss, want.loss, rtol=rel)
+    torch.testing.assert_close(torch.autograd.grad(got.loss, z_s)[0], torch.autograd.grad(want.loss, z_s)[0],
+                               rtol=100 * rel, atol=1e-10)
