@@ -43,6 +43,12 @@ def _pyplot() -> Any:
     return plt
 
 
+def _distinct_colors(ax: Any, n: int) -> None:
+    """One colour per run: matplotlib's 10-colour cycle repeats from the 11th line, so more runs take tab20."""
+    if n > 10:
+        ax.set_prop_cycle(color=[_pyplot().get_cmap("tab20")(i % 20) for i in range(n)])
+
+
 def save_png(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``fig`` to ``path`` as PNG atomically (temp name in the same folder, then os.replace)."""
     path = Path(path)
@@ -119,6 +125,7 @@ def plot_latf_ratio(df: pd.DataFrame, path: Path) -> Path:
     runs = _runs_with(df, "latf_ratio")
     if not runs:
         _empty(ax, "no run logged latf_ratio (only token-policy runs such as X+adakd do)")
+    _distinct_colors(ax, len(runs))
     for run, group in runs:
         ax.plot(group["step"], group["latf_ratio"], label=run)
     if runs:
@@ -138,6 +145,7 @@ def plot_training_curves(df: pd.DataFrame, path: Path) -> Path:
         if not runs:
             _empty(ax, f"no run logged {column}")
             continue
+        _distinct_colors(ax, len(runs))
         for run, group in runs:
             ax.plot(group["step"], group[column], label=run)
         ax.set(xlabel="step", ylabel=column, title=title)
@@ -154,6 +162,7 @@ def plot_temperature(df: pd.DataFrame, path: Path) -> Path:
     runs = _runs_with(df, "tau_mean", "tau_min", "tau_max")
     if not runs:
         _empty(ax, "no run logged tau_mean/tau_min/tau_max")
+    _distinct_colors(ax, len(runs))
     for run, group in runs:
         (line,) = ax.plot(group["step"], group["tau_mean"], label=f"{run} (mean)")
         ax.fill_between(group["step"], group["tau_min"], group["tau_max"], color=line.get_color(), alpha=0.2,

@@ -173,3 +173,15 @@ def test_real_pngs(metrics: list[Path], table_csv: Path, tmp_path: Path) -> None
     plots.plot_latf_ratio(plots.read_metrics(metrics[:1]), out / "empty.png")  # nothing to show: still a PNG
     assert (out / "empty.png").read_bytes().startswith(b"\x89PNG")
 
+
+
+def test_more_than_ten_runs_get_distinct_colours() -> None:
+    """matplotlib's default cycle repeats its 10 colours; a grid of 11+ runs (config/crosstok.yaml) must not."""
+    pytest.importorskip("matplotlib")
+    plt = plots._pyplot()
+    for n in (3, 12):
+        fig, ax = plt.subplots()
+        plots._distinct_colors(ax, n)
+        colours = [ax.plot([0, 1], [i, i])[0].get_color() for i in range(n)]
+        assert len(set(map(str, colours))) == n
+        plt.close(fig)
