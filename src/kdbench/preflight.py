@@ -167,9 +167,10 @@ def _try_without_labels(policy: Any, where: str) -> None:
 
 
 def _try_crosstok(method: Any, hp: dict) -> None:
-    """A cross-tokenizer plugin called once with its bound hyper-parameters on a toy pair of
-    vocabularies (4 ids each, the first two common, the projection and the MinED map the identity; a
-    cross-model attention method on toy sequences, with its modules built)."""
+    """The harness's own hyper-parameters of a cross-tokenizer plugin checked (registry.HARNESS_HP),
+    then the plugin called once with the rest on a toy pair of vocabularies (4 ids each, the first
+    two common, the projection and the MinED map the identity; a cross-model attention method on toy
+    sequences, with its modules built)."""
     import torch
 
     from kdbench.registry import KD_TO_CE, MODULES_LR, loss_hp
